@@ -1,0 +1,42 @@
+"""`transparent-md` entry point: one sub-command per module, loaded on demand."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> module under transparent_md.cli; each module has register(subparsers).
+VERBS = {
+    "run": "run",
+    "instance": "instance",
+    "dhcp-option": "dhcp_option",
+    "demo": "demo",
+    "bench": "bench",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="transparent-md",
+        description=(
+            "Instance-metadata service for Linux hypervisors. Guests on a bridge reach "
+            "169.254.169.254 through an eBPF program on their port; no namespace per "
+            "network, no route in the guest."
+        ),
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    for module_name in VERBS.values():
+        module = importlib.import_module(f"transparent_md.cli.{module_name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

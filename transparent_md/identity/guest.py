@@ -1,0 +1,21 @@
+"""Who asked: the guest behind one accepted connection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Guest:
+    """A guest as the datapath saw it on the wire.
+
+    `bridge` and `port` are interface names on the hypervisor; `mac` is lower-case
+    colon form ("52:54:00:12:34:56"); `ip` is dotted IPv4. The store matches
+    instance records against these fields.
+    """
+
+    bridge: str
+    port: str
+    ifindex: int
+    mac: str
+    ip: str

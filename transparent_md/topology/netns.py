@@ -1,0 +1,148 @@
+"""Throw-away network namespaces for the demo, the tests and the benchmark.
+
+Every namespace carries a per-run prefix so two runs never collide, and only the
+namespaces this object created are ever deleted. Processes started through it are
+ended by PID before their namespace goes away.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+NETNS_DIR = Path("/run/netns")
+
+
+class Topology:
+    """Owner of a set of namespaces; use as a context manager so cleanup always runs."""
+
+    def __init__(self, tag: str = "tmd") -> None:
+        # 6 hex digits: unique enough per machine, short enough for readable names.
+        self.prefix = f"{tag}{secrets.token_hex(3)}"
+        self.namespaces: list[str] = []
+        self.processes: list[subprocess.Popen] = []
+
+    # -- namespaces ---------------------------------------------------------------
+    def ns_name(self, role: str) -> str:
+        return f"{self.prefix}-{role}"
+
+    def add_ns(self, role: str) -> str:
+        """Create namespace `<prefix>-<role>` with loopback up; returns its name."""
+        name = self.ns_name(role)
+        run(["ip", "netns", "add", name])
+        self.namespaces.append(name)
+        self.ip(name, "link set lo up")
+        return name
+
+    def ip(self, ns: str | None, *commands: str) -> None:
+        """Run `ip` commands inside `ns` (one process per call, via -batch)."""
+        base = ["ip"] + (["-n", ns] if ns else []) + ["-batch", "-"]
+        run(base, stdin="\n".join(commands) + "\n")
+
+    def sh(self, ns: str, argv: Sequence[str], **kw) -> subprocess.CompletedProcess:
+        """Run a command inside `ns` and wait for it."""
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        return subprocess.run(["ip", "netns", "exec", ns, *argv], **kw)
+
+    def spawn(self, ns: str, argv: Sequence[str], **kw) -> subprocess.Popen:
+        """Start a long-running process inside `ns`; it is stopped on cleanup."""
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)
+        self.processes.append(proc)
+        return proc
+
+    # -- building blocks ----------------------------------------------------------
+    def bridge(self, hv: str, name: str) -> None:
+        self.ip(hv, f"link add {name} type bridge", f"link set {name} up")
+
+    def guest(
+        self,
+        hv: str,
+        role: str,
+        *,
+        bridge: str,
+        port: str,
+        addr: str | None,
+        mac: str | None = None,
+        routes: Sequence[str] = (),
+    ) -> str:
+        """A guest namespace wired to `bridge` in `hv` through veth `port`.
+
+        `addr` is "10.0.0.5/24" (None leaves eth0 unaddressed, for DHCP);
+        `routes` are `ip route add` arguments run in the guest.
+        """
+        ns = self.add_ns(role)
+        self.ip(
+            hv,
+            f"link add {port} type veth peer name eth0 netns {ns}",
+            f"link set {port} master {bridge}",
+            f"link set {port} up",
+        )
+        cmds = []
+        if mac:
+            cmds.append(f"link set eth0 address {mac}")
+        if addr:
+            cmds.append(f"addr add {addr} dev eth0")
+        cmds.append("link set eth0 up")
+        cmds += [f"route add {r}" for r in routes]
+        self.ip(ns, *cmds)
+        return ns
+
+    # -- cleanup ------------------------------------------------------------------
+    def close(self) -> None:
+        for proc in reversed(self.processes):
+            stop_process(proc)
+        self.processes.clear()
+        for ns in reversed(self.namespaces):
+            kill_pids_in(ns)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            resolv = Path("/etc/netns") / ns
+            if resolv.is_dir():
+                for child in resolv.iterdir():
+                    child.unlink()
+                resolv.rmdir()
+        self.namespaces.clear()
+
+    def __enter__(self) -> Topology:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run(argv: Sequence[str], stdin: str | None = None) -> str:
+    """Run a command; on failure raise with its stderr so the cause is visible."""
+    res = subprocess.run(list(argv), input=stdin, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {res.stderr.strip() or res.stdout.strip()}")
+    return res.stdout
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM, wait, then SIGKILL: only the process we started, by PID."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def kill_pids_in(ns: str) -> None:
+    """End processes still living in a namespace we created (e.g. a dhclient)."""
+    res = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+    pids = [int(p) for p in res.stdout.split() if p.isdigit() and int(p) != os.getpid()]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if pids:
+        time.sleep(0.05)
