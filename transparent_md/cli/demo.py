@@ -1,0 +1,5 @@
+"""Placeholder so the CLI imports; the owner of `demo` replaces this module."""
+
+
+def register(sub):
+    pass
