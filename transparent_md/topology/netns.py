@@ -7,6 +7,7 @@ ended by PID before their namespace goes away.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -140,9 +141,7 @@ def kill_pids_in(ns: str) -> None:
     res = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
     pids = [int(p) for p in res.stdout.split() if p.isdigit() and int(p) != os.getpid()]
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     if pids:
         time.sleep(0.05)

@@ -1,0 +1,163 @@
+"""The whole datapath as one object: start() builds and attaches it, stop() undoes it.
+
+start() rolls back everything it did if any step fails, so an error never leaves a
+half-attached host behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from transparent_md.datapath import bpffs, layout, programs, responder_side, tc
+from transparent_md.datapath.bpf_syscall import PinnedMap
+from transparent_md.datapath.ports import GatewayRule, PortAttacher
+from transparent_md.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHADOW_PREFIX = "100.64.0.0/10"
+# Longer than the responder's idle timeout and any keep-alive burst: a slot seen this
+# recently is never handed to another guest, so a late reply cannot reach the wrong one.
+DEFAULT_SLOT_HOLD_S = 300.0
+
+
+@dataclass
+class DatapathConfig:
+    bridges: list[str]
+    name: str = "tmd"
+    shadow_prefix: str = DEFAULT_SHADOW_PREFIX
+    # "auto": a namespace named after `name` and this netns; None: the current namespace.
+    responder_netns: str | None = "auto"
+    gateways: list[GatewayRule] = field(default_factory=list)
+    answer_metadata_arp: bool = True
+    filter_slot: tc.FilterSlot = field(default_factory=tc.FilterSlot)
+    slot_hold_s: float = DEFAULT_SLOT_HOLD_S
+
+
+def _netns_id() -> int:
+    """Inode of our network namespace: tells apart daemons run in different namespaces."""
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def shadow_network(prefix: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(prefix)
+    except ValueError as exc:
+        raise UserError(f"--shadow-prefix {prefix!r}: {exc}") from exc
+    if net.prefixlen > 30:
+        raise UserError(f"--shadow-prefix {prefix}: needs at least 2 host bits (/30 or shorter)")
+    return net
+
+
+class Datapath:
+    def __init__(self, config: DatapathConfig) -> None:
+        self.config = config
+        self.shadow = shadow_network(config.shadow_prefix)
+        self.instance = f"{config.name}-{_netns_id()}"
+        self.md_ifname = f"{config.name}-md"[:15]
+        self.netns_name = (
+            f"{self.instance}-responder" if config.responder_netns == "auto"
+            else config.responder_netns
+        )
+        self.pin_dir: Path = bpffs.pin_dir(self.instance)
+        self.ipr: IPRoute | None = None
+        self.loaded: programs.LoadedPrograms | None = None
+        self.side: responder_side.ResponderSide | None = None
+        self.attacher: PortAttacher | None = None
+        self._maps: dict[str, PinnedMap] = {}
+
+    @property
+    def shadow_slots(self) -> int:
+        return min(layout.MAX_SLOTS - 1, self.shadow.num_addresses - 2)
+
+    # -- start ----------------------------------------------------------------------
+    def start(self) -> None:
+        self.ipr = IPRoute()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        self._check_bridges()
+        self.loaded = programs.load_programs((f"-DTMD_MAX_SLOTS={layout.MAX_SLOTS}",))
+        bpffs.ensure_mounted()
+        bpffs.unpin(self.pin_dir)
+        bpffs.pin_maps(self.pin_dir, {m: self.loaded.map_fd(m) for m in layout.ALL_MAPS})
+        self._maps = {m: PinnedMap(str(self.pin_dir / m)) for m in layout.ALL_MAPS}
+
+        self.side = responder_side.create(
+            self.ipr, self.md_ifname, self.netns_name, str(self.shadow)
+        )
+        tc.attach(self.ipr, self.side.md_ifindex, self.loaded.md_fd, programs.MD_PROGRAM,
+                  self.config.filter_slot)
+        self._write_config()
+
+        self.attacher = PortAttacher(
+            self.config.bridges, self.loaded.port_fd, self._maps[layout.MAP_PORTS],
+            self._maps[layout.MAP_ARP], self.config.gateways, self.config.filter_slot,
+        )
+        self.attacher.sync(self.ipr)
+        self.attacher.follow()
+        log.info("datapath up: bridges %s, %d ports, responder netns %s",
+                 ",".join(self.config.bridges), len(self.attacher.attached), self.netns_name)
+
+    def _check_bridges(self) -> None:
+        if not self.config.bridges:
+            raise UserError("no --bridge given: name at least one bridge to serve")
+        for name in self.config.bridges:
+            found = self.ipr.link_lookup(ifname=name)
+            if not found:
+                raise UserError(
+                    f"bridge {name!r} does not exist in this network namespace "
+                    f"(create it, e.g. `ip link add {name} type bridge`, or check the name)"
+                )
+            kind = self.ipr.get_links(found[0])[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+            if kind != "bridge":
+                raise UserError(f"{name!r} is a {kind or 'plain'} device, not a bridge")
+
+    def _write_config(self) -> None:
+        cfg = layout.Config()
+        cfg.shadow_net = layout.be32(self.shadow.network_address)
+        cfg.shadow_mask = layout.be32(self.shadow.netmask)
+        cfg.md_ifindex = self.side.md_ifindex
+        cfg.shadow_slots = self.shadow_slots
+        cfg.md_mac[:] = layout.mac_bytes(self.side.peer_mac)
+        cfg.arp_mac[:] = layout.mac_bytes(self.side.md_mac)
+        cfg.flags = layout.CFG_ANSWER_METADATA_ARP if self.config.answer_metadata_arp else 0
+        cfg.slot_hold_ns = int(self.config.slot_hold_s * 1e9)
+        self._maps[layout.MAP_CONFIG].update(ctypes.c_uint32(0), cfg)
+
+    # -- stop -----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Detach our filters, remove md0/md1 and the responder namespace, unpin maps."""
+        if self.attacher:
+            self.attacher.stop_following()
+            self.attacher.detach_all(self.ipr)
+            self.attacher = None
+        if self.ipr:
+            responder_side.remove(self.ipr, self.md_ifname, self.netns_name)
+        for pinned in self._maps.values():
+            pinned.close()
+        self._maps = {}
+        if self.loaded:
+            bpffs.unpin(self.pin_dir)
+            self.loaded.bpf.cleanup()
+            self.loaded = None
+        if self.ipr:
+            self.ipr.close()
+            self.ipr = None
+
+    # -- observation ----------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Sum of the per-CPU counters, by name."""
+        table = self.loaded.bpf.get_table(layout.MAP_STATS)
+        return {s.name.lower(): int(sum(table[table.Key(s.value)])) for s in layout.Stat}

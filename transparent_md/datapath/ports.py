@@ -1,0 +1,169 @@
+"""Following the bridges: attach to every port now and to every port that appears later.
+
+A netlink listener sees ports join (a VM starting) and leave; a periodic full resync
+covers anything the event stream dropped. Each port gets our tc filter plus its entries
+in the maps (its bridge/name for identity, its proxy-ARP gateway addresses).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import select
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_LINK
+
+from transparent_md.datapath import layout, tc
+from transparent_md.datapath.bpf_syscall import PinnedMap
+
+log = logging.getLogger(__name__)
+
+# A full resync of bridge membership this often, in case netlink events were lost.
+RESYNC_INTERVAL_S = 2.0
+# How long the listener waits for events before checking for stop/resync.
+POLL_INTERVAL_S = 0.2
+
+
+@dataclass(frozen=True)
+class PortInfo:
+    ifindex: int
+    name: str
+    bridge: str
+
+
+@dataclass(frozen=True)
+class GatewayRule:
+    """Answer ARP for `ip` on the ports of bridge `target`, or on the port `target`."""
+
+    target: str
+    ip: str
+
+
+class PortAttacher:
+    """Attaches the port program to bridge ports and keeps the per-port maps in step."""
+
+    def __init__(
+        self,
+        bridges: Iterable[str],
+        port_prog_fd: int,
+        ports_map: PinnedMap,
+        arp_map: PinnedMap,
+        gateways: Iterable[GatewayRule],
+        slot: tc.FilterSlot,
+    ) -> None:
+        self.bridges = list(bridges)
+        self.port_prog_fd = port_prog_fd
+        self.ports_map = ports_map
+        self.arp_map = arp_map
+        self.gateways = list(gateways)
+        self.slot = slot
+        self.attached: dict[int, PortInfo] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- membership ---------------------------------------------------------------
+    def current_ports(self, ipr: IPRoute) -> dict[int, PortInfo]:
+        """Ports that are members of one of our bridges right now."""
+        bridge_index = {}
+        for name in self.bridges:
+            found = ipr.link_lookup(ifname=name)
+            if found:
+                bridge_index[found[0]] = name
+        ports = {}
+        for link in ipr.get_links():
+            master = link.get_attr("IFLA_MASTER")
+            if master in bridge_index:
+                ports[link["index"]] = PortInfo(
+                    link["index"], link.get_attr("IFLA_IFNAME"), bridge_index[master]
+                )
+        return ports
+
+    def sync(self, ipr: IPRoute) -> None:
+        """Attach new members, forget ports that left."""
+        with self._lock:
+            wanted = self.current_ports(ipr)
+            for ifindex, info in wanted.items():
+                if self.attached.get(ifindex) != info:
+                    self._attach(ipr, info)
+            for ifindex in list(self.attached):
+                if ifindex not in wanted:
+                    self._forget(ipr, self.attached[ifindex])
+
+    def _gateway_ips(self, info: PortInfo) -> list[str]:
+        return [g.ip for g in self.gateways if g.target in (info.bridge, info.name)]
+
+    def _attach(self, ipr: IPRoute, info: PortInfo) -> None:
+        # Maps first: identity must be complete when the first request arrives.
+        self.ports_map.update(
+            ctypes.c_uint32(info.ifindex),
+            layout.Port(info.bridge.encode(), info.name.encode()),
+        )
+        for ip in self._gateway_ips(info):
+            self.arp_map.update(layout.ArpKey(info.ifindex, layout.be32(ip)), ctypes.c_uint8(1))
+        try:
+            tc.attach(ipr, info.ifindex, self.port_prog_fd, "port_ingress", self.slot)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENODEV, errno.ENOENT):
+                log.info("port %s vanished while attaching; skipped", info.name)
+                self._drop_map_entries(info)
+                return
+            raise
+        self.attached[info.ifindex] = info
+        log.info("attached to %s on bridge %s (ifindex %d)", info.name, info.bridge, info.ifindex)
+
+    def _forget(self, ipr: IPRoute, info: PortInfo) -> None:
+        # The device may be gone (its filters went with it) or just out of the bridge.
+        tc.detach(ipr, info.ifindex, self.slot)
+        self._drop_map_entries(info)
+        self.attached.pop(info.ifindex, None)
+        log.info("forgot port %s (ifindex %d)", info.name, info.ifindex)
+
+    def _drop_map_entries(self, info: PortInfo) -> None:
+        self.ports_map.delete(ctypes.c_uint32(info.ifindex))
+        for ip in self._gateway_ips(info):
+            self.arp_map.delete(layout.ArpKey(info.ifindex, layout.be32(ip)))
+
+    def detach_all(self, ipr: IPRoute) -> None:
+        with self._lock:
+            for info in list(self.attached.values()):
+                self._forget(ipr, info)
+
+    # -- following ----------------------------------------------------------------
+    def follow(self) -> None:
+        """Start the background listener (a thread with its own netlink sockets)."""
+        self._thread = threading.Thread(target=self._run, name="port-follower", daemon=True)
+        self._thread.start()
+
+    def stop_following(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        events = IPRoute()
+        events.bind(groups=RTMGRP_LINK)
+        commands = IPRoute()
+        try:
+            since_sync = 0.0
+            while not self._stop.is_set():
+                ready, _, _ = select.select([events.fileno()], [], [], POLL_INTERVAL_S)
+                if ready:
+                    events.get()  # contents do not matter: membership is re-read below
+                    since_sync = RESYNC_INTERVAL_S
+                since_sync += POLL_INTERVAL_S
+                if since_sync >= RESYNC_INTERVAL_S:
+                    since_sync = 0.0
+                    try:
+                        self.sync(commands)
+                    except Exception:  # keep following; the next resync retries
+                        log.exception("port resync failed")
+        finally:
+            events.close()
+            commands.close()

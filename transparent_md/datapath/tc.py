@@ -1,0 +1,72 @@
+"""tc clsact attachment that owns exactly one filter per hook and touches no other.
+
+Our filters sit at a fixed priority with a fixed handle. Attaching uses `replace`, so a
+restart after a crash takes over its own old filter instead of adding a second one;
+detaching deletes that priority/handle only, so foreign filters on the port survive.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+INGRESS_PARENT = 0xFFFFFFF2  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)
+EGRESS_PARENT = 0xFFFFFFF3
+# "tmd" in spirit: any value no other tool is likely to pick.
+DEFAULT_HANDLE = 0x7D0
+DEFAULT_PRIORITY = 10
+
+
+@dataclass(frozen=True)
+class FilterSlot:
+    """Where our filter lives on every hook: priority and handle."""
+
+    priority: int = DEFAULT_PRIORITY
+    handle: int = DEFAULT_HANDLE
+
+
+def ensure_clsact(ipr: IPRoute, ifindex: int) -> None:
+    try:
+        ipr.tc("add", "clsact", index=ifindex)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+
+
+def attach(
+    ipr: IPRoute, ifindex: int, prog_fd: int, prog_name: str, slot: FilterSlot,
+    parent: int = INGRESS_PARENT,
+) -> None:
+    """Attach (or take over) our direct-action filter on one hook."""
+    ensure_clsact(ipr, ifindex)
+    ipr.tc(
+        "replace-filter", "bpf", index=ifindex, handle=slot.handle, prio=slot.priority,
+        fd=prog_fd, name=prog_name, parent=parent, classid=1, direct_action=True,
+    )
+
+
+def detach(ipr: IPRoute, ifindex: int, slot: FilterSlot, parent: int = INGRESS_PARENT) -> bool:
+    """Delete our filter; False when it (or the device) is already gone."""
+    try:
+        ipr.tc("del-filter", "bpf", index=ifindex, handle=slot.handle, prio=slot.priority,
+               parent=parent)
+    except NetlinkError as exc:
+        if exc.code in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+            return False
+        raise
+    return True
+
+
+def our_filters(ipr: IPRoute, ifindex: int, slot: FilterSlot,
+                parent: int = INGRESS_PARENT) -> list[str]:
+    """Names of the bpf programs in our priority/handle on one hook (for checks)."""
+    names = []
+    for flt in ipr.get_filters(index=ifindex, parent=parent):
+        if flt["info"] >> 16 != slot.priority or flt["handle"] != slot.handle:
+            continue
+        options = flt.get_attr("TCA_OPTIONS")
+        names.append(options.get_attr("TCA_BPF_NAME") if options else "")
+    return names

@@ -1,0 +1,60 @@
+"""Who is behind a shadow address: read the pinned slot and port maps with bpf(2).
+
+The responder sees every request coming from `<shadow prefix> | slot`; the port program
+wrote that slot (port ifindex, guest IP, guest MAC) before it let the SYN through, and
+the daemon wrote the port's bridge and name when it attached. Two syscalls per
+connection, no bcc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+from pathlib import Path
+
+from transparent_md.datapath import layout
+from transparent_md.datapath.bpf_syscall import PinnedMap
+from transparent_md.identity.guest import Guest
+
+
+class ShadowResolver:
+    """Callable: shadow peer address (str) -> Guest, or None if unknown."""
+
+    def __init__(self, pin_dir: str | Path, shadow_prefix: str) -> None:
+        pin_dir = Path(pin_dir)
+        self.slots = PinnedMap(str(pin_dir / layout.MAP_SLOTS))
+        self.ports = PinnedMap(str(pin_dir / layout.MAP_PORTS))
+        net = ipaddress.IPv4Network(shadow_prefix)
+        self._net = int(net.network_address)
+        self._mask = int(net.netmask)
+        # Reused buffers: one lookup at a time per resolver (the responder is one thread).
+        self._slot_key = ctypes.c_uint32()
+        self._slot = layout.Slot()
+        self._port_key = ctypes.c_uint32()
+        self._port = layout.Port()
+
+    def __call__(self, peer_ip: str) -> Guest | None:
+        try:
+            addr = int(ipaddress.IPv4Address(peer_ip))
+        except ValueError:
+            return None
+        if addr & self._mask != self._net:
+            return None
+        self._slot_key.value = addr & ~self._mask & 0xFFFFFFFF
+        if not self.slots.lookup(self._slot_key, self._slot) or self._slot.ifindex == 0:
+            return None
+        slot = self._slot
+        self._port_key.value = slot.ifindex
+        if not self.ports.lookup(self._port_key, self._port):
+            return None  # port no longer ours: answer nothing
+        return Guest(
+            bridge=self._port.bridge.decode(),
+            port=self._port.name.decode(),
+            ifindex=slot.ifindex,
+            mac=layout.mac_str(slot.mac),
+            ip=layout.ip_from_be32(slot.ip),
+        )
+
+    def close(self) -> None:
+        self.slots.close()
+        self.ports.close()
