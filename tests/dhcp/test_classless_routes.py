@@ -22,6 +22,8 @@ from transparent_md.dhcp.classless_routes import (
 from transparent_md.errors import UserError
 
 ROUTER = IPv4Address("10.0.0.1")
+# No timing in tests: a slow machine is not a failure.
+no_deadline = settings(deadline=None)
 
 # RFC 3442 section 3, "Destination descriptor" table: (subnet, descriptor octets).
 RFC3442_DESCRIPTORS = [
@@ -65,13 +67,13 @@ route_sets = st.lists(
 ).filter(fits_one_option)
 
 
-@settings(deadline=None)  # no timing in tests: a slow machine is not a failure
+@no_deadline
 @given(route_sets)
 def test_round_trip_any_route_set(routes: list[Route]) -> None:
     assert decode(encode(routes)) == routes
 
 
-@settings(deadline=None)  # no timing in tests: a slow machine is not a failure
+@no_deadline
 @given(route_sets)
 def test_encoding_matches_reference(routes: list[Route]) -> None:
     assert encode(routes) == encode_unchecked(routes)
@@ -105,7 +107,7 @@ def test_significant_octets_for_every_prefix(prefix: int) -> None:
     assert encoded[1 + significant :] == bytes(4)
 
 
-@settings(deadline=None)  # no timing in tests: a slow machine is not a failure
+@no_deadline
 @given(route_sets, st.data())
 def test_truncated_option_is_refused(routes: list[Route], data: st.DataObject) -> None:
     encoded = encode(routes)
@@ -116,7 +118,7 @@ def test_truncated_option_is_refused(routes: list[Route], data: st.DataObject) -
         decode(encoded[:cut])
 
 
-@settings(deadline=None)  # no timing in tests: a slow machine is not a failure
+@no_deadline
 @given(st.integers(33, 255), st.binary(min_size=8, max_size=8))
 def test_prefix_over_32_is_refused(prefix: int, rest: bytes) -> None:
     with pytest.raises(UserError, match="over 32"):
@@ -167,7 +169,7 @@ def test_duplicate_destinations_are_refused() -> None:
         encode(routes)
 
 
-@settings(deadline=None)  # no timing in tests: a slow machine is not a failure
+@no_deadline
 @given(st.integers(1, 40))
 def test_option_size_limit(count: int) -> None:
     routes = [Route(IPv4Network((i, 32)), ROUTER) for i in range(count)]
