@@ -1,0 +1,5 @@
+"""Responder: the HTTP side guests talk to (EC2 and OpenStack trees, IMDSv2 tokens)."""
+
+from transparent_md.responder.server import Resolver, Responder
+
+__all__ = ["Resolver", "Responder"]

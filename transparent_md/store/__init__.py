@@ -1,0 +1,53 @@
+"""Store: the instance registry the responder answers from.
+
+`Store` is the small interface a fleet backend would implement; `SqliteStore` is the
+embedded default, a single file at `DEFAULT_STORE_PATH` unless `--store PATH` says
+otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from transparent_md.store.record import Instance, RecordError, parse_record
+from transparent_md.store.snapshot import Entry, Snapshot
+from transparent_md.store.sqlite import MAX_PASSWORD_BYTES, PasswordAlreadySet, SqliteStore
+
+# Where packaged state lives on Debian-like systems; root-owned, mode 0750.
+DEFAULT_STORE_PATH = "/var/lib/transparent-md/instances.db"
+
+
+class Store(Protocol):
+    """What the CLI and the responder need from an instance registry.
+
+    `snapshot()` is on the request path: it must be cheap when nothing changed and
+    return an immutable view that reflects every committed change.
+    """
+
+    path: str
+
+    def snapshot(self) -> Snapshot: ...
+    def refresh(self) -> Snapshot: ...
+    def get(self, instance_id: str) -> Instance | None: ...
+    def list(self) -> list[Instance]: ...
+    def add(self, instance: Instance) -> None: ...
+    def update(self, instance: Instance) -> None: ...
+    def put_many(self, instances: Iterable[Instance], *, replace: bool = True,
+                 prune: bool = False) -> None: ...
+    def remove(self, instance_id: str) -> None: ...
+    def set_password_once(self, instance_id: str, password: str) -> None: ...
+    def clear_password(self, instance_id: str) -> None: ...
+    def password(self, instance_id: str) -> str | None: ...
+    def close(self) -> None: ...
+
+
+def open_store(path: str | None) -> Store:
+    """Open (creating if needed) the store at `path`, or at DEFAULT_STORE_PATH."""
+    return SqliteStore(path or DEFAULT_STORE_PATH)
+
+
+__all__ = [
+    "DEFAULT_STORE_PATH", "Entry", "Instance", "MAX_PASSWORD_BYTES", "PasswordAlreadySet",
+    "RecordError", "Snapshot", "SqliteStore", "Store", "open_store", "parse_record",
+]

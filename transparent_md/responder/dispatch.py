@@ -1,0 +1,126 @@
+"""Request routing: (method, path, token headers, body) + who asked -> a prepared Reply.
+
+Policy lives here and nowhere else: which methods a path allows, when a token is
+needed, what an unknown guest sees (404 for everything: it learns nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from transparent_md.responder import ec2, openstack
+from transparent_md.responder.http import (
+    BAD_REQUEST,
+    CONFLICT,
+    FORBIDDEN,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    SERVER_ERROR,
+    UNAUTHORIZED,
+    Reply,
+)
+from transparent_md.responder.prepared import Prepared
+from transparent_md.responder.tokens import TokenAuthority
+from transparent_md.store import MAX_PASSWORD_BYTES, PasswordAlreadySet, Store
+
+log = logging.getLogger(__name__)
+
+GET = b"GET"
+HEAD = b"HEAD"
+PUT = b"PUT"
+POST = b"POST"
+TOKEN_PATH = b"/latest/api/token"
+OPENSTACK_PREFIX = b"/openstack"
+_PASSWORD_OK = Reply(200, b"")
+
+
+class Dispatcher:
+    """Answers one parsed request; never raises for bad input, only returns 4xx."""
+
+    def __init__(self, store: Store, tokens: TokenAuthority) -> None:
+        self.store = store
+        self.tokens = tokens
+
+    def respond(self, prepared: Prepared | None, method: bytes, url: bytes,
+                token: bytes | None, ttl: bytes | None, forwarded: bool,
+                body: bytes) -> tuple[Reply, bool]:
+        """The reply, and whether it is a token reply (sent with the IP hop limit)."""
+        query = url.find(b"?")
+        path = url if query < 0 else url[:query]
+        if method in (GET, HEAD):
+            if prepared is None:
+                return NOT_FOUND, False
+            if path.startswith(OPENSTACK_PREFIX):
+                return self._openstack(prepared, path), False
+            return self._ec2(prepared, path, token), False
+        if method == PUT and path == TOKEN_PATH:
+            return self._issue_token(prepared, ttl, forwarded)
+        if method == POST and path.startswith(OPENSTACK_PREFIX):
+            return self._post_password(prepared, path, body), False
+        return METHOD_NOT_ALLOWED, False
+
+    def _ec2(self, prepared: Prepared, path: bytes, token: bytes | None) -> Reply:
+        if path == b"/":
+            reply = ec2.ROOT_LISTING
+        else:
+            version, _, rest = path[1:].partition(b"/")
+            if version not in ec2.VERSION_SET:
+                return NOT_FOUND
+            reply = prepared.ec2.get(rest.rstrip(b"/"), NOT_FOUND)
+        if token is not None:
+            if not self.tokens.is_valid(token, prepared.instance_id):
+                return UNAUTHORIZED
+        elif prepared.imdsv2_required:
+            return UNAUTHORIZED
+        return reply
+
+    def _openstack(self, prepared: Prepared, path: bytes) -> Reply:
+        version, file = _openstack_parts(path)
+        if version is None:
+            return openstack.ROOT_LISTING if file == b"" else NOT_FOUND
+        return prepared.openstack.get(file, NOT_FOUND)
+
+    def _issue_token(self, prepared: Prepared | None, ttl_header: bytes | None,
+                     forwarded: bool) -> tuple[Reply, bool]:
+        if forwarded:  # a proxy in the guest is relaying: refuse, as AWS does
+            return FORBIDDEN, False
+        ttl = self.tokens.parse_ttl(ttl_header)
+        if ttl is None:
+            return BAD_REQUEST, False
+        if prepared is None:
+            return NOT_FOUND, False
+        token = self.tokens.issue(prepared.instance_id, ttl)
+        header = b"X-Aws-Ec2-Metadata-Token-Ttl-Seconds: %d\r\n" % ttl
+        return Reply(200, token, extra_headers=header), True
+
+    def _post_password(self, prepared: Prepared | None, path: bytes, body: bytes) -> Reply:
+        version, file = _openstack_parts(path)
+        if version is None or file != openstack.PASSWORD_FILE:
+            return METHOD_NOT_ALLOWED
+        if prepared is None:
+            return NOT_FOUND
+        if len(body) > MAX_PASSWORD_BYTES:
+            return BAD_REQUEST
+        try:
+            self.store.set_password_once(prepared.instance_id, body.decode("utf-8"))
+        except UnicodeDecodeError:
+            return BAD_REQUEST
+        except PasswordAlreadySet:
+            return CONFLICT
+        except Exception:
+            log.exception("storing the password of %s failed", prepared.instance_id)
+            return SERVER_ERROR
+        return _PASSWORD_OK
+
+
+def _openstack_parts(path: bytes) -> tuple[bytes | None, bytes | None]:
+    """(version, file) for /openstack/<version>/<file>; (None, b"") for the root."""
+    rest = path[len(OPENSTACK_PREFIX):]
+    if rest in (b"", b"/"):
+        return None, b""
+    if rest[:1] != b"/":
+        return None, None
+    version, _, file = rest[1:].partition(b"/")
+    if version not in openstack.VERSION_SET:
+        return None, None
+    return version, file.rstrip(b"/")

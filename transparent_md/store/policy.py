@@ -1,0 +1,92 @@
+"""Identity policy: which record answers a guest, and which records would be ambiguous.
+
+A guest is matched by MAC first (respecting any bridge/port/IP the record is bound
+to), else by IP on its bridge among records that carry no MAC. Where several records
+could answer, the most specific one (most bound fields) wins; two equally specific
+records that could answer the same guest are refused when written, so the answer never
+depends on ordering. An unknown guest gets None and learns nothing about others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Generic, Protocol, TypeVar
+
+from transparent_md.identity import Guest
+from transparent_md.store.record import Instance
+
+
+class HasInstance(Protocol):
+    @property
+    def instance(self) -> Instance: ...
+
+
+E = TypeVar("E", bound=HasInstance)
+
+
+def specificity(record: Instance) -> int:
+    """How many optional bindings narrow the record; the narrowest match wins."""
+    return sum(x is not None for x in (record.ip, record.bridge, record.port))
+
+
+def accepts(record: Instance, guest: Guest) -> bool:
+    """Every field the record binds must equal what the datapath saw."""
+    return (
+        (record.mac is None or record.mac == guest.mac)
+        and (record.ip is None or record.ip == guest.ip)
+        and (record.bridge is None or record.bridge == guest.bridge)
+        and (record.port is None or record.port == guest.port)
+    )
+
+
+def could_overlap(a: Instance, b: Instance) -> bool:
+    """True if some guest would be accepted by both records."""
+    return all(
+        x is None or y is None or x == y
+        for x, y in ((a.mac, b.mac), (a.ip, b.ip), (a.bridge, b.bridge), (a.port, b.port))
+    ) and (a.mac is None) == (b.mac is None)
+
+
+def find_conflict(records: Iterable[Instance]) -> tuple[Instance, Instance] | None:
+    """Two records the policy could not tell apart for some guest, if any."""
+    buckets: dict[object, list[Instance]] = {}
+    for record in records:
+        # MAC records only meet records with the same MAC; IP-only records meet by IP.
+        buckets.setdefault(("mac", record.mac) if record.mac else ("ip", record.ip), []).append(
+            record
+        )
+    for group in buckets.values():
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                if specificity(a) == specificity(b) and could_overlap(a, b):
+                    return a, b
+    return None
+
+
+class IdentityIndex(Generic[E]):
+    """Lookup tables built once per store snapshot; `match` is a dict hit plus a filter."""
+
+    __slots__ = ("_by_mac", "_by_ip")
+
+    def __init__(self, entries: Iterable[E]) -> None:
+        by_mac: dict[str, list[E]] = {}
+        by_ip: dict[str, list[E]] = {}
+        for entry in entries:
+            record = entry.instance
+            if record.mac is not None:
+                by_mac.setdefault(record.mac, []).append(entry)
+            else:
+                by_ip.setdefault(record.ip or "", []).append(entry)
+        key = lambda e: -specificity(e.instance)  # noqa: E731 - sort key, narrowest first
+        self._by_mac = {k: tuple(sorted(v, key=key)) for k, v in by_mac.items()}
+        self._by_ip = {k: tuple(sorted(v, key=key)) for k, v in by_ip.items()}
+
+    def match(self, guest: Guest) -> E | None:
+        """The record that answers `guest`, or None when no record is for it."""
+        for entry in self._by_mac.get(guest.mac, ()):
+            if accepts(entry.instance, guest):
+                return entry
+        for entry in self._by_ip.get(guest.ip, ()):
+            if accepts(entry.instance, guest):
+                return entry
+        return None
