@@ -1,5 +1,149 @@
-"""Placeholder so the CLI imports; the owner of `run` replaces this module."""
+"""`transparent-md run`: the daemon. Datapath up, responder serving, clean exit on signal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from transparent_md.datapath import tc
+from transparent_md.datapath.datapath import (
+    DEFAULT_SHADOW_PREFIX,
+    Datapath,
+    DatapathConfig,
+)
+from transparent_md.datapath.ports import GatewayRule
+from transparent_md.errors import UserError
+
+log = logging.getLogger("transparent_md")
+
+READY_LINE = "transparent-md: ready"
+
+EPILOG = """\
+what it does:
+  Attaches a tc program to every port of each --bridge (and to ports added later),
+  creates a veth pair md0/md1 for the responder and serves 169.254.169.254:80 there.
+  Guests reach it through their ordinary default gateway, or an on-link route to
+  169.254.169.254 (the program answers ARP for it), or a --gateway address on
+  segments with no router. SIGTERM/SIGINT detaches everything it attached.
+
+the host's own 169.254.169.254:
+  By default the responder side (md1 holding 169.254.169.254) lives in its own
+  network namespace, so a route the host itself has to an upstream metadata service
+  keeps working. --responder-netns none puts md1 in the current namespace instead:
+  then this host's own requests to 169.254.169.254 are answered by transparent-md.
+
+examples:
+  transparent-md run --bridge br-tenant1 --bridge br-tenant2
+  transparent-md run --bridge br-iso --gateway br-iso=10.9.0.1 --store /srv/md.db
+"""
 
 
-def register(sub):
-    pass
+def _gateway(value: str) -> GatewayRule:
+    target, sep, ip = value.partition("=")
+    if not sep or not target or not ip:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected BRIDGE_OR_PORT=IP")
+    try:
+        import ipaddress
+
+        ipaddress.IPv4Address(ip)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r}: {exc}") from exc
+    return GatewayRule(target=target, ip=ip)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the daemon: intercept 169.254.169.254 on bridge ports and answer it",
+        description="Run the metadata daemon in the foreground, in the current network "
+        "namespace.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--bridge", action="append", required=True, metavar="BR",
+                   help="bridge whose ports face guests (repeat for several)")
+    p.add_argument("--store", metavar="PATH",
+                   help="instance store (SQLite); default: the store's default path")
+    p.add_argument("--gateway", action="append", type=_gateway, default=[],
+                   metavar="BRIDGE_OR_PORT=IP",
+                   help="answer ARP for IP on that bridge's ports (or that one port): "
+                   "the default gateway of a segment that has no router (repeatable)")
+    p.add_argument("--no-metadata-arp", action="store_true",
+                   help="do not answer ARP for 169.254.169.254 (on-link route mode)")
+    p.add_argument("--shadow-prefix", default=DEFAULT_SHADOW_PREFIX, metavar="CIDR",
+                   help="addresses the responder sees guests as; must be unused on this "
+                   f"host (default {DEFAULT_SHADOW_PREFIX})")
+    p.add_argument("--responder-netns", default="auto", metavar="NAME|auto|none",
+                   help="namespace for the responder side: 'auto' (default) creates one, "
+                   "'none' uses the current namespace")
+    p.add_argument("--token-hop-limit", type=int, default=1, metavar="N",
+                   help="IP TTL of IMDSv2 token responses (default 1, like EC2)")
+    p.add_argument("--tc-priority", type=int, default=tc.DEFAULT_PRIORITY, metavar="N",
+                   help=f"tc filter priority we own on each port (default {tc.DEFAULT_PRIORITY})")
+    p.add_argument("--name", default="tmd", help="name of this daemon's devices and pins "
+                   "(default tmd; change it to run two daemons in one namespace)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    p.set_defaults(handler=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    netns = {"auto": "auto", "none": None}.get(args.responder_netns, args.responder_netns)
+    if not 1 <= args.token_hop_limit <= 255:
+        raise UserError("--token-hop-limit must be 1..255")
+    if not 1 <= args.tc_priority <= 0xFFFF:
+        raise UserError("--tc-priority must be 1..65535")
+    config = DatapathConfig(
+        bridges=args.bridge,
+        name=args.name,
+        shadow_prefix=args.shadow_prefix,
+        responder_netns=netns,
+        gateways=args.gateway,
+        answer_metadata_arp=not args.no_metadata_arp,
+        filter_slot=tc.FilterSlot(priority=args.tc_priority),
+    )
+    # Open the store first: a bad store path should fail before anything is attached.
+    from transparent_md.store import open_store
+
+    store = open_store(args.store)
+    datapath = Datapath(config)
+    datapath.start()
+    try:
+        serve(datapath, store, args.token_hop_limit)
+    finally:
+        datapath.stop()
+        log.info("stopped; filters detached, responder side removed")
+    return 0
+
+
+def serve(datapath: Datapath, store, token_hop_limit: int) -> None:
+    """Run the responder on uvloop until SIGTERM or SIGINT."""
+    import uvloop
+
+    from transparent_md.datapath.responder_side import listening_socket
+    from transparent_md.identity.shadow_map import ShadowResolver
+    from transparent_md.responder.server import Responder
+
+    sock = listening_socket(datapath.netns_name)
+    resolver = ShadowResolver(datapath.pin_dir, datapath.config.shadow_prefix)
+    responder = Responder(store, resolver, token_hop_limit=token_hop_limit)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = await responder.start(sock)
+        print(READY_LINE, flush=True)
+        await stop.wait()
+        server.close()
+
+    try:
+        uvloop.run(main())
+    finally:
+        resolver.close()
+        sock.close()
+        sys.stdout.flush()

@@ -16,7 +16,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from transparent_md.datapath import bpffs, layout, programs, responder_side, tc
-from transparent_md.datapath.bpf_syscall import PinnedMap
+from transparent_md.datapath.bpf_syscall import BpfMap
 from transparent_md.datapath.ports import GatewayRule, PortAttacher
 from transparent_md.errors import UserError
 
@@ -71,7 +71,7 @@ class Datapath:
         self.loaded: programs.LoadedPrograms | None = None
         self.side: responder_side.ResponderSide | None = None
         self.attacher: PortAttacher | None = None
-        self._maps: dict[str, PinnedMap] = {}
+        self._maps: dict[str, BpfMap] = {}
 
     @property
     def shadow_slots(self) -> int:
@@ -92,7 +92,7 @@ class Datapath:
         bpffs.ensure_mounted()
         bpffs.unpin(self.pin_dir)
         bpffs.pin_maps(self.pin_dir, {m: self.loaded.map_fd(m) for m in layout.ALL_MAPS})
-        self._maps = {m: PinnedMap(str(self.pin_dir / m)) for m in layout.ALL_MAPS}
+        self._maps = {m: BpfMap.from_pin(str(self.pin_dir / m)) for m in layout.ALL_MAPS}
 
         self.side = responder_side.create(
             self.ipr, self.md_ifname, self.netns_name, str(self.shadow)
@@ -159,5 +159,5 @@ class Datapath:
     # -- observation ----------------------------------------------------------------
     def stats(self) -> dict[str, int]:
         """Sum of the per-CPU counters, by name."""
-        table = self.loaded.bpf.get_table(layout.MAP_STATS)
+        table = self.loaded.table(layout.MAP_STATS)
         return {s.name.lower(): int(sum(table[table.Key(s.value)])) for s in layout.Stat}

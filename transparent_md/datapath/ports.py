@@ -20,7 +20,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from transparent_md.datapath import layout, tc
-from transparent_md.datapath.bpf_syscall import PinnedMap
+from transparent_md.datapath.bpf_syscall import BpfMap
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ class PortAttacher:
         self,
         bridges: Iterable[str],
         port_prog_fd: int,
-        ports_map: PinnedMap,
-        arp_map: PinnedMap,
+        ports_map: BpfMap,
+        arp_map: BpfMap,
         gateways: Iterable[GatewayRule],
         slot: tc.FilterSlot,
     ) -> None:

@@ -34,10 +34,10 @@ class LoadedPrograms:
     md_fd: int
 
     def map_fd(self, name: str) -> int:
-        return self.bpf.get_table(name).get_fd()
+        return self.bpf.get_table(name.encode()).get_fd()
 
     def table(self, name: str) -> Any:
-        return self.bpf.get_table(name)
+        return self.bpf.get_table(name.encode())
 
 
 def compilation_unit() -> str:
@@ -81,7 +81,7 @@ def load_programs(extra_cflags: tuple[str, ...] = ()) -> LoadedPrograms:
     check_kernel_headers()
     bcc = import_bcc()
     try:
-        module = bcc.BPF(text=compilation_unit(), cflags=list(extra_cflags))
+        module = bcc.BPF(text=compilation_unit().encode(), cflags=list(extra_cflags))
         port = module.load_func(PORT_PROGRAM.encode(), bcc.BPF.SCHED_CLS)
         md = module.load_func(MD_PROGRAM.encode(), bcc.BPF.SCHED_CLS)
     except Exception as exc:  # bcc raises bare Exception for compile and load errors

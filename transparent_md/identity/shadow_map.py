@@ -13,7 +13,7 @@ import ipaddress
 from pathlib import Path
 
 from transparent_md.datapath import layout
-from transparent_md.datapath.bpf_syscall import PinnedMap
+from transparent_md.datapath.bpf_syscall import BpfMap
 from transparent_md.identity.guest import Guest
 
 
@@ -22,8 +22,8 @@ class ShadowResolver:
 
     def __init__(self, pin_dir: str | Path, shadow_prefix: str) -> None:
         pin_dir = Path(pin_dir)
-        self.slots = PinnedMap(str(pin_dir / layout.MAP_SLOTS))
-        self.ports = PinnedMap(str(pin_dir / layout.MAP_PORTS))
+        self.slots = BpfMap.from_pin(str(pin_dir / layout.MAP_SLOTS))
+        self.ports = BpfMap.from_pin(str(pin_dir / layout.MAP_PORTS))
         net = ipaddress.IPv4Network(shadow_prefix)
         self._net = int(net.network_address)
         self._mask = int(net.netmask)
