@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from transparent_md.errors import UserError
+
 # verb -> module under transparent_md.cli; each module has register(subparsers).
 VERBS = {
     "run": "run",
@@ -35,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        print(f"transparent-md: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

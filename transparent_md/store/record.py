@@ -99,10 +99,15 @@ class Instance:
         """The record as a file would spell it (inverse of `parse_record`)."""
         out: dict[str, Any] = {"instance_id": self.instance_id}
         raw = asdict(self)
+        derived = {  # defaults that follow other fields stay implicit, so they keep following
+            "hostname": self.instance_id,
+            "local_hostname": self.hostname,
+            "reservation_id": f"r-{self.instance_id}",
+        }
         for name in ("mac", "ip", "bridge", "port", "hostname", "local_hostname",
                      "availability_zone", "instance_type", "ami_id", "reservation_id",
                      "launch_index", "account_id", "public_ipv4", "public_hostname"):
-            if raw[name] is not None:
+            if raw[name] is not None and raw[name] != derived.get(name):
                 out[name] = raw[name]
         out["security_groups"] = list(self.security_groups)
         out["ssh_keys"] = dict(self.ssh_keys)
