@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transparent_md.cli.run import READY_LINE
+from transparent_md.datapath import programs
 from transparent_md.topology.netns import Topology, stop_process
 
 METADATA_URL = "http://169.254.169.254"
+PROGRAM_PREFIXES = (programs.PORT_PROGRAM, programs.MD_PROGRAM)
 # Compiling the programs takes ~1-2 s; a loaded CI machine gets generous room.
 DAEMON_START_TIMEOUT_S = 60.0
 
@@ -128,6 +130,11 @@ class Hypervisor:
     def tc_filters(self, port: str, direction: str = "ingress") -> list[dict]:
         res = self.topo.sh(self.ns, ["tc", "-j", "filter", "show", "dev", port, direction])
         return json.loads(res.stdout or "[]") if res.returncode == 0 else []
+
+    def our_filters(self, port: str, direction: str = "ingress") -> list[dict]:
+        """transparent-md's filters on a port (its program name), as `tc -j` shows them."""
+        return [f for f in self.tc_filters(port, direction)
+                if f.get("options", {}).get("bpf_name", "").startswith(PROGRAM_PREFIXES)]
 
 
 def venv_env() -> dict[str, str]:
