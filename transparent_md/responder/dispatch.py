@@ -52,6 +52,8 @@ class Dispatcher:
                 return NOT_FOUND, False
             if path.startswith(OPENSTACK_PREFIX):
                 return self._openstack(prepared, path), False
+            if path == TOKEN_PATH:
+                return METHOD_NOT_ALLOWED, False  # tokens are only PUT
             return self._ec2(prepared, path, token), False
         if method == PUT and path == TOKEN_PATH:
             return self._issue_token(prepared, ttl, forwarded)
