@@ -108,7 +108,12 @@ class MetadataProtocol(asyncio.Protocol):
         except httptools.HttpParserInvalidMethodError:
             self._fail(405)
         except httptools.HttpParserUpgrade:
-            self._fail(400)  # no WebSocket or CONNECT here
+            # No WebSocket or CONNECT here: a request already answered just ends the
+            # connection; one cut short by the upgrade is refused.
+            if self._in_head:
+                self._close()
+            else:
+                self._fail(400)
         except httptools.HttpParserError:
             self._fail(self._reject)
         else:
