@@ -24,7 +24,9 @@ GUEST_A = Guest(bridge="br0", port="tap0", ifindex=10, mac="52:54:00:00:00:0a", 
 GUEST_B = Guest(bridge="br1", port="tap1", ifindex=11, mac="52:54:00:00:00:0b", ip="10.0.0.5")
 GUEST_STRICT = Guest(bridge="br0", port="tap2", ifindex=12, mac="52:54:00:00:00:0c",
                      ip="10.0.0.7")
-GUESTS = {"127.0.0.2": GUEST_A, "127.0.0.3": GUEST_B, "127.0.0.4": GUEST_STRICT}
+# Subprocess clients connect from 127.0.0.1: they are guest A too.
+GUESTS = {"127.0.0.1": GUEST_A, "127.0.0.2": GUEST_A, "127.0.0.3": GUEST_B,
+          "127.0.0.4": GUEST_STRICT}
 UNKNOWN_SOURCE = "127.0.0.9"
 
 RECORD_A = {

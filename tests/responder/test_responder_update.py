@@ -1,0 +1,51 @@
+"""`instance update` (a separate process) while a guest loops: old or new, never mixed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+OLD = ("m5.large", "eu-west-1a", "eu-west-1")
+NEW = ("c6i.xlarge", "us-east-2b", "us-east-2")
+UPDATES = 6
+
+
+def cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "transparent_md", "instance", *args], check=True,
+                   capture_output=True)
+
+
+def test_update_while_a_client_loops_sees_only_whole_records(live):
+    seen: list[tuple[int, tuple[str, str, str] | None]] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        conn = live.connect()
+        while not stop.is_set():
+            response = conn.request("GET", "/latest/dynamic/instance-identity/document")
+            if response.status != 200:
+                seen.append((response.status, None))
+                continue
+            doc = json.loads(response.body)
+            seen.append((200, (doc["instanceType"], doc["availabilityZone"], doc["region"])))
+        conn.close()
+
+    client = threading.Thread(target=loop)
+    client.start()
+    try:
+        for i in range(UPDATES):
+            kind, zone, _ = NEW if i % 2 == 0 else OLD
+            cli("update", "i-aaaa", "--instance-type", kind, "--availability-zone", zone,
+                "--store", live.store_path)
+    finally:
+        stop.set()
+        client.join()
+    statuses = {status for status, _ in seen}
+    answers = {answer for _, answer in seen}
+    assert statuses == {200}
+    assert answers <= {OLD, NEW}
+    assert NEW in answers  # the change did reach the running responder
+    # the last update restored OLD; the next request must see it
+    assert live.get("/latest/meta-data/instance-type").body == OLD[0].encode()
