@@ -1,0 +1,116 @@
+"""The run's results as checks against the targets, JSON, and a markdown report."""
+
+from __future__ import annotations
+
+from transparent_md.bench import targets as tg
+from transparent_md.bench.measure import KEEP_ALIVE, NEW_CONNECTION, Measurement
+from transparent_md.bench.targets import Check
+
+# The CPU target per connection mode (issue 5).
+CPU_TARGET = {KEEP_ALIVE: tg.CPU_US_KEEPALIVE, NEW_CONNECTION: tg.CPU_US_NEW_CONNECTION}
+
+
+def _find(loads: list[Measurement], key: str, mode: str) -> Measurement | None:
+    return next((m for m in loads if m.target.key == key and m.mode == mode), None)
+
+
+def ratios(loads: list[Measurement]) -> dict[str, float]:
+    """tc path requests/s over the same responder's loopback rate, per mode."""
+    out = {}
+    for mode in CPU_TARGET:
+        tc, lo = _find(loads, "tc", mode), _find(loads, "loopback", mode)
+        if tc and lo and lo.load.rps:
+            out[mode] = tc.load.rps / lo.load.rps
+    return out
+
+
+def checks(raw: dict) -> list[Check]:
+    """Every target of issue 5 with the figure this run measured for it."""
+    loads: list[Measurement] = raw["loads"]
+    out = []
+    for mode, limit in CPU_TARGET.items():
+        m = _find(loads, "tc", mode)
+        if m:
+            out.append(Check(f"CPU per request, tc path, {mode}", m.cpu_us_per_request,
+                             limit, False, " us"))
+    for mode, value in ratios(loads).items():
+        out.append(Check(f"tc path / loopback requests/s, {mode}", value,
+                         tg.TC_OVER_LOOPBACK_MIN, True, "x"))
+    storm = raw.get("storm")
+    if storm:
+        out.append(Check(f"storm failures ({storm['guests']} guests)", storm["failures"],
+                         tg.STORM_MAX_FAILURES, False, ""))
+        out.append(Check(f"storm p99 per request ({storm['guests']} guests)",
+                         storm["p99_ms"], tg.STORM_P99_MS, False, " ms"))
+    mem = raw["memory"]
+    out.append(Check(f"daemon RSS with {mem['records']:,} records", mem["rss_mib"],
+                     tg.RSS_10K_RECORDS_MIB, False, " MiB"))
+    return out
+
+
+def to_json(raw: dict) -> dict:
+    return {
+        **{k: raw[k] for k in ("machine", "settings", "started", "elapsed_s", "storm",
+                               "memory")},
+        "loads": [m.to_json() for m in raw["loads"]],
+        "tc_over_loopback": {k: round(v, 3) for k, v in ratios(raw["loads"]).items()},
+        "checks": [c.to_json() for c in checks(raw)],
+    }
+
+
+def _mark(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def _num(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def markdown(raw: dict) -> str:
+    m, s = raw["machine"], raw["settings"]
+    lines = [
+        f"Run {raw['started']} on {m['cpus']} CPUs, kernel {m['kernel']}, "
+        f"Python {m['python']}: {s['guests']} wrk clients x "
+        f"{s['connections_per_guest']} connections, {s['duration_s']:g} s per run "
+        f"(whole run {raw['elapsed_s']:g} s).",
+        "",
+        "| server | connection | requests/s | p50 ms | p99 ms | errors "
+        "| server CPU us/request (target) | peak RSS MiB |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for x in raw["loads"]:
+        cpu = _num(x.cpu_us_per_request, 1)
+        if x.target.ours:
+            limit = CPU_TARGET[x.mode]
+            cpu += f" (<= {limit:g} {_mark(x.cpu_us_per_request <= limit)})"
+        lines.append(
+            f"| {x.target.label} | {x.mode} | {_num(x.load.rps)} | {x.load.p50_ms:.2f} "
+            f"| {x.load.p99_ms:.2f} | {x.load.errors} | {cpu} | {x.peak_rss_mib:.1f} |")
+    lines.append("")
+    for mode, value in ratios(raw["loads"]).items():
+        lines.append(f"- tc path / loopback, {mode}: **{value:.2f}x** "
+                     f"(>= {tg.TC_OVER_LOOPBACK_MIN:g}x {_mark(value >= tg.TC_OVER_LOOPBACK_MIN)})")
+    storm = raw.get("storm")
+    if storm:
+        lines.append(
+            f"- Boot storm: {storm['guests']} guests starting within "
+            f"{storm['start_window_s']:g} s, {storm['requests']:,} requests "
+            f"({storm['requests_per_guest']:.0f} per guest, a fresh connection each): "
+            f"**{storm['failures']} failures** (target 0 "
+            f"{_mark(storm['failures'] <= tg.STORM_MAX_FAILURES)}), p50 "
+            f"{storm['p50_ms']:.1f} ms, **p99 {storm['p99_ms']:.1f} ms** "
+            f"(< {tg.STORM_P99_MS:g} ms {_mark(storm['p99_ms'] <= tg.STORM_P99_MS)}), "
+            f"max {storm['max_ms']:.1f} ms, last guest done after "
+            f"{storm['last_guest_done_s']:.2f} s; daemon CPU "
+            f"{storm['server_cpu_us_per_request']} us/request.")
+        for example in storm["failure_examples"]:
+            lines.append(f"  - failure: `{example}`")
+    mem = raw["memory"]
+    lines.append(
+        f"- Daemon RSS holding {mem['records']:,} instance records: **{mem['rss_mib']:.1f} MiB**"
+        f" (< {tg.RSS_10K_RECORDS_MIB:g} MiB "
+        f"{_mark(mem['rss_mib'] <= tg.RSS_10K_RECORDS_MIB)}; peak {mem['peak_rss_mib']:.1f})")
+    lines += ["", "| target | measured | goal | |", "|---|--:|---|---|"]
+    for c in checks(raw):
+        lines.append(f"| {c.name} | {c.value:,.2f} | {c.target_text} | {_mark(c.ok)} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,205 @@
+"""The whole benchmark in one run, so every ratio compares figures taken side by side.
+
+Order: build namespaces and the store, start the daemon and the comparison servers,
+check each answers correctly, then per connection mode load every server in turn
+(the tc path right before its loopback twin), then the boot storm, then read the
+daemon's memory. Everything is torn down in `finally`, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from transparent_md.bench import records, servers, topology, wrk
+from transparent_md.bench.measure import MODES, Measurement, Target, measure, repeat
+from transparent_md.bench.procstat import CpuWindow, peak_rss_mib, rss_mib
+from transparent_md.datapath.responder_side import METADATA_IP
+from transparent_md.topology.hypervisor import Hypervisor
+from transparent_md.topology.netns import NETNS_DIR, Topology
+
+# Loopback ports in the hypervisor namespace (nothing else listens there).
+LOOPBACK = "127.0.0.1"
+LOOPBACK_RESPONDER_PORT = 8080
+NGINX_PORT = 8081
+AIOHTTP_PORT = 8082
+# The storm driver's own limit: M guests x ~50 requests must end well within this.
+STORM_TIMEOUT_S = 120.0
+# The daemon's responder namespace: `<--name>-<inode of its netns>-responder`.
+DAEMON_NAME = "tmd"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Settings:
+    guests: int = 8
+    duration_s: float = 5.0
+    storm_guests: int = 200
+    storm_window_s: float = 1.0
+    records: int = records.DEFAULT_RECORDS
+
+
+def machine() -> dict:
+    return {"cpus": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(), "host": platform.node()}
+
+
+class BenchRun:
+    """Owns the topology and servers of one run; `execute()` returns the raw results."""
+
+    def __init__(self, settings: Settings, progress: Progress) -> None:
+        self.s = settings
+        self.say = progress
+        self.workdir = Path(tempfile.mkdtemp(prefix="tmd-bench-"))
+        self.topo = Topology(tag="tmdb")
+        self.daemon = None
+        self.hv: Hypervisor | None = None
+
+    # -- set-up ---------------------------------------------------------------------
+    def build(self) -> None:
+        s = self.s
+        self.say(f"building {s.guests} guests + {s.storm_guests} storm guests "
+                 f"(namespaces prefixed {self.topo.prefix})")
+        self.hv = topology.build_hypervisor(self.topo)
+        self.guests = topology.add_guests(self.hv, "g", s.guests)
+        self.storm_guests = topology.add_guests(self.hv, "s", s.storm_guests)
+        self.store = str(self.workdir / "instances.db")
+        self.records = records.write_store(self.store, self.guests + self.storm_guests,
+                                           s.records)
+        self.say(f"store: {self.records} records; starting the daemon")
+        self.daemon = self.hv.start_daemon(topology.BRIDGES, self.store)
+        self.rt_ns, self.dnat_guests = topology.build_dnat_segment(self.topo, s.guests)
+        self.hook = wrk.write_hook(self.workdir)
+
+    def start_servers(self) -> list[Target]:
+        """Start every comparison server and check each serves the expected body."""
+        hv, g0 = self.hv, self.guests[0]
+        path = records.WRK_PATH
+        loop = servers.start_static_responder(
+            self.topo, hv.ns, self.store, LOOPBACK, LOOPBACK_RESPONDER_PORT,
+            {LOOPBACK: g0.identity()}, self.workdir, "loopback")
+        dnat_ids = {ip: g.identity() for ip, g in
+                    zip(topology.dnat_guest_ips(len(self.dnat_guests)), self.guests,
+                        strict=True)}
+        dnat = servers.start_static_responder(
+            self.topo, self.rt_ns, self.store, topology.DNAT_ROUTER, topology.DNAT_PORT,
+            dnat_ids, self.workdir, "dnat")
+        nginx = servers.start_nginx(self.topo, hv.ns, LOOPBACK, NGINX_PORT,
+                                    records.FIXED_BODY, self.workdir)
+        aio = servers.start_aiohttp(self.topo, hv.ns, LOOPBACK, AIOHTTP_PORT,
+                                    records.FIXED_BODY)
+        n = self.s.guests
+        metadata = f"http://{METADATA_IP}{path}"
+        targets = [
+            Target("tc", "transparent-md, tc path", self.daemon.proc.pid, metadata,
+                   tuple(g.ns for g in self.guests), True),
+            Target("loopback", "transparent-md, loopback", loop.pid, loop.url + path,
+                   repeat(hv.ns, n), True),
+            Target("nft-dnat", "transparent-md, nft DNAT", dnat.pid, metadata,
+                   tuple(self.dnat_guests), True),
+            Target("nginx", "nginx (fixed body)", nginx.pid, nginx.url + path,
+                   repeat(hv.ns, n), False),
+            Target("aiohttp", "aiohttp (fixed body)", aio.pid, aio.url + path,
+                   repeat(hv.ns, n), False),
+        ]
+        for t in targets:
+            self.check_answer(t)
+        return targets
+
+    def check_answer(self, target: Target) -> None:
+        """A wrong answer (404 from an unknown guest) must not pass for a fast one."""
+        ns = target.clients[0]
+        res = self.topo.sh(ns, ["curl", "-sS", "-m", "5", target.url])
+        expected = self.guests[0].instance_id if target.ours else records.FIXED_BODY
+        if res.returncode != 0 or res.stdout.strip() != expected:
+            raise RuntimeError(f"{target.label}: expected {expected!r} from {target.url} in "
+                               f"{ns}, got {res.stdout.strip()[:80]!r} {res.stderr.strip()}")
+
+    # -- measurements ---------------------------------------------------------------
+    def load_runs(self, targets: list[Target]) -> list[Measurement]:
+        out = []
+        for mode in MODES:
+            for t in targets:
+                m = measure(t, mode, self.s.duration_s, self.hook)
+                self.say(f"{t.label:28} {mode:15} {m.load.rps:10.0f} req/s "
+                         f"{m.cpu_us_per_request:7.1f} us/req  errors {m.load.errors}")
+                out.append(m)
+        return out
+
+    def boot_storm(self) -> dict:
+        s = self.s
+        self.say(f"boot storm: {s.storm_guests} guests within {s.storm_window_s:g} s")
+        spec = self.workdir / "storm.json"
+        spec.write_text(json.dumps({"namespaces": [g.ns for g in self.storm_guests],
+                                    "window_s": s.storm_window_s}))
+        window = CpuWindow(self.daemon.proc.pid)
+        window.start()
+        res = subprocess.run([sys.executable, "-m", "transparent_md.bench.storm", str(spec)],
+                             capture_output=True, text=True, timeout=STORM_TIMEOUT_S)
+        cpu = window.stop()
+        if res.returncode != 0:
+            raise RuntimeError(f"storm driver failed:\n{res.stderr}")
+        result = json.loads(res.stdout.strip().splitlines()[-1])
+        result["server_cpu_us_per_request"] = (
+            round(cpu * 1e6 / result["requests"], 2) if result["requests"] else None)
+        self.say(f"storm: {result['requests']} requests, {result['failures']} failures, "
+                 f"p99 {result['p99_ms']:.1f} ms, last guest done at "
+                 f"{result['last_guest_done_s']:.2f} s")
+        return result
+
+    def memory(self) -> dict:
+        pid = self.daemon.proc.pid
+        return {"records": self.records, "rss_mib": round(rss_mib([pid]), 1),
+                "peak_rss_mib": round(peak_rss_mib([pid]), 1)}
+
+    # -- whole run ------------------------------------------------------------------
+    def execute(self) -> dict:
+        started = time.monotonic()
+        try:
+            self.build()
+            targets = self.start_servers()
+            loads = self.load_runs(targets)
+            storm = self.boot_storm() if self.s.storm_guests else None
+            memory = self.memory()
+        finally:
+            self.close()
+        return {
+            "machine": machine(),
+            "settings": {**asdict(self.s), "connections_per_guest":
+                         wrk.CONNECTIONS_PER_CLIENT},
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "elapsed_s": round(time.monotonic() - started, 1),
+            "loads": loads,
+            "storm": storm,
+            "memory": memory,
+        }
+
+    def close(self) -> None:
+        hv_ns = self.hv.ns if self.hv else None
+        responder_ns = daemon_namespace(hv_ns) if hv_ns else None
+        if self.daemon is not None:
+            self.daemon.stop()  # detaches and removes its responder namespace
+        self.topo.close()
+        if responder_ns and (Path(NETNS_DIR) / responder_ns).exists():
+            # Only if the daemon died without cleaning up: it is this run's namespace.
+            subprocess.run(["ip", "netns", "del", responder_ns], capture_output=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def daemon_namespace(hv_ns: str) -> str | None:
+    """The responder namespace the daemon in `hv_ns` creates (named by hv's inode)."""
+    try:
+        inode = os.stat(Path(NETNS_DIR) / hv_ns).st_ino
+    except OSError:
+        return None
+    return f"{DAEMON_NAME}-{inode}-responder"

@@ -1,0 +1,142 @@
+"""Boot-storm driver: M guests boot within a second, each running cloud-init's requests.
+
+One process drives every guest. A socket belongs to the network namespace it was
+created in, so each connection's socket is made with this thread briefly inside the
+guest's namespace (setns there and back, nothing else runs in between); the event
+loop then serves them all from here. Every request opens a fresh connection, as
+cloud-init's URL helper does.
+
+Run as `python -m transparent_md.bench.storm SPEC.json`; prints one JSON result line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+from transparent_md.bench import cloudinit
+from transparent_md.bench.stats import percentile
+from transparent_md.datapath.responder_side import entered_netns
+
+METADATA = ("169.254.169.254", 80)
+# A request not answered in this long counts as failed (cloud-init's own url timeout
+# is longer, but anything near it is a failed storm anyway).
+REQUEST_TIMEOUT_S = 5.0
+# Response bytes read per recv: every metadata answer here fits in one.
+RECV_BYTES = 65536
+# How many failures are kept verbatim for the report.
+FAILURE_EXAMPLES = 5
+
+@dataclass
+class Tally:
+    latencies_ms: list[float] = field(default_factory=list)
+    failures: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def fail(self, what: str) -> None:
+        self.failures += 1
+        if len(self.examples) < FAILURE_EXAMPLES:
+            self.examples.append(what)
+
+
+class GuestClient:
+    """Opens connections from one guest's namespace and runs cloud-init's sequence."""
+
+    def __init__(self, ns: str, tally: Tally) -> None:
+        self.ns = ns
+        self.tally = tally
+        self.requests = 0
+
+    def new_socket(self) -> socket.socket:
+        with entered_netns(self.ns):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        return sock
+
+    async def fetch(self, method: str, path: str, headers: dict[str, str],
+                    accepted: frozenset[int]) -> tuple[int, bytes] | None:
+        self.requests += 1
+        started = time.perf_counter()
+        try:
+            status, body = await asyncio.wait_for(self._exchange(method, path, headers),
+                                                  REQUEST_TIMEOUT_S)
+        except (OSError, TimeoutError, ValueError) as exc:
+            self.tally.fail(f"{self.ns} {method} {path}: {type(exc).__name__} {exc}")
+            return None
+        self.tally.latencies_ms.append((time.perf_counter() - started) * 1000)
+        if status not in accepted:
+            self.tally.fail(f"{self.ns} {method} {path}: HTTP {status}")
+            return None
+        return status, body
+
+    async def _exchange(self, method: str, path: str,
+                        headers: dict[str, str]) -> tuple[int, bytes]:
+        loop = asyncio.get_running_loop()
+        sock = self.new_socket()
+        try:
+            await loop.sock_connect(sock, METADATA)
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            request = (f"{method} {path} HTTP/1.1\r\nHost: 169.254.169.254\r\n"
+                       f"User-Agent: Cloud-Init/bench\r\nConnection: close\r\n{head}\r\n")
+            await loop.sock_sendall(sock, request.encode())
+            chunks = []
+            while chunk := await loop.sock_recv(sock, RECV_BYTES):
+                chunks.append(chunk)
+        finally:
+            sock.close()
+        return parse_response(b"".join(chunks))
+
+
+def parse_response(raw: bytes) -> tuple[int, bytes]:
+    """(status, body) of a complete HTTP/1.1 response read until the server closed."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    parts = head.split(b" ", 2)
+    if not sep or len(parts) < 2 or not parts[1].isdigit():
+        raise ValueError(f"malformed response {raw[:60]!r}")
+    return int(parts[1]), body
+
+
+async def storm(namespaces: list[str], window_s: float) -> dict:
+    """Start guest i at i/M of the window; return the storm's figures."""
+    tally = Tally()
+    clients = [GuestClient(ns, tally) for ns in namespaces]
+    done_at: list[float] = []
+    t0 = time.perf_counter()
+
+    async def one(i: int, client: GuestClient) -> None:
+        await asyncio.sleep(i * window_s / max(1, len(clients)))
+        await cloudinit.boot(client.fetch)
+        done_at.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(one(i, c) for i, c in enumerate(clients)))
+    lat = sorted(tally.latencies_ms)
+    requests = sum(c.requests for c in clients)
+    return {
+        "guests": len(clients),
+        "start_window_s": window_s,
+        "requests": requests,
+        "requests_per_guest": requests / len(clients) if clients else 0,
+        "failures": tally.failures,
+        "failure_examples": tally.examples,
+        "p50_ms": percentile(lat, 50),
+        "p99_ms": percentile(lat, 99),
+        "max_ms": lat[-1] if lat else 0.0,
+        "last_guest_done_s": max(done_at, default=0.0),
+    }
+
+
+def main() -> None:
+    import uvloop
+
+    with open(sys.argv[1]) as f:
+        spec = json.load(f)
+    result = uvloop.run(storm(spec["namespaces"], spec["window_s"]))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

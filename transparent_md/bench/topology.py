@@ -1,0 +1,101 @@
+"""The benchmark's namespaces: guests behind the tc path, and a routed segment for DNAT.
+
+    hv:  bridges brb0/brb1 <- veth ports -> wrk guests g<i> and storm guests s<i>
+         (each with an on-link route to 169.254.169.254; the port program answers ARP)
+         + the daemon (`transparent-md run`), and on 127.0.0.1 the loopback servers
+    rt:  bridge brr = 10.99.0.1/16 <- routed guests n<i> (default via 10.99.0.1);
+         nft DNAT 169.254.169.254:80 -> 10.99.0.1:DNAT_PORT, where the same
+         Responder listens (the classic metadata-proxy interception)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from transparent_md.identity.guest import Guest
+from transparent_md.topology.hypervisor import GuestNs, Hypervisor
+from transparent_md.topology.netns import Topology, run
+
+# Two bridges: the daemon follows several, as on a host with several tenant networks.
+BRIDGES = ("brb0", "brb1")
+# Guest addresses: one /16 per bridge, so 200+ guests fit without arithmetic tricks.
+GUEST_NET = "10.{bridge}.0.0/16"
+GUEST_NET_BASE = 20
+METADATA_ROUTE = "169.254.169.254 dev eth0"
+# The routed (DNAT) segment and its router address.
+DNAT_BRIDGE = "brr"
+DNAT_ROUTER = "10.99.0.1"
+DNAT_PREFIXLEN = 16
+# Nova's metadata port: where classic setups send the DNAT'ed requests.
+DNAT_PORT = 8775
+DNAT_TABLE = "tmd_bench"
+
+
+@dataclass(frozen=True)
+class BenchGuest:
+    ns: str
+    bridge: str
+    port: str
+    mac: str
+    ip: str
+    instance_id: str
+
+    def identity(self, ifindex: int = 0) -> Guest:
+        """This guest as the datapath would name it (for the static resolvers)."""
+        return Guest(bridge=self.bridge, port=self.port, ifindex=ifindex, mac=self.mac,
+                     ip=self.ip)
+
+
+def _guest_ip(bridge_index: int, serial: int) -> str:
+    net = ipaddress.IPv4Network(GUEST_NET.format(bridge=GUEST_NET_BASE + bridge_index))
+    return str(net.network_address + 2 + serial)  # .1 left free for a router
+
+
+def add_guests(hv: Hypervisor, role: str, count: int) -> list[BenchGuest]:
+    """`count` guests spread over BRIDGES, named `<role><i>`, ports `p<role><i>`."""
+    out = []
+    for i in range(count):
+        b = i % len(BRIDGES)
+        ip = _guest_ip(b, len(hv.guests))
+        g: GuestNs = hv.guest(f"{role}{i}", bridge=BRIDGES[b], port=f"p{role}{i}",
+                              addr=f"{ip}/16", routes=[METADATA_ROUTE])
+        out.append(BenchGuest(ns=g.ns, bridge=g.bridge, port=g.port, mac=g.mac, ip=g.ip,
+                              instance_id=f"i-bench{role}{i:05d}"))
+    return out
+
+
+def build_hypervisor(topo: Topology) -> Hypervisor:
+    hv = Hypervisor(topo)
+    for br in BRIDGES:
+        hv.bridge(br)
+    return hv
+
+
+def build_dnat_segment(topo: Topology, count: int) -> tuple[str, list[str]]:
+    """The routed segment with nft DNAT in its router namespace: (router ns, guest nss)."""
+    rt = Hypervisor(topo, role="rt")
+    rt.bridge(DNAT_BRIDGE)
+    topo.ip(rt.ns, f"addr add {DNAT_ROUTER}/{DNAT_PREFIXLEN} dev {DNAT_BRIDGE}")
+    net = ipaddress.IPv4Network(f"{DNAT_ROUTER}/{DNAT_PREFIXLEN}", strict=False)
+    guests = [
+        rt.guest(f"n{i}", bridge=DNAT_BRIDGE, port=f"pn{i}",
+                 addr=f"{net.network_address + 2 + i}/{DNAT_PREFIXLEN}",
+                 routes=[f"default via {DNAT_ROUTER}"]).ns
+        for i in range(count)
+    ]
+    rules = (
+        f"table ip {DNAT_TABLE} {{\n"
+        "  chain prerouting {\n"
+        "    type nat hook prerouting priority dstnat; policy accept;\n"
+        f"    ip daddr 169.254.169.254 tcp dport 80 dnat to {DNAT_ROUTER}:{DNAT_PORT}\n"
+        "  }\n}\n"
+    )
+    # Rules live only in the router namespace of this run; they go away with it.
+    run(["ip", "netns", "exec", rt.ns, "nft", "-f", "-"], stdin=rules)
+    return rt.ns, guests
+
+
+def dnat_guest_ips(count: int) -> list[str]:
+    net = ipaddress.IPv4Network(f"{DNAT_ROUTER}/{DNAT_PREFIXLEN}", strict=False)
+    return [str(net.network_address + 2 + i) for i in range(count)]
