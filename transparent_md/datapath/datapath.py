@@ -87,6 +87,9 @@ class Datapath:
             raise
 
     def _start(self) -> None:
+        if os.geteuid() != 0:
+            raise UserError("must run as root: attaching tc programs and creating the "
+                            "responder's devices needs CAP_NET_ADMIN and CAP_BPF")
         self._check_bridges()
         self.loaded = programs.load_programs((f"-DTMD_MAX_SLOTS={layout.MAX_SLOTS}",))
         bpffs.ensure_mounted()

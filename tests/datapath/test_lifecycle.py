@@ -1,0 +1,100 @@
+"""Daemon lifecycle on a real hypervisor namespace: clean exit, crash and restart, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import write_records
+from transparent_md.topology.hypervisor import Hypervisor
+
+FOREIGN_FILTER = ["prio", "1", "u32", "match", "u32", "0xdeadbeef", "0xffffffff", "at", "0",
+                  "flowid", "1:1"]
+PATH = "/latest/meta-data/instance-id"
+
+
+@pytest.fixture(scope="module")
+def hv(topology, tmp_path_factory):
+    hv = Hypervisor(topology)
+    hv.bridge("br0")
+    guests = [hv.guest(f"g{i}", bridge="br0", port=f"p{i}", addr=f"10.0.0.{10 + i}/24",
+                       routes=["169.254.169.254/32 dev eth0"]) for i in range(3)]
+    hv.store = str(tmp_path_factory.mktemp("store") / "instances.db")
+    write_records(hv.store, [{"instance_id": f"i-{i}", "mac": g.mac} for i, g in enumerate(guests)])
+    for port in ("p0", "p1"):
+        topology.sh(hv.ns, ["tc", "qdisc", "add", "dev", port, "clsact"], check=True)
+        topology.sh(hv.ns, ["tc", "filter", "add", "dev", port, "ingress", *FOREIGN_FILTER],
+                    check=True)
+    return hv
+
+
+def responder_netns_of(hv: Hypervisor) -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    inode = hv.topo.sh(hv.ns, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).stdout.strip()
+    return [line.split()[0] for line in out.splitlines() if f"-{inode}-responder" in line]
+
+
+def test_exit_removes_ours_and_keeps_foreign_filters(hv):
+    daemon = hv.start_daemon(["br0"], hv.store)
+    for i in range(3):
+        assert hv.curl(hv.guests[f"g{i}"].ns, PATH) == (200, f"i-{i}")
+        assert len(hv.our_filters(f"p{i}")) == 1
+    assert responder_netns_of(hv)
+    assert daemon.stop() == 0
+    for i in range(3):
+        assert hv.our_filters(f"p{i}") == []
+    for port in ("p0", "p1"):
+        kinds = [f.get("kind") for f in hv.tc_filters(port)]
+        assert "u32" in kinds, hv.tc_filters(port)
+    links = hv.topo.sh(hv.ns, ["ip", "-br", "link"]).stdout
+    assert "tmd-md" not in links
+    assert responder_netns_of(hv) == []
+
+
+def test_sigkill_then_restart_serves_again_with_one_filter_per_port(hv):
+    first = hv.start_daemon(["br0"], hv.store)
+    assert hv.curl(hv.guests["g0"].ns, PATH) == (200, "i-0")
+    first.kill()
+    # The crashed daemon left its filters behind; a restart must take them over.
+    assert len(hv.our_filters("p0")) == 1
+    second = hv.start_daemon(["br0"], hv.store)
+    try:
+        for i in range(3):
+            assert hv.curl(hv.guests[f"g{i}"].ns, PATH) == (200, f"i-{i}")
+            assert len(hv.our_filters(f"p{i}")) == 1
+        assert len(responder_netns_of(hv)) == 1
+    finally:
+        assert second.stop() == 0
+    assert all(hv.our_filters(f"p{i}") == [] for i in range(3))
+    assert "u32" in [f.get("kind") for f in hv.tc_filters("p0")]
+
+
+def run_cli(hv: Hypervisor, *argv: str, user: str | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "transparent_md", *argv]
+    if user:
+        cmd = ["setpriv", "--reuid", user, "--regid", user, "--clear-groups", *cmd]
+    return hv.topo.sh(hv.ns, cmd, timeout=120)
+
+
+def test_missing_bridge_is_one_clear_message_and_leaves_nothing(hv):
+    res = run_cli(hv, "run", "--bridge", "br-nope", "--store", hv.store)
+    assert res.returncode == 2
+    assert "bridge 'br-nope' does not exist" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert "tmd-md" not in hv.topo.sh(hv.ns, ["ip", "-br", "link"]).stdout
+    assert responder_netns_of(hv) == []
+
+
+def test_a_port_is_not_a_bridge(hv):
+    res = run_cli(hv, "run", "--bridge", "p0", "--store", hv.store)
+    assert res.returncode == 2 and "not a bridge" in res.stderr
+
+
+def test_not_root_is_one_clear_message(hv, tmp_path):
+    store = tmp_path / "s.db"
+    res = run_cli(hv, "run", "--bridge", "br0", "--store", str(store), user="65534")
+    assert res.returncode == 2, res.stderr
+    assert "root" in res.stderr and "Traceback" not in res.stderr
+    assert all(hv.our_filters(f"p{i}") == [] for i in range(3))
