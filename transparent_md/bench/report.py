@@ -50,8 +50,8 @@ def checks(raw: dict) -> list[Check]:
 
 def to_json(raw: dict) -> dict:
     return {
-        **{k: raw[k] for k in ("machine", "settings", "started", "elapsed_s", "storm",
-                               "memory")},
+        **{k: raw[k] for k in ("machine", "settings", "namespaces", "started",
+                               "elapsed_s", "storm", "memory")},
         "loads": [m.to_json() for m in raw["loads"]],
         "tc_over_loopback": {k: round(v, 3) for k, v in ratios(raw["loads"]).items()},
         "checks": [c.to_json() for c in checks(raw)],
@@ -109,7 +109,9 @@ def markdown(raw: dict) -> str:
     lines.append(
         f"- Daemon RSS holding {mem['records']:,} instance records: **{mem['rss_mib']:.1f} MiB**"
         f" (< {tg.RSS_10K_RECORDS_MIB:g} MiB "
-        f"{_mark(mem['rss_mib'] <= tg.RSS_10K_RECORDS_MIB)}; peak {mem['peak_rss_mib']:.1f})")
+        f"{_mark(mem['rss_mib'] <= tg.RSS_10K_RECORDS_MIB)}; peak {mem['peak_rss_mib']:.1f}); "
+        f"the same Responder and records without the datapath in its process (the "
+        f"loopback server): {mem['responder_only_rss_mib']:.1f} MiB")
     lines += ["", "| target | measured | goal | |", "|---|--:|---|---|"]
     for c in checks(raw):
         lines.append(f"| {c.name} | {c.value:,.2f} | {c.target_text} | {_mark(c.ok)} |")

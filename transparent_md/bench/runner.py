@@ -64,6 +64,7 @@ class BenchRun:
         self.topo = Topology(tag="tmdb")
         self.daemon = None
         self.hv: Hypervisor | None = None
+        self.responder_ns: str | None = None
 
     # -- set-up ---------------------------------------------------------------------
     def build(self) -> None:
@@ -157,10 +158,13 @@ class BenchRun:
                  f"{result['last_guest_done_s']:.2f} s")
         return result
 
-    def memory(self) -> dict:
+    def memory(self, responder_only_pid: int) -> dict:
+        """The daemon's RSS, and for contrast the loopback Responder's: same code, same
+        records, but no datapath (bcc, compiled programs) in its process."""
         pid = self.daemon.proc.pid
         return {"records": self.records, "rss_mib": round(rss_mib([pid]), 1),
-                "peak_rss_mib": round(peak_rss_mib([pid]), 1)}
+                "peak_rss_mib": round(peak_rss_mib([pid]), 1),
+                "responder_only_rss_mib": round(rss_mib([responder_only_pid]), 1)}
 
     # -- whole run ------------------------------------------------------------------
     def execute(self) -> dict:
@@ -170,13 +174,15 @@ class BenchRun:
             targets = self.start_servers()
             loads = self.load_runs(targets)
             storm = self.boot_storm() if self.s.storm_guests else None
-            memory = self.memory()
+            memory = self.memory(next(t.pid for t in targets if t.key == "loopback"))
         finally:
             self.close()
         return {
             "machine": machine(),
             "settings": {**asdict(self.s), "connections_per_guest":
                          wrk.CONNECTIONS_PER_CLIENT},
+            "namespaces": {"prefix": self.topo.prefix,
+                           "daemon_responder": self.responder_ns},
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "elapsed_s": round(time.monotonic() - started, 1),
             "loads": loads,
@@ -186,7 +192,7 @@ class BenchRun:
 
     def close(self) -> None:
         hv_ns = self.hv.ns if self.hv else None
-        responder_ns = daemon_namespace(hv_ns) if hv_ns else None
+        self.responder_ns = responder_ns = daemon_namespace(hv_ns) if hv_ns else None
         if self.daemon is not None:
             self.daemon.stop()  # detaches and removes its responder namespace
         self.topo.close()

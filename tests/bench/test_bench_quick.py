@@ -1,0 +1,85 @@
+"""`transparent-md bench --quick` end to end: every section has numbers, nothing is left.
+
+The figures themselves are not asserted (a loaded CI machine would fail them); the
+report must carry each one with its target, and the run must remove every namespace
+it made, including the daemon's responder namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.netns
+
+SERVERS = {"tc", "loopback", "nft-dnat", "nginx", "aiohttp"}
+MODES = {"keep-alive", "new connection"}
+# Whole quick run is ~20 s here; the rest is room for a busy machine.
+QUICK_TIMEOUT_S = 120
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench")
+    paths = {"json": out / "r.json", "markdown": out / "r.md", "chart": out / "r.png"}
+    res = subprocess.run(
+        [sys.executable, "-m", "transparent_md", "bench", "--quick",
+         *(a for k, p in paths.items() for a in (f"--{k}", str(p)))],
+        capture_output=True, text=True, timeout=QUICK_TIMEOUT_S,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return {"report": json.loads(paths["json"].read_text()),
+            "markdown": paths["markdown"].read_text(), "chart": paths["chart"],
+            "stderr": res.stderr}
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def test_every_server_and_mode_has_figures(quick_run):
+    loads = quick_run["report"]["loads"]
+    assert {(x["server"], x["mode"]) for x in loads} == {(s, m) for s in SERVERS for m in MODES}
+    for x in loads:
+        assert x["requests"] > 0 and x["requests_per_s"] > 0, x
+        for key in ("p50_ms", "p99_ms", "cpu_us_per_request", "peak_rss_mib"):
+            assert _number(x[key]) and x[key] >= 0, (key, x)
+        assert x["errors"] == 0, x  # a fast wrong answer must not count as a result
+
+
+def test_storm_memory_and_ratio_sections(quick_run):
+    r = quick_run["report"]
+    storm = r["storm"]
+    assert storm["guests"] > 0 and storm["requests"] >= storm["guests"] * 10
+    for key in ("failures", "p50_ms", "p99_ms", "last_guest_done_s"):
+        assert _number(storm[key]), key
+    assert r["memory"]["records"] == 10_000 and r["memory"]["rss_mib"] > 0
+    assert set(r["tc_over_loopback"]) == MODES
+    names = " | ".join(c["name"] for c in r["checks"])
+    for part in ("CPU per request, tc path, keep-alive", "new connection", "tc path / loopback",
+                 "storm failures", "storm p99", "daemon RSS"):
+        assert part in names
+    assert all(c["target"] and isinstance(c["ok"], bool) for c in r["checks"])
+
+
+def test_markdown_shows_targets_and_chart_is_png(quick_run):
+    md = quick_run["markdown"]
+    assert "| server | connection | requests/s |" in md
+    for needle in ("transparent-md, tc path", "nginx", "aiohttp", "nft DNAT", "Boot storm",
+                   "Daemon RSS", "(<= 8", "(<= 30", ">= 0.85x"):
+        assert needle in md, needle
+    assert quick_run["chart"].read_bytes().startswith(PNG_MAGIC)
+
+
+def test_no_namespace_left_behind(quick_run):
+    ns = quick_run["report"]["namespaces"]
+    assert ns["prefix"] and ns["daemon_responder"]
+    left = [p.name for p in Path("/run/netns").iterdir()
+            if p.name.startswith(ns["prefix"]) or p.name == ns["daemon_responder"]]
+    assert left == []
