@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 NETNS_DIR = Path("/run/netns")
+NAMESPACE_RESOLV_CONF = "nameserver 127.0.0.1\n"
 
 
 class Topology:
@@ -38,6 +39,12 @@ class Topology:
         run(["ip", "netns", "add", name])
         self.namespaces.append(name)
         self.ip(name, "link set lo up")
+        # `ip netns exec` mounts /etc/netns/NAME/* over /etc: the namespace gets its own
+        # resolv.conf (DNS on its own loopback: fails at once instead of timing out), and
+        # a DHCP client in it can never rewrite the host's.
+        etc = Path("/etc/netns") / name
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text(NAMESPACE_RESOLV_CONF)
         return name
 
     def ip(self, ns: str | None, *commands: str) -> None:
