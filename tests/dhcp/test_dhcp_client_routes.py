@@ -3,7 +3,8 @@
 Hypervisor namespace: bridge br0 (10.0.0.1/24) running dnsmasq. Guest namespace: eth0
 on a veth port of br0, running busybox udhcpc with tests/udhcpc_routes.sh. Only
 namespaces with this run's prefix are created, and they are removed even on failure.
-The tc datapath is not involved yet; that end-to-end test builds on this one.
+The last tests then start `transparent-md run` on the bridge and fetch metadata over
+the leased route through the tc datapath.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import write_records
 from tests.dhcp_client import Lease, obtain_lease
 from transparent_md.cli.dhcp_option import option_text, register
+from transparent_md.topology.hypervisor import DaemonProcess
 from transparent_md.topology.netns import Topology, stop_process
 
 DNSMASQ = "/usr/sbin/dnsmasq"
@@ -127,3 +130,40 @@ def test_tagged_option_is_not_sent_to_untagged_clients(segment: Segment) -> None
     lease = serve_and_lease(segment, helper_lines("--tag", TAG))
     assert lease.classless_routes == []
     assert f"default via {ROUTER} dev eth0" in lease.route_table
+
+
+# -- end to end: the leased route leads through the tc datapath to the responder ----------
+def metadata_through_datapath(seg: Segment, lease: Lease, extra: tuple[str, ...] = ()) -> str:
+    """Start `run` on br0, register the leased guest, fetch its instance-id with curl."""
+    store = str(seg.workdir / "instances.db")
+    write_records(store, [{"instance_id": "i-dhcp", "ip": lease.address, "bridge": BRIDGE}])
+    daemon = DaemonProcess(seg.topo, seg.hv, ["--bridge", BRIDGE, "--store", store, *extra])
+    try:
+        daemon.wait_ready()
+        res = seg.topo.sh(seg.guest, ["curl", "-sS", "-m", "5",
+                                      "http://169.254.169.254/latest/meta-data/instance-id"])
+        assert res.returncode == 0, res.stderr + daemon.log()
+        return res.stdout
+    finally:
+        daemon.stop()
+
+
+def test_on_link_route_leads_to_metadata_through_the_datapath(segment: Segment) -> None:
+    lease = serve_and_lease(segment, helper_lines())
+    assert "169.254.169.254 dev eth0 scope link" in lease.route_table
+    # The guest ARPs for 169.254.169.254 itself; the port program answers.
+    assert metadata_through_datapath(segment, lease) == "i-dhcp"
+
+
+def test_via_next_hop_known_only_to_the_port_leads_to_metadata(segment: Segment) -> None:
+    lease = serve_and_lease(segment, helper_lines("--via", NEXT_HOP))
+    assert f"169.254.169.254 via {NEXT_HOP} dev eth0" in lease.route_table
+    # Nobody holds NEXT_HOP: only the port's --gateway rule answers ARP for it.
+    got = metadata_through_datapath(segment, lease, ("--gateway", f"{BRIDGE}={NEXT_HOP}"))
+    assert got == "i-dhcp"
+
+
+def test_router_option_keeps_default_route_and_metadata_still_answers(segment: Segment) -> None:
+    lease = serve_and_lease(segment, helper_lines("--router", ROUTER))
+    assert f"default via {ROUTER} dev eth0" in lease.route_table
+    assert metadata_through_datapath(segment, lease) == "i-dhcp"
