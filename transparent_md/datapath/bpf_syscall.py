@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+from pathlib import Path
 
 _SYS_BPF = 321  # x86_64 syscall number of bpf(2)
 
@@ -69,6 +70,16 @@ def obj_get(path: str) -> int:
     return _bpf(BPF_OBJ_GET, attr)
 
 
+def possible_cpus() -> int:
+    """Per-CPU map values hold one slot per *possible* CPU, not per online one."""
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    count = 0
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
+
+
 class BpfMap:
     """A map by file descriptor; lookups fill a caller-provided ctypes value."""
 
@@ -112,6 +123,12 @@ class BpfMap:
                 return False
             raise
         return True
+
+    def lookup_percpu_u64(self, index: int) -> list[int]:
+        """One u64 per possible CPU from a per-CPU array (zeros when absent)."""
+        values = (ctypes.c_uint64 * possible_cpus())()
+        self.lookup(ctypes.c_uint32(index), values)
+        return list(values)
 
     def close(self) -> None:
         if self.fd >= 0 and self._owned:

@@ -68,7 +68,7 @@ class Datapath:
         )
         self.pin_dir: Path = bpffs.pin_dir(self.instance)
         self.ipr: IPRoute | None = None
-        self.loaded: programs.LoadedPrograms | None = None
+        self.programs: programs.PinnedPrograms | None = None
         self.side: responder_side.ResponderSide | None = None
         self.attacher: PortAttacher | None = None
         self._maps: dict[str, BpfMap] = {}
@@ -91,21 +91,22 @@ class Datapath:
             raise UserError("must run as root: attaching tc programs and creating the "
                             "responder's devices needs CAP_NET_ADMIN and CAP_BPF")
         self._check_bridges()
-        self.loaded = programs.load_programs((f"-DTMD_MAX_SLOTS={layout.MAX_SLOTS}",))
         bpffs.ensure_mounted()
         bpffs.unpin(self.pin_dir)
-        bpffs.pin_maps(self.pin_dir, {m: self.loaded.map_fd(m) for m in layout.ALL_MAPS})
+        self.programs = programs.compile_and_pin(
+            self.pin_dir, (f"-DTMD_MAX_SLOTS={layout.MAX_SLOTS}",)
+        )
         self._maps = {m: BpfMap.from_pin(str(self.pin_dir / m)) for m in layout.ALL_MAPS}
 
         self.side = responder_side.create(
             self.ipr, self.md_ifname, self.netns_name, str(self.shadow)
         )
-        tc.attach(self.ipr, self.side.md_ifindex, self.loaded.md_fd, programs.MD_PROGRAM,
+        tc.attach(self.ipr, self.side.md_ifindex, self.programs.md_fd, programs.MD_PROGRAM,
                   self.config.filter_slot)
         self._write_config()
 
         self.attacher = PortAttacher(
-            self.config.bridges, self.loaded.port_fd, self._maps[layout.MAP_PORTS],
+            self.config.bridges, self.programs.port_fd, self._maps[layout.MAP_PORTS],
             self._maps[layout.MAP_ARP], self.config.gateways, self.config.filter_slot,
         )
         self.attacher.sync(self.ipr)
@@ -151,10 +152,10 @@ class Datapath:
         for pinned in self._maps.values():
             pinned.close()
         self._maps = {}
-        if self.loaded:
-            bpffs.unpin(self.pin_dir)
-            self.loaded.bpf.cleanup()
-            self.loaded = None
+        if self.programs:
+            self.programs.close()
+            self.programs = None
+        bpffs.unpin(self.pin_dir)
         if self.ipr:
             self.ipr.close()
             self.ipr = None
@@ -162,5 +163,5 @@ class Datapath:
     # -- observation ----------------------------------------------------------------
     def stats(self) -> dict[str, int]:
         """Sum of the per-CPU counters, by name."""
-        table = self.loaded.table(layout.MAP_STATS)
-        return {s.name.lower(): int(sum(table[table.Key(s.value)])) for s in layout.Stat}
+        counters = self._maps[layout.MAP_STATS]
+        return {s.name.lower(): sum(counters.lookup_percpu_u64(s.value)) for s in layout.Stat}

@@ -11,23 +11,30 @@ import ctypes
 import errno
 import logging
 import select
+import socket
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
+from pyroute2.netlink import NETLINK_ROUTE
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from transparent_md.datapath import layout, tc
 from transparent_md.datapath.bpf_syscall import BpfMap
 
 log = logging.getLogger(__name__)
 
-# A full resync of bridge membership this often, in case netlink events were lost.
-RESYNC_INTERVAL_S = 2.0
+# A full resync of bridge membership this often, in case netlink events were lost
+# (events alone keep up otherwise; a full re-read of every link is costly on big hosts).
+RESYNC_INTERVAL_S = 30.0
 # How long the listener waits for events before checking for stop/resync.
 POLL_INTERVAL_S = 0.2
+# Room for a burst of link events (many VMs starting at once) between two reads.
+EVENT_BUFFER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class PortAttacher:
         self.gateways = list(gateways)
         self.slot = slot
         self.attached: dict[int, PortInfo] = {}
+        self._bridge_names: dict[int, str] = {}  # bridge ifindex -> name, as of last sync
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -76,6 +84,7 @@ class PortAttacher:
             found = ipr.link_lookup(ifname=name)
             if found:
                 bridge_index[found[0]] = name
+        self._bridge_names = bridge_index
         ports = {}
         for link in ipr.get_links():
             master = link.get_attr("IFLA_MASTER")
@@ -95,6 +104,26 @@ class PortAttacher:
             for ifindex in list(self.attached):
                 if ifindex not in wanted:
                     self._forget(ipr, self.attached[ifindex])
+
+    def on_link_event(self, ipr: IPRoute, msg) -> None:
+        """Act on one RTM_NEWLINK/RTM_DELLINK: attach a new member, forget a leaver."""
+        name = msg.get_attr("IFLA_IFNAME")
+        if name in self.bridges:
+            self.sync(ipr)  # a bridge itself came, went or changed: re-read everything
+            return
+        ifindex = msg["index"]
+        with self._lock:
+            known = self.attached.get(ifindex)
+            bridge = self._bridge_names.get(msg.get_attr("IFLA_MASTER"))
+            if msg["event"] == "RTM_DELLINK" or bridge is None:
+                # Deleted, or not (any longer) a member of one of our bridges. A DELLINK
+                # of the AF_BRIDGE family only means "left the bridge": same outcome.
+                if known:
+                    self._forget(ipr, known)
+                return
+            info = PortInfo(ifindex, name or (known.name if known else ""), bridge)
+            if known != info and info.name:
+                self._attach(ipr, info)
 
     def _gateway_ips(self, info: PortInfo) -> list[str]:
         return [g.ip for g in self.gateways if g.target in (info.bridge, info.name)]
@@ -147,23 +176,32 @@ class PortAttacher:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        events = IPRoute()
-        events.bind(groups=RTMGRP_LINK)
+        # A plain netlink socket, parsed by pyroute2's marshal: select() on it is exact
+        # (pyroute2's own IPRoute buffers messages where select() cannot see them).
+        events = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        events.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, EVENT_BUFFER_BYTES)
+        events.bind((0, RTMGRP_LINK))
+        marshal = MarshalRtnl()
         commands = IPRoute()
         try:
-            since_sync = 0.0
+            next_sync = time.monotonic() + RESYNC_INTERVAL_S
             while not self._stop.is_set():
-                ready, _, _ = select.select([events.fileno()], [], [], POLL_INTERVAL_S)
-                if ready:
-                    events.get()  # contents do not matter: membership is re-read below
-                    since_sync = RESYNC_INTERVAL_S
-                since_sync += POLL_INTERVAL_S
-                if since_sync >= RESYNC_INTERVAL_S:
-                    since_sync = 0.0
-                    try:
+                ready, _, _ = select.select([events], [], [], POLL_INTERVAL_S)
+                try:
+                    if ready:
+                        for msg in marshal.parse(events.recv(EVENT_BUFFER_BYTES)):
+                            if msg.get("event") in ("RTM_NEWLINK", "RTM_DELLINK"):
+                                self.on_link_event(commands, msg)
+                    if time.monotonic() >= next_sync:
+                        next_sync = time.monotonic() + RESYNC_INTERVAL_S
                         self.sync(commands)
-                    except Exception:  # keep following; the next resync retries
-                        log.exception("port resync failed")
+                except OSError as exc:
+                    # ENOBUFS: events were lost; a full resync catches up.
+                    log.warning("port follower: %s; resyncing", exc)
+                    next_sync = 0.0
+                except Exception:  # keep following; the next resync retries
+                    log.exception("port follower failed; resyncing")
+                    next_sync = time.monotonic() + POLL_INTERVAL_S
         finally:
             events.close()
             commands.close()

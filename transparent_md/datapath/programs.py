@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 import platform
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transparent_md.datapath import bpf_syscall
 from transparent_md.errors import UserError
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
@@ -91,3 +94,35 @@ def load_programs(extra_cflags: tuple[str, ...] = ()) -> LoadedPrograms:
             "and that the kernel headers match closely enough."
         ) from exc
     return LoadedPrograms(bpf=module, port_fd=port.fd, md_fd=md.fd)
+
+
+@dataclass
+class PinnedPrograms:
+    """Program file descriptors opened from their pins (no bcc in this process)."""
+
+    port_fd: int
+    md_fd: int
+
+    def close(self) -> None:
+        for fd in (self.port_fd, self.md_fd):
+            os.close(fd)
+
+
+def compile_and_pin(pin_dir: Path, extra_cflags: tuple[str, ...] = ()) -> PinnedPrograms:
+    """Compile in a child process that pins programs and maps in `pin_dir`, then open them.
+
+    A failure in the child (missing headers, no bpf syscall) arrives here as the same
+    one-line UserError it would have raised in-process.
+    """
+    child = subprocess.run(
+        [sys.executable, "-m", "transparent_md.datapath.compile_child", str(pin_dir),
+         *extra_cflags],
+        capture_output=True, text=True,
+    )
+    if child.returncode != 0:
+        raise UserError(child.stderr.strip().splitlines()[-1] if child.stderr.strip()
+                        else f"BPF compile helper failed with exit code {child.returncode}")
+    return PinnedPrograms(
+        port_fd=bpf_syscall.obj_get(str(pin_dir / PORT_PROGRAM)),
+        md_fd=bpf_syscall.obj_get(str(pin_dir / MD_PROGRAM)),
+    )

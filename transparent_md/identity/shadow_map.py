@@ -2,31 +2,44 @@
 
 The responder sees every request coming from `<shadow prefix> | slot`; the port program
 wrote that slot (port ifindex, guest IP, guest MAC) before it let the SYN through, and
-the daemon wrote the port's bridge and name when it attached. Two syscalls per
-connection, no bcc.
+the daemon wrote the port's bridge and name when it attached. No bcc here.
+
+Answers are cached per slot for `cache_ttl_s`. That is safe because the port program
+never hands a slot to another guest until it has been unused for the slot hold time
+(DatapathConfig.slot_hold_s): a slot seen at time T keeps its guest until at least
+T + hold, and the cache forgets it long before.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ipaddress
+import socket
+import time
 from pathlib import Path
 
 from transparent_md.datapath import layout
 from transparent_md.datapath.bpf_syscall import BpfMap
 from transparent_md.identity.guest import Guest
 
+# Far below the slot hold time (minutes) yet long enough that a booting guest's burst
+# of connections costs one pair of map reads.
+DEFAULT_CACHE_TTL_S = 10.0
+
 
 class ShadowResolver:
     """Callable: shadow peer address (str) -> Guest, or None if unknown."""
 
-    def __init__(self, pin_dir: str | Path, shadow_prefix: str) -> None:
+    def __init__(self, pin_dir: str | Path, shadow_prefix: str,
+                 cache_ttl_s: float = DEFAULT_CACHE_TTL_S) -> None:
         pin_dir = Path(pin_dir)
         self.slots = BpfMap.from_pin(str(pin_dir / layout.MAP_SLOTS))
         self.ports = BpfMap.from_pin(str(pin_dir / layout.MAP_PORTS))
         net = ipaddress.IPv4Network(shadow_prefix)
         self._net = int(net.network_address)
         self._mask = int(net.netmask)
+        self._ttl = cache_ttl_s
+        self._cache: dict[int, tuple[Guest, float]] = {}
         # Reused buffers: one lookup at a time per resolver (the responder is one thread).
         self._slot_key = ctypes.c_uint32()
         self._slot = layout.Slot()
@@ -35,12 +48,25 @@ class ShadowResolver:
 
     def __call__(self, peer_ip: str) -> Guest | None:
         try:
-            addr = int(ipaddress.IPv4Address(peer_ip))
-        except ValueError:
+            addr = int.from_bytes(socket.inet_aton(peer_ip), "big")
+        except OSError:
             return None
         if addr & self._mask != self._net:
             return None
-        self._slot_key.value = addr & ~self._mask & 0xFFFFFFFF
+        slot = addr & ~self._mask & 0xFFFFFFFF
+        now = time.monotonic()
+        cached = self._cache.get(slot)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        guest = self._read(slot)
+        if guest is None:
+            self._cache.pop(slot, None)
+        else:
+            self._cache[slot] = (guest, now + self._ttl)
+        return guest
+
+    def _read(self, slot_index: int) -> Guest | None:
+        self._slot_key.value = slot_index
         if not self.slots.lookup(self._slot_key, self._slot) or self._slot.ifindex == 0:
             return None
         slot = self._slot
