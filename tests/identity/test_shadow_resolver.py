@@ -1,0 +1,81 @@
+"""ShadowResolver against real pinned maps filled by the real port program.
+
+The program runs through BPF_PROG_TEST_RUN (no namespaces): a SYN from a guest takes
+slot 1, and the resolver turns shadow address 100.64.0.1 back into that guest.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import secrets
+import socket
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from transparent_md.datapath import bpffs, layout, programs
+from transparent_md.datapath.bpf_syscall import BpfMap, prog_test_run
+from transparent_md.identity.shadow_map import ShadowResolver
+
+SHADOW = "100.64.0.0/10"
+GUEST_MAC = "02:00:00:00:00:05"
+LOOPBACK = socket.if_nametoindex("lo")
+
+
+@pytest.fixture()
+def pinned():
+    loaded = programs.load_programs()
+    bpffs.ensure_mounted()
+    pin_dir = bpffs.pin_dir(f"test-{secrets.token_hex(4)}")
+    bpffs.pin_maps(pin_dir, {m: loaded.map_fd(m) for m in layout.ALL_MAPS})
+    maps = {m: BpfMap(loaded.map_fd(m), owned=False) for m in layout.ALL_MAPS}
+    cfg = layout.Config(md_ifindex=4242, shadow_slots=100, flags=0, slot_hold_ns=300 * 10**9)
+    cfg.shadow_net, cfg.shadow_mask = layout.be32("100.64.0.0"), layout.be32("255.192.0.0")
+    maps[layout.MAP_CONFIG].update(ctypes.c_uint32(0), cfg)
+    maps[layout.MAP_PORTS].update(ctypes.c_uint32(LOOPBACK), layout.Port(b"br0", b"tap7"))
+    yield loaded, maps, pin_dir
+    bpffs.unpin(pin_dir)
+    loaded.bpf.cleanup()
+
+
+def syn(src: str) -> bytes:
+    return bytes(Ether(src=GUEST_MAC, dst="02:00:00:00:00:01") /
+                 IP(src=src, dst="169.254.169.254") / TCP(dport=80, flags="S"))
+
+
+def test_shadow_address_resolves_to_the_guest_that_asked(pinned):
+    loaded, _, pin_dir = pinned
+    prog_test_run(loaded.port_fd, syn("10.0.0.5"))
+    prog_test_run(loaded.port_fd, syn("10.0.0.6"))
+    resolve = ShadowResolver(pin_dir, SHADOW)
+    first, second = resolve("100.64.0.1"), resolve("100.64.0.2")
+    assert (first.bridge, first.port, first.ifindex) == ("br0", "tap7", LOOPBACK)
+    assert (first.mac, first.ip) == (GUEST_MAC, "10.0.0.5")
+    assert second.ip == "10.0.0.6"
+    assert resolve("100.64.0.3") is None          # no such slot
+    assert resolve("10.0.0.5") is None            # not a shadow address
+    assert resolve("not-an-address") is None
+    resolve.close()
+
+
+def test_port_no_longer_ours_resolves_to_nobody(pinned):
+    loaded, maps, pin_dir = pinned
+    prog_test_run(loaded.port_fd, syn("10.0.0.5"))
+    maps[layout.MAP_PORTS].delete(ctypes.c_uint32(LOOPBACK))
+    assert ShadowResolver(pin_dir, SHADOW)("100.64.0.1") is None
+
+
+def test_cache_holds_within_its_ttl_and_rereads_after(pinned):
+    loaded, maps, pin_dir = pinned
+    prog_test_run(loaded.port_fd, syn("10.0.0.5"))
+    cached = ShadowResolver(pin_dir, SHADOW, cache_ttl_s=3600)
+    uncached = ShadowResolver(pin_dir, SHADOW, cache_ttl_s=0)
+    assert cached("100.64.0.1").ip == uncached("100.64.0.1").ip == "10.0.0.5"
+    # Rewrite slot 1 behind the resolvers' backs (what a slot reuse would do).
+    entry = layout.Slot()
+    maps[layout.MAP_SLOTS].lookup(ctypes.c_uint32(1), entry)
+    entry.ip = layout.be32("10.0.0.9")
+    maps[layout.MAP_SLOTS].update(ctypes.c_uint32(1), entry)
+    assert cached("100.64.0.1").ip == "10.0.0.5"
+    assert uncached("100.64.0.1").ip == "10.0.0.9"
