@@ -98,3 +98,15 @@ def test_not_root_is_one_clear_message(hv, tmp_path):
     assert res.returncode == 2, res.stderr
     assert "root" in res.stderr and "Traceback" not in res.stderr
     assert all(hv.our_filters(f"p{i}") == [] for i in range(3))
+
+
+def test_responder_in_the_current_namespace_when_asked(hv):
+    daemon = hv.start_daemon(["br0"], hv.store, ["--responder-netns", "none"])
+    try:
+        assert responder_netns_of(hv) == []
+        addrs = hv.topo.sh(hv.ns, ["ip", "-br", "addr", "show", "dev", "md1"]).stdout
+        assert "169.254.169.254/32" in addrs
+        assert hv.curl(hv.guests["g2"].ns, PATH) == (200, "i-2")
+    finally:
+        assert daemon.stop() == 0
+    assert "md1" not in hv.topo.sh(hv.ns, ["ip", "-br", "link"]).stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import signal
 import sys
@@ -16,6 +17,7 @@ from transparent_md.datapath.datapath import (
 )
 from transparent_md.datapath.ports import GatewayRule
 from transparent_md.errors import UserError
+from transparent_md.store import DEFAULT_STORE_PATH
 
 log = logging.getLogger("transparent_md")
 
@@ -46,8 +48,6 @@ def _gateway(value: str) -> GatewayRule:
     if not sep or not target or not ip:
         raise argparse.ArgumentTypeError(f"{value!r}: expected BRIDGE_OR_PORT=IP")
     try:
-        import ipaddress
-
         ipaddress.IPv4Address(ip)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{value!r}: {exc}") from exc
@@ -66,19 +66,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bridge", action="append", required=True, metavar="BR",
                    help="bridge whose ports face guests (repeat for several)")
     p.add_argument("--store", metavar="PATH",
-                   help="instance store (SQLite); default: the store's default path")
+                   help=f"instance store (SQLite); default {DEFAULT_STORE_PATH}")
     p.add_argument("--gateway", action="append", type=_gateway, default=[],
                    metavar="BRIDGE_OR_PORT=IP",
                    help="answer ARP for IP on that bridge's ports (or that one port): "
                    "the default gateway of a segment that has no router (repeatable)")
     p.add_argument("--no-metadata-arp", action="store_true",
-                   help="do not answer ARP for 169.254.169.254 (on-link route mode)")
+                   help="do not answer ARP for 169.254.169.254 (then guests with an on-link "
+                   "route to it get no answer; for segments where something else owns it)")
     p.add_argument("--shadow-prefix", default=DEFAULT_SHADOW_PREFIX, metavar="CIDR",
                    help="addresses the responder sees guests as; must be unused on this "
                    f"host (default {DEFAULT_SHADOW_PREFIX})")
-    p.add_argument("--responder-netns", default="auto", metavar="NAME|auto|none",
-                   help="namespace for the responder side: 'auto' (default) creates one, "
-                   "'none' uses the current namespace")
+    p.add_argument("--responder-netns", default="auto", choices=["auto", "none"],
+                   help="where md1 and 169.254.169.254 live: 'auto' (default) a namespace "
+                   "of the daemon's own, 'none' the current namespace (see below)")
     p.add_argument("--token-hop-limit", type=int, default=1, metavar="N",
                    help="IP TTL of IMDSv2 token responses (default 1, like EC2)")
     p.add_argument("--tc-priority", type=int, default=tc.DEFAULT_PRIORITY, metavar="N",
@@ -91,7 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
-    netns = {"auto": "auto", "none": None}.get(args.responder_netns, args.responder_netns)
+    netns = "auto" if args.responder_netns == "auto" else None
     if not 1 <= args.token_hop_limit <= 255:
         raise UserError("--token-hop-limit must be 1..255")
     if not 1 <= args.tc_priority <= 0xFFFF:

@@ -33,7 +33,8 @@ class DatapathConfig:
     bridges: list[str]
     name: str = "tmd"
     shadow_prefix: str = DEFAULT_SHADOW_PREFIX
-    # "auto": a namespace named after `name` and this netns; None: the current namespace.
+    # "auto": a namespace of our own, named after `name` and this netns (so a restart
+    # finds and replaces it); None: the current namespace.
     responder_netns: str | None = "auto"
     gateways: list[GatewayRule] = field(default_factory=list)
     answer_metadata_arp: bool = True
