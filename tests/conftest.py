@@ -10,6 +10,11 @@ import pytest
 from transparent_md.store import open_store, parse_record
 from transparent_md.topology.netns import Topology
 
+# Someone else's tc filter, placed on a port before the daemon starts; it matches no
+# real frame (destination MAC de:ad:be:ef:..), so ours still sees every packet.
+FOREIGN_FILTER = ["prio", "1", "u32", "match", "u32", "0xdeadbeef", "0xffffffff", "at", "0",
+                  "flowid", "1:1"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     if os.geteuid() != 0:

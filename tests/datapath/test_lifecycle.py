@@ -7,11 +7,9 @@ import sys
 
 import pytest
 
-from tests.conftest import write_records
+from tests.conftest import FOREIGN_FILTER, write_records
 from transparent_md.topology.hypervisor import Hypervisor
 
-FOREIGN_FILTER = ["prio", "1", "u32", "match", "u32", "0xdeadbeef", "0xffffffff", "at", "0",
-                  "flowid", "1:1"]
 PATH = "/latest/meta-data/instance-id"
 
 
@@ -110,3 +108,18 @@ def test_responder_in_the_current_namespace_when_asked(hv):
     finally:
         assert daemon.stop() == 0
     assert "md1" not in hv.topo.sh(hv.ns, ["ip", "-br", "link"]).stdout
+
+
+def test_metrics_endpoint_counts_the_datapath_and_the_responder(hv):
+    daemon = hv.start_daemon(["br0"], hv.store, ["--metrics", "127.0.0.1:9464"])
+    try:
+        assert hv.curl(hv.guests["g0"].ns, PATH) == (200, "i-0")
+        scraped = hv.topo.sh(hv.ns, ["curl", "-sS", "-m", "5", "http://127.0.0.1:9464/metrics"])
+        metrics = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                   for line in scraped.stdout.splitlines() if line and not line.startswith("#")}
+    finally:
+        daemon.stop()
+    assert metrics['transparent_md_datapath_packets_total{event="request_redirected"}'] >= 1
+    assert metrics['transparent_md_datapath_packets_total{event="reply_redirected"}'] >= 1
+    assert metrics['transparent_md_responses_total{code="200"}'] >= 1
+    assert metrics["transparent_md_attached_ports"] == 3

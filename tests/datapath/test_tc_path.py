@@ -17,13 +17,10 @@ import time
 
 import pytest
 
-from tests.conftest import write_records
+from tests.conftest import FOREIGN_FILTER, write_records
 from transparent_md.topology.hypervisor import Hypervisor
 
 CONCURRENT_REQUESTS = 200
-# Someone else's filter ahead of ours; it matches no real frame (dst MAC de:ad:be:ef:..).
-FOREIGN_FILTER = ["prio", "1", "u32", "match", "u32", "0xdeadbeef", "0xffffffff", "at", "0",
-                  "flowid", "1:1"]
 PORT_ATTACH_BOUND_S = 1.0  # the promise for ports that appear later
 
 # Fired from inside a guest: N concurrent HTTP/1.0 requests, optionally from a given

@@ -54,6 +54,13 @@ def _gateway(value: str) -> GatewayRule:
     return GatewayRule(target=target, ip=ip)
 
 
+def _listen_address(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected HOST:PORT, e.g. 127.0.0.1:9464")
+    return host or "0.0.0.0", int(port)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
@@ -86,6 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"tc filter priority we own on each port (default {tc.DEFAULT_PRIORITY})")
     p.add_argument("--name", default="tmd", help="name of this daemon's devices and pins "
                    "(default tmd; change it to run two daemons in one namespace)")
+    p.add_argument("--metrics", type=_listen_address, metavar="HOST:PORT",
+                   help="serve Prometheus metrics (responses, connections, datapath "
+                   "counters, attached ports) on this address in the current namespace")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     p.set_defaults(handler=run_command)
 
@@ -113,14 +123,15 @@ def run_command(args: argparse.Namespace) -> int:
     datapath = Datapath(config)
     datapath.start()
     try:
-        serve(datapath, store, args.token_hop_limit)
+        serve(datapath, store, args.token_hop_limit, args.metrics)
     finally:
         datapath.stop()
         log.info("stopped; filters detached, responder side removed")
     return 0
 
 
-def serve(datapath: Datapath, store, token_hop_limit: int) -> None:
+def serve(datapath: Datapath, store, token_hop_limit: int,
+          metrics: tuple[str, int] | None = None) -> None:
     """Run the responder on uvloop until SIGTERM or SIGINT."""
     import uvloop
 
@@ -131,6 +142,8 @@ def serve(datapath: Datapath, store, token_hop_limit: int) -> None:
     sock = listening_socket(datapath.netns_name)
     resolver = ShadowResolver(datapath.pin_dir, datapath.config.shadow_prefix)
     responder = Responder(store, resolver, token_hop_limit=token_hop_limit)
+    if metrics:
+        start_metrics(metrics, datapath, responder)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -148,3 +161,20 @@ def serve(datapath: Datapath, store, token_hop_limit: int) -> None:
         resolver.close()
         sock.close()
         sys.stdout.flush()
+
+
+def start_metrics(address: tuple[str, int], datapath: Datapath, responder) -> None:
+    """Prometheus endpoint in a background thread (prometheus_client's own server)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from transparent_md.datapath.metrics import DatapathCollector
+
+    registry = CollectorRegistry()
+    registry.register(responder.collector())
+    registry.register(DatapathCollector(datapath))
+    host, port = address
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise UserError(f"--metrics {host}:{port}: {exc.strerror}") from exc
+    log.info("metrics on http://%s:%d/metrics", host, port)
