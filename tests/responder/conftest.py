@@ -84,11 +84,14 @@ def live(tmp_path) -> Iterator[Live]:
     yield from _start(str(tmp_path / "instances.db"), idle_timeout=30.0)
 
 
-def _start(store_path: str, idle_timeout: float) -> Iterator[Live]:
+def _start(store_path: str, idle_timeout: float,
+           listener_sndbuf: int | None = None) -> Iterator[Live]:
     store = open_store(store_path)
     store.put_many([parse_record(r) for r in (RECORD_A, RECORD_B, RECORD_STRICT)])
     responder = Responder(store, _resolver, idle_timeout=idle_timeout)
     listener = socket.socket()
+    if listener_sndbuf is not None:  # accepted sockets inherit it (and no autotuning)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, listener_sndbuf)
     listener.bind(("127.0.0.1", 0))
     listener.listen(128)
     loop = uvloop.new_event_loop()

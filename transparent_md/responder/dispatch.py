@@ -2,6 +2,10 @@
 
 Policy lives here and nowhere else: which methods a path allows, when a token is
 needed, what an unknown guest sees (404 for everything: it learns nothing).
+
+A GET's route (which prepared reply, and whether IMDSv2 rules apply to it) depends only
+on the instance's prepared replies and the URL, so it is memoised on the `Prepared`
+(see `prepared.Routes`); only the token check runs per request.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from transparent_md.responder.http import (
     UNAUTHORIZED,
     Reply,
 )
-from transparent_md.responder.prepared import Prepared
+from transparent_md.responder.prepared import Prepared, Route
 from transparent_md.responder.tokens import TokenAuthority
 from transparent_md.store import MAX_PASSWORD_BYTES, PasswordAlreadySet, Store
 
@@ -45,36 +49,44 @@ class Dispatcher:
                 token: bytes | None, ttl: bytes | None, forwarded: bool,
                 body: bytes) -> tuple[Reply, bool]:
         """The reply, and whether it is a token reply (sent with the IP hop limit)."""
-        query = url.find(b"?")
-        path = url if query < 0 else url[:query]
         if method in (GET, HEAD):
             if prepared is None:
                 return NOT_FOUND, False
-            if path.startswith(OPENSTACK_PREFIX):
-                return self._openstack(prepared, path), False
-            if path == TOKEN_PATH:
-                return METHOD_NOT_ALLOWED, False  # tokens are only PUT
-            return self._ec2(prepared, path, token), False
+            reply, guarded = prepared.routes.get(url) or prepared.routes.remember(
+                url, self._route(prepared, url))
+            if guarded:
+                if token is not None:
+                    if not self.tokens.is_valid(token, prepared.instance_id):
+                        return UNAUTHORIZED, False
+                elif prepared.imdsv2_required:
+                    return UNAUTHORIZED, False
+            return reply, False
+        query = url.find(b"?")
+        path = url if query < 0 else url[:query]
         if method == PUT and path == TOKEN_PATH:
             return self._issue_token(prepared, ttl, forwarded)
         if method == POST and path.startswith(OPENSTACK_PREFIX):
             return self._post_password(prepared, path, body), False
         return METHOD_NOT_ALLOWED, False
 
-    def _ec2(self, prepared: Prepared, path: bytes, token: bytes | None) -> Reply:
+    def _route(self, prepared: Prepared, url: bytes) -> Route:
+        """The reply for a GET of `url`, and whether the IMDSv2 token rules guard it."""
+        query = url.find(b"?")
+        path = url if query < 0 else url[:query]
+        if path.startswith(OPENSTACK_PREFIX):
+            return self._openstack(prepared, path), False
+        if path == TOKEN_PATH:
+            return METHOD_NOT_ALLOWED, False  # tokens are only PUT
+        return self._ec2(prepared, path)
+
+    @staticmethod
+    def _ec2(prepared: Prepared, path: bytes) -> Route:
         if path == b"/":
-            reply = ec2.ROOT_LISTING
-        else:
-            version, _, rest = path[1:].partition(b"/")
-            if version not in ec2.VERSION_SET:
-                return NOT_FOUND
-            reply = prepared.ec2.get(rest.rstrip(b"/"), NOT_FOUND)
-        if token is not None:
-            if not self.tokens.is_valid(token, prepared.instance_id):
-                return UNAUTHORIZED
-        elif prepared.imdsv2_required:
-            return UNAUTHORIZED
-        return reply
+            return ec2.ROOT_LISTING, True
+        version, _, rest = path[1:].partition(b"/")
+        if version not in ec2.VERSION_SET:
+            return NOT_FOUND, False
+        return prepared.ec2.get(rest.rstrip(b"/"), NOT_FOUND), True
 
     def _openstack(self, prepared: Prepared, path: bytes) -> Reply:
         version, file = _openstack_parts(path)

@@ -2,20 +2,46 @@
 
 A record that binds both MAC and IP renders once per revision; a record that leaves
 one open takes it from the guest the datapath saw, so the memo is keyed by both.
+A new revision builds a new `Prepared`, so nothing memoised on one can go stale.
 """
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 from transparent_md.identity import Guest
 from transparent_md.responder import ec2, openstack
-from transparent_md.responder.http import Reply
+from transparent_md.responder.http import NOT_FOUND, Reply
 from transparent_md.store.snapshot import Entry
+
+Route: TypeAlias = tuple[Reply, bool]
+"""A GET's reply, and whether the IMDSv2 token rules apply to it."""
+
+# Routes memoised per instance: far above the paths a real client walks (cloud-init's
+# whole crawl is ~60), small enough that a guest inventing URLs costs little memory.
+ROUTE_MEMO_LIMIT = 512
+# Longer URLs are routed every time: real metadata paths are under ~130 bytes.
+ROUTE_MEMO_MAX_URL = 256
+
+
+class Routes(dict[bytes, Route]):
+    """URL -> Route memo of one instance; bounded, and only for URLs that exist."""
+
+    __slots__ = ()
+
+    def remember(self, url: bytes, route: Route) -> Route:
+        """Memoise `route` for `url` (404s and overlong URLs are not kept); return it."""
+        if route[0] is not NOT_FOUND and len(url) <= ROUTE_MEMO_MAX_URL:
+            if len(self) >= ROUTE_MEMO_LIMIT:
+                self.clear()
+            self[url] = route
+        return route
 
 
 class Prepared:
     """Everything the dispatcher needs for one instance, built before any request."""
 
-    __slots__ = ("instance_id", "imdsv2_required", "ec2", "openstack")
+    __slots__ = ("instance_id", "imdsv2_required", "ec2", "openstack", "routes")
 
     def __init__(self, entry: Entry, mac: str, ip: str) -> None:
         instance = entry.instance
@@ -23,6 +49,7 @@ class Prepared:
         self.imdsv2_required = instance.imdsv2_required
         self.ec2: dict[bytes, Reply] = ec2.render(instance, mac, ip)
         self.openstack: dict[bytes, Reply] = openstack.render(instance, mac, ip, entry.password)
+        self.routes = Routes()
 
 
 def prepared_for(entry: Entry, guest: Guest) -> Prepared:
