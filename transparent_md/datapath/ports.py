@@ -23,7 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
-from transparent_md.datapath import layout, tc
+from transparent_md.datapath import layout, programs, tc
 from transparent_md.datapath.bpf_syscall import BpfMap
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class PortAttacher:
         for ip in self._gateway_ips(info):
             self.arp_map.update(layout.ArpKey(info.ifindex, layout.be32(ip)), ctypes.c_uint8(1))
         try:
-            tc.attach(ipr, info.ifindex, self.port_prog_fd, "port_ingress", self.slot)
+            tc.attach(ipr, info.ifindex, self.port_prog_fd, programs.PORT_PROGRAM, self.slot)
         except NetlinkError as exc:
             if exc.code in (errno.ENODEV, errno.ENOENT):
                 log.info("port %s vanished while attaching; skipped", info.name)
