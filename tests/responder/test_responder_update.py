@@ -1,4 +1,4 @@
-"""`instance update` (a separate process) while a guest loops: old or new, never mixed."""
+"""Records changing under a running responder: old or new, never mixed, and never stale."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import json
 import subprocess
 import sys
 import threading
+
+from tests.responder.conftest import RECORD_A
+from transparent_md.store import open_store, parse_record
 
 OLD = ("m5.large", "eu-west-1a", "eu-west-1")
 NEW = ("c6i.xlarge", "us-east-2b", "us-east-2")
@@ -49,3 +52,19 @@ def test_update_while_a_client_loops_sees_only_whole_records(live):
     assert NEW in answers  # the change did reach the running responder
     # the last update restored OLD; the next request must see it
     assert live.get("/latest/meta-data/instance-type").body == OLD[0].encode()
+
+
+def test_a_record_changed_after_it_was_served_is_new_on_the_next_request(live):
+    """The same keep-alive connection, the record already loaded and rendered."""
+    conn = live.connect()
+    try:
+        assert conn.request("GET", "/latest/meta-data/hostname").body == b"alpha"
+        assert "i-aaaa" in live.responder.state.store.cache
+        writer = open_store(live.store_path)
+        try:
+            writer.update(parse_record({**RECORD_A, "hostname": "alpha-2"}))
+        finally:
+            writer.close()
+        assert conn.request("GET", "/latest/meta-data/hostname").body == b"alpha-2"
+    finally:
+        conn.close()

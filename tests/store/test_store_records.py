@@ -71,7 +71,7 @@ def test_policy_mac_binding_ip_fallback_and_tenants(store):
 
     def who(g):
         entry = snap.match(g)
-        return entry.instance.instance_id if entry else None
+        return entry.instance_id if entry else None
 
     assert who(guest()) == "by-mac"
     assert who(guest(ip="10.0.0.6")) is None  # MAC and IP set: both must match
@@ -87,7 +87,7 @@ def test_ambiguous_records_are_refused(store):
     with pytest.raises(UserError, match="same guest as record a"):
         store.add(parse_record({"instance_id": "b", "ip": "10.0.0.5"}))
     store.add(parse_record({"instance_id": "c", "ip": "10.0.0.5", "bridge": "br0"}))
-    assert store.snapshot().match(guest(mac="02:00:00:00:00:01")).instance.instance_id == "c"
+    assert store.snapshot().match(guest(mac="02:00:00:00:00:01")).instance_id == "c"
 
 
 # -- store -----------------------------------------------------------------------------
@@ -96,16 +96,16 @@ def test_changes_from_another_connection_reach_a_reader(tmp_path):
     path = str(tmp_path / "i.db")
     reader, writer = open_store(path), open_store(path)
     first = reader.snapshot()
-    assert first.entries == {}
+    assert first.bindings == {}
     writer.add(parse_record({"instance_id": "i-1", "ip": "10.0.0.5"}))
     second = reader.snapshot()
-    assert set(second.entries) == {"i-1"}
+    assert set(second.bindings) == {"i-1"}
     assert reader.snapshot() is second  # unchanged: the same object, no reload
     writer.add(parse_record({"instance_id": "i-2", "ip": "10.0.0.6"}))
     third = reader.snapshot()
-    assert third.entries["i-1"] is second.entries["i-1"]  # untouched record reused
+    assert third.bindings["i-1"] is second.bindings["i-1"]  # untouched record reused
     writer.remove("i-1")
-    assert set(reader.snapshot().entries) == {"i-2"}
+    assert set(reader.snapshot().bindings) == {"i-2"}
 
 
 def test_password_once_and_kept_across_update(store):

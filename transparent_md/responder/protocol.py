@@ -213,7 +213,7 @@ class MetadataProtocol(asyncio.Protocol):
         snapshot = self._store.snapshot()
         if snapshot is not self._snapshot:
             self._snapshot = snapshot
-            entry = snapshot.match(self._guest) if self._guest is not None else None
+            entry = self._store.entry_for(self._guest) if self._guest is not None else None
             self._prepared = prepared_for(entry, self._guest) if entry is not None else None
         parser = self._parser
         method = parser.get_method()

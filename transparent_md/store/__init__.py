@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+from transparent_md.identity import Guest
 from transparent_md.store.record import Instance, RecordError, parse_record
-from transparent_md.store.snapshot import Entry, Snapshot
+from transparent_md.store.snapshot import Binding, Entry, Snapshot
 from transparent_md.store.sqlite import MAX_PASSWORD_BYTES, PasswordAlreadySet, SqliteStore
 
 # Where packaged state lives on Debian-like systems; root-owned, mode 0750.
@@ -21,14 +22,16 @@ DEFAULT_STORE_PATH = "/var/lib/transparent-md/instances.db"
 class Store(Protocol):
     """What the CLI and the responder need from an instance registry.
 
-    `snapshot()` is on the request path: it must be cheap when nothing changed and
-    return an immutable view that reflects every committed change.
+    `snapshot()` and `entry_for()` are on the request path: cheap when nothing changed
+    (a stamp compare, dict lookups), and reflecting every committed change. The snapshot
+    holds bindings only; `entry_for` loads a matched guest's whole record lazily.
     """
 
     path: str
 
     def snapshot(self) -> Snapshot: ...
     def refresh(self) -> Snapshot: ...
+    def entry_for(self, guest: Guest) -> Entry | None: ...
     def get(self, instance_id: str) -> Instance | None: ...
     def list(self) -> list[Instance]: ...
     def add(self, instance: Instance) -> None: ...
@@ -48,6 +51,7 @@ def open_store(path: str | None) -> Store:
 
 
 __all__ = [
-    "DEFAULT_STORE_PATH", "Entry", "Instance", "MAX_PASSWORD_BYTES", "PasswordAlreadySet",
-    "RecordError", "Snapshot", "SqliteStore", "Store", "open_store", "parse_record",
+    "Binding", "DEFAULT_STORE_PATH", "Entry", "Instance", "MAX_PASSWORD_BYTES",
+    "PasswordAlreadySet", "RecordError", "Snapshot", "SqliteStore", "Store", "open_store",
+    "parse_record",
 ]

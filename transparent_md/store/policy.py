@@ -13,23 +13,33 @@ from collections.abc import Iterable
 from typing import Generic, Protocol, TypeVar
 
 from transparent_md.identity import Guest
-from transparent_md.store.record import Instance
 
 
-class HasInstance(Protocol):
+class Bound(Protocol):
+    """What the policy reads of a record: an `Instance`, or a snapshot's `Binding`."""
+
     @property
-    def instance(self) -> Instance: ...
+    def instance_id(self) -> str: ...
+    @property
+    def mac(self) -> str | None: ...
+    @property
+    def ip(self) -> str | None: ...
+    @property
+    def bridge(self) -> str | None: ...
+    @property
+    def port(self) -> str | None: ...
 
 
-E = TypeVar("E", bound=HasInstance)
+E = TypeVar("E", bound=Bound)
+R = TypeVar("R", bound=Bound)
 
 
-def specificity(record: Instance) -> int:
+def specificity(record: Bound) -> int:
     """How many optional bindings narrow the record; the narrowest match wins."""
     return sum(x is not None for x in (record.ip, record.bridge, record.port))
 
 
-def accepts(record: Instance, guest: Guest) -> bool:
+def accepts(record: Bound, guest: Guest) -> bool:
     """Every field the record binds must equal what the datapath saw."""
     return (
         (record.mac is None or record.mac == guest.mac)
@@ -39,7 +49,7 @@ def accepts(record: Instance, guest: Guest) -> bool:
     )
 
 
-def could_overlap(a: Instance, b: Instance) -> bool:
+def could_overlap(a: Bound, b: Bound) -> bool:
     """True if some guest would be accepted by both records."""
     return all(
         x is None or y is None or x == y
@@ -47,9 +57,9 @@ def could_overlap(a: Instance, b: Instance) -> bool:
     ) and (a.mac is None) == (b.mac is None)
 
 
-def find_conflict(records: Iterable[Instance]) -> tuple[Instance, Instance] | None:
+def find_conflict(records: Iterable[R]) -> tuple[R, R] | None:
     """Two records the policy could not tell apart for some guest, if any."""
-    buckets: dict[object, list[Instance]] = {}
+    buckets: dict[object, list[R]] = {}
     for record in records:
         # MAC records only meet records with the same MAC; IP-only records meet by IP.
         buckets.setdefault(("mac", record.mac) if record.mac else ("ip", record.ip), []).append(
@@ -72,21 +82,20 @@ class IdentityIndex(Generic[E]):
         by_mac: dict[str, list[E]] = {}
         by_ip: dict[str, list[E]] = {}
         for entry in entries:
-            record = entry.instance
-            if record.mac is not None:
-                by_mac.setdefault(record.mac, []).append(entry)
+            if entry.mac is not None:
+                by_mac.setdefault(entry.mac, []).append(entry)
             else:
-                by_ip.setdefault(record.ip or "", []).append(entry)
-        key = lambda e: -specificity(e.instance)  # noqa: E731 - sort key, narrowest first
+                by_ip.setdefault(entry.ip or "", []).append(entry)
+        key = lambda e: -specificity(e)  # noqa: E731 - sort key, narrowest first
         self._by_mac = {k: tuple(sorted(v, key=key)) for k, v in by_mac.items()}
         self._by_ip = {k: tuple(sorted(v, key=key)) for k, v in by_ip.items()}
 
     def match(self, guest: Guest) -> E | None:
         """The record that answers `guest`, or None when no record is for it."""
         for entry in self._by_mac.get(guest.mac, ()):
-            if accepts(entry.instance, guest):
+            if accepts(entry, guest):
                 return entry
         for entry in self._by_ip.get(guest.ip, ()):
-            if accepts(entry.instance, guest):
+            if accepts(entry, guest):
                 return entry
         return None

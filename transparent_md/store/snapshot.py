@@ -1,12 +1,14 @@
 """An immutable view of the whole store, swapped atomically when the store changes.
 
-Requests read one snapshot from start to finish, so none can see a half-applied
-change. Entries whose record did not change are carried into the next snapshot
-unchanged, together with whatever the responder prepared for them (`prepared`).
+A snapshot holds only what identity matching needs (`Binding`: id, revision, MAC, IP,
+bridge, port), so thousands of idle records cost their index and nothing more. The
+full record of a guest that asks is loaded on demand as an `Entry` (see
+`store.cache`), together with whatever the responder prepared for it (`prepared`).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,12 +17,31 @@ from transparent_md.store.policy import IdentityIndex
 from transparent_md.store.record import Instance
 
 
+class Binding:
+    """One record as the identity policy sees it; a revision names the whole record."""
+
+    __slots__ = ("instance_id", "revision", "mac", "ip", "bridge", "port")
+
+    def __init__(self, instance_id: str, revision: int, mac: str | None, ip: str | None,
+                 bridge: str | None, port: str | None) -> None:
+        self.instance_id = instance_id
+        self.revision = revision
+        self.mac = mac
+        self.ip = ip
+        # Many records share a bridge (and port names repeat): keep one copy of each.
+        self.bridge = sys.intern(bridge) if bridge is not None else None
+        self.port = sys.intern(port) if port is not None else None
+
+    def __repr__(self) -> str:
+        return f"Binding({self.instance_id!r}, revision={self.revision})"
+
+
 @dataclass(frozen=True, eq=False, slots=True)
 class Entry:
-    """One stored record plus its mutable-by-the-guest state (the OpenStack password).
+    """One whole record, read in one SELECT, plus the guest-set OpenStack password.
 
     `prepared` is a memo owned by the responder (pre-rendered responses); it lives as
-    long as this exact revision of the record does.
+    long as this exact revision of the record stays loaded.
     """
 
     instance: Instance
@@ -30,16 +51,16 @@ class Entry:
 
 
 class Snapshot:
-    """All entries of one committed store state, indexed for the identity policy."""
+    """The bindings of one committed store state, indexed for the identity policy."""
 
-    __slots__ = ("entries", "_index")
+    __slots__ = ("bindings", "_index")
 
-    def __init__(self, entries: dict[str, Entry]) -> None:
-        self.entries = entries
-        self._index: IdentityIndex[Entry] = IdentityIndex(entries.values())
+    def __init__(self, bindings: dict[str, Binding]) -> None:
+        self.bindings = bindings
+        self._index: IdentityIndex[Binding] = IdentityIndex(bindings.values())
 
-    def match(self, guest: Guest) -> Entry | None:
-        """The entry that answers `guest` (see `store.policy`), or None."""
+    def match(self, guest: Guest) -> Binding | None:
+        """The binding of the record that answers `guest` (see `store.policy`), or None."""
         return self._index.match(guest)
 
 

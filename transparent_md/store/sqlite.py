@@ -1,8 +1,9 @@
 """The embedded store: one SQLite file, written by the CLI, read by the responder.
 
 Every change is one transaction, so an import either lands whole or not at all.
-Readers load a consistent snapshot inside one read transaction (WAL mode lets them
-run while a writer commits) and reuse entries whose revision did not change.
+Readers load a snapshot of bindings (who answers which guest) inside one read
+transaction (WAL mode lets them run while a writer commits); a guest's whole record
+is read lazily, in one SELECT of one row, so it is the old or the new, never a mix.
 """
 
 from __future__ import annotations
@@ -13,27 +14,19 @@ import sqlite3
 from collections.abc import Iterable
 
 from transparent_md.errors import UserError
+from transparent_md.identity import Guest
+from transparent_md.store.cache import ENTRY_CACHE_SIZE, EntryCache
 from transparent_md.store.generation import GenerationFile
-from transparent_md.store.policy import find_conflict
+from transparent_md.store.policy import Bound, find_conflict
 from transparent_md.store.record import Instance, RecordError, parse_record
-from transparent_md.store.snapshot import Entry, Snapshot
+from transparent_md.store.schema import SELECT_BINDINGS, ensure_schema
+from transparent_md.store.snapshot import Binding, Entry, Snapshot
 
 # How long a writer waits for another writer before giving up (ms): a CLI call
 # should wait out an import running in parallel rather than fail.
 BUSY_TIMEOUT_MS = 10_000
 # OpenStack's password endpoint stores at most 255 bytes, like nova.
 MAX_PASSWORD_BYTES = 255
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS instances (
-    instance_id TEXT PRIMARY KEY,
-    record      TEXT NOT NULL,     -- JSON, as Instance.to_mapping() spells it
-    revision    INTEGER NOT NULL,  -- bumped on every change to this row
-    password    TEXT               -- OpenStack password, set once by the guest
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO counters VALUES ('revision', 0);
-"""
 
 
 class PasswordAlreadySet(Exception):
@@ -43,7 +36,7 @@ class PasswordAlreadySet(Exception):
 class SqliteStore:
     """`Store` backed by one SQLite file; see `transparent_md.store.Store`."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, cache_size: int = ENTRY_CACHE_SIZE) -> None:
         self.path = path
         directory = os.path.dirname(os.path.abspath(path))
         try:
@@ -51,13 +44,15 @@ class SqliteStore:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.executescript(_SCHEMA)
+            ensure_schema(self._db)
             self._generation = GenerationFile(path + ".generation")
         except (OSError, sqlite3.Error) as exc:
             raise UserError(f"cannot open the instance store {path}: {exc} "
                             "(choose another file with --store PATH)") from exc
         self._seen_stamp: bytes | None = None
         self._snapshot = Snapshot({})
+        # Whole records of guests that asked; read-only outside the store.
+        self.cache = EntryCache(cache_size)
 
     # -- reading ------------------------------------------------------------------
 
@@ -75,36 +70,60 @@ class SqliteStore:
         self._snapshot = self._load(self._snapshot)
         return self._snapshot
 
-    def _load(self, previous: Snapshot) -> Snapshot:
-        old = previous.entries
-        entries: dict[str, Entry] = {}
-        self._db.execute("BEGIN")
-        try:
-            rows = self._db.execute("SELECT instance_id, revision FROM instances").fetchall()
-            for instance_id, revision in rows:
-                entry = old.get(instance_id)
-                if entry is not None and entry.revision == revision:
-                    entries[instance_id] = entry
-                else:
-                    entries[instance_id] = self._entry(instance_id)
-        finally:
-            self._db.execute("COMMIT")
-        return Snapshot(entries)
+    def entry_for(self, guest: Guest) -> Entry | None:
+        """The whole record answering `guest` now; a dict hit unless it changed or aged out."""
+        binding = self.snapshot().match(guest)
+        if binding is None:
+            return None
+        entry = self.cache.get(binding)
+        if entry is None:
+            entry = self._fetch(binding)
+        if entry is None:
+            # A commit landed after the snapshot was read and its stamp may not show yet:
+            # read bindings and the row in one transaction, where they must agree.
+            with _ReadTransaction(self._db):
+                self._seen_stamp = self._generation.current()
+                self._snapshot = Snapshot(self._read_bindings(self._snapshot.bindings))
+                binding = self._snapshot.match(guest)
+                entry = self._fetch(binding) if binding is not None else None
+        return entry
 
-    def _entry(self, instance_id: str) -> Entry:
-        record, revision, password = self._db.execute(
+    def _load(self, previous: Snapshot) -> Snapshot:
+        with _ReadTransaction(self._db):
+            return Snapshot(self._read_bindings(previous.bindings))
+
+    def _read_bindings(self, old: dict[str, Binding]) -> dict[str, Binding]:
+        """All bindings; unchanged ones are carried over, so a reload allocates little."""
+        bindings: dict[str, Binding] = {}
+        for instance_id, revision, mac, ip, bridge, port in self._db.execute(SELECT_BINDINGS):
+            binding = old.get(instance_id)
+            if binding is None or binding.revision != revision:
+                binding = Binding(instance_id, revision, mac, ip, bridge, port)
+            bindings[instance_id] = binding
+        return bindings
+
+    def _fetch(self, binding: Binding) -> Entry | None:
+        """Read `binding`'s record in one SELECT and keep it; None if it changed since."""
+        row = self._db.execute(
             "SELECT record, revision, password FROM instances WHERE instance_id = ?",
-            (instance_id,),
+            (binding.instance_id,),
         ).fetchone()
-        return Entry(parse_record(json.loads(record), instance_id), revision, password)
+        if row is None or row[1] != binding.revision:
+            return None
+        record, revision, password = row
+        entry = Entry(parse_record(json.loads(record), binding.instance_id), revision, password)
+        self.cache.put(binding.instance_id, entry)
+        return entry
 
     def get(self, instance_id: str) -> Instance | None:
-        entry = self.refresh().entries.get(instance_id)
-        return entry.instance if entry else None
+        row = self._db.execute("SELECT record FROM instances WHERE instance_id = ?",
+                               (instance_id,)).fetchone()
+        return parse_record(json.loads(row[0]), instance_id) if row else None
 
     def list(self) -> list[Instance]:
-        return sorted((e.instance for e in self.refresh().entries.values()),
-                      key=lambda i: i.instance_id)
+        rows = self._db.execute("SELECT instance_id, record FROM instances "
+                                "ORDER BY instance_id").fetchall()
+        return [parse_record(json.loads(record), i) for i, record in rows]
 
     # -- writing ------------------------------------------------------------------
 
@@ -130,15 +149,14 @@ class SqliteStore:
                 raise UserError(f"record {instance.instance_id}: instance_id appears twice")
             seen.add(instance.instance_id)
         with self._write() as db:
-            current = {i: parse_record(json.loads(r), i) for i, r in
-                       db.execute("SELECT instance_id, record FROM instances")}
+            current = self._read_bindings({})
             if not replace:
                 for instance in instances:
                     if instance.instance_id in current:
                         raise UserError(
                             f"record {instance.instance_id}: an instance with this id exists "
                             "(use 'instance update', or 'instance import' to replace)")
-            result = {} if prune else dict(current)
+            result: dict[str, Bound] = {} if prune else dict(current)
             result.update({i.instance_id: i for i in instances})
             _refuse_ambiguity(result.values())
             if prune:
@@ -147,10 +165,13 @@ class SqliteStore:
                                [(i,) for i in gone])
             for instance in instances:
                 db.execute(
-                    "INSERT INTO instances (instance_id, record, revision) VALUES (?, ?, ?) "
+                    "INSERT INTO instances (instance_id, record, revision, mac, ip, bridge, "
+                    "port) VALUES (?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT(instance_id) DO UPDATE SET record = excluded.record, "
-                    "revision = excluded.revision",
-                    (instance.instance_id, json.dumps(instance.to_mapping()), _next(db)),
+                    "revision = excluded.revision, mac = excluded.mac, ip = excluded.ip, "
+                    "bridge = excluded.bridge, port = excluded.port",
+                    (instance.instance_id, json.dumps(instance.to_mapping()), _next(db),
+                     instance.mac, instance.ip, instance.bridge, instance.port),
                 )
 
     def remove(self, instance_id: str) -> None:
@@ -178,8 +199,9 @@ class SqliteStore:
                        "WHERE instance_id = ?", (_next(db), instance_id))
 
     def password(self, instance_id: str) -> str | None:
-        entry = self.refresh().entries.get(instance_id)
-        return entry.password if entry else None
+        row = self._db.execute("SELECT password FROM instances WHERE instance_id = ?",
+                               (instance_id,)).fetchone()
+        return row[0] if row else None
 
     def close(self) -> None:
         self._db.close()
@@ -187,6 +209,20 @@ class SqliteStore:
 
     def _write(self) -> _WriteTransaction:
         return _WriteTransaction(self._db, self._generation)
+
+
+class _ReadTransaction:
+    """BEGIN ... COMMIT: every SELECT inside sees the same committed state."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN")
+        return self._db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._db.execute("COMMIT")
 
 
 class _WriteTransaction:
@@ -214,7 +250,7 @@ def _next(db: sqlite3.Connection) -> int:
     return db.execute("SELECT value FROM counters WHERE name = 'revision'").fetchone()[0]
 
 
-def _refuse_ambiguity(records: Iterable[Instance]) -> None:
+def _refuse_ambiguity(records: Iterable[Bound]) -> None:
     pair = find_conflict(records)
     if pair:
         a, b = pair
