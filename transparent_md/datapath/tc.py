@@ -14,7 +14,6 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 INGRESS_PARENT = 0xFFFFFFF2  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)
-EGRESS_PARENT = 0xFFFFFFF3
 # "tmd" in spirit: any value no other tool is likely to pick.
 DEFAULT_HANDLE = 0x7D0
 DEFAULT_PRIORITY = 10
@@ -58,15 +57,3 @@ def detach(ipr: IPRoute, ifindex: int, slot: FilterSlot, parent: int = INGRESS_P
             return False
         raise
     return True
-
-
-def our_filters(ipr: IPRoute, ifindex: int, slot: FilterSlot,
-                parent: int = INGRESS_PARENT) -> list[str]:
-    """Names of the bpf programs in our priority/handle on one hook (for checks)."""
-    names = []
-    for flt in ipr.get_filters(index=ifindex, parent=parent):
-        if flt["info"] >> 16 != slot.priority or flt["handle"] != slot.handle:
-            continue
-        options = flt.get_attr("TCA_OPTIONS")
-        names.append(options.get_attr("TCA_BPF_NAME") if options else "")
-    return names

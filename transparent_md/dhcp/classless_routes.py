@@ -32,8 +32,6 @@ BITS_PER_OCTET = 8
 MAX_PREFIX_LENGTH = IPV4_OCTETS * BITS_PER_OCTET
 # A DHCP option's length field is one octet, so one option carries at most 255 bytes.
 MAX_OPTION_LENGTH = 255
-# Smallest descriptor: prefix-length octet + no destination octets (/0) + router.
-MIN_ROUTE_LENGTH = 1 + IPV4_OCTETS
 
 # Separators operators paste from other tools: dnsmasq "a9:fe", "0x..", spaces, dashes.
 _HEX_SEPARATORS = re.compile(r"[\s:.\-]")

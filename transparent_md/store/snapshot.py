@@ -63,5 +63,3 @@ class Snapshot:
         """The binding of the record that answers `guest` (see `store.policy`), or None."""
         return self._index.match(guest)
 
-
-EMPTY = Snapshot({})
