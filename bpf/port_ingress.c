@@ -6,6 +6,9 @@
  * - ARP who-has 169.254.169.254 (route-based mode) or a gateway address configured for
  *   this port (segments with no router): answered in place, back out of the port.
  * - Anything else addressed to 169.254.169.254 is dropped: that address is ours.
+ * - Anything else sent to the MAC we answer ARP with is dropped too: a guest on a
+ *   routerless segment sends all its off-link traffic there, and the bridge, which
+ *   knows no such MAC, would flood it to every other guest.
  * - Everything else goes on to the bridge untouched.
  */
 #include "tmd_maps.h"
@@ -146,6 +149,20 @@ drop:
 	return TC_ACT_SHOT;
 }
 
+/* Our ARP MAC belongs to no port of the bridge: whatever reaches it unserved would be
+ * flooded as unknown unicast. */
+static __always_inline int drop_if_sent_to_us(struct __sk_buff *skb, struct tmd_config *cfg)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end || !tmd_mac_eq(eth->h_dest, cfg->arp_mac))
+		return TC_ACT_OK;
+	tmd_count(TMD_STAT_STRAY_DROPPED);
+	return TC_ACT_SHOT;
+}
+
 int port_ingress(struct __sk_buff *skb)
 {
 	struct tmd_config *cfg = tmd_cfg();
@@ -154,9 +171,12 @@ int port_ingress(struct __sk_buff *skb)
 	/* Tagged frames belong to the bridge's VLAN handling; we do not serve VLANs yet. */
 	if (skb->vlan_present)
 		return TC_ACT_OK;
+	int verdict = TC_ACT_OK;
 	if (skb->protocol == bpf_htons(ETH_P_IP))
-		return intercept_ipv4(skb, cfg);
-	if (skb->protocol == bpf_htons(ETH_P_ARP))
-		return answer_arp(skb, cfg);
-	return TC_ACT_OK;
+		verdict = intercept_ipv4(skb, cfg);
+	else if (skb->protocol == bpf_htons(ETH_P_ARP))
+		verdict = answer_arp(skb, cfg);
+	if (verdict != TC_ACT_OK)
+		return verdict;
+	return drop_if_sent_to_us(skb, cfg);
 }

@@ -65,6 +65,7 @@ enum tmd_stat {
 	TMD_STAT_METADATA_DROPPED,   /* to 169.254.169.254 but not something we serve */
 	TMD_STAT_REPLY_DROPPED,      /* reply with no live slot */
 	TMD_STAT_NO_SLOT,            /* every candidate slot was busy */
+	TMD_STAT_STRAY_DROPPED,      /* sent to our ARP MAC but not to 169.254.169.254:80 */
 	TMD_STAT_MAX,
 };
 

@@ -191,6 +191,25 @@ def test_request_after_garbage_is_still_served(loaded, maps):
     assert verdict == TC_ACT_REDIRECT and checksums_valid(out)
 
 
+@pytest.mark.parametrize("payload", [
+    IP(src="10.0.0.5", dst="10.9.9.9") / TCP(dport=443),
+    IP(src="10.0.0.5", dst="10.0.0.1") / ICMP(),
+    Raw(b"\x60" + b"\x00" * 39),
+])
+def test_unserved_frames_to_our_arp_mac_are_dropped_not_flooded(loaded, maps, payload):
+    ethertype = 0x86DD if isinstance(payload, Raw) else 0x0800
+    frame = Ether(src=GUEST_MAC, dst=ARP_MAC, type=ethertype) / payload
+    assert prog_test_run(loaded.port_fd, bytes(frame))[0] == TC_ACT_SHOT
+    # The same frame to a real router's MAC goes to the bridge.
+    frame[Ether].dst = GW_MAC
+    assert prog_test_run(loaded.port_fd, bytes(frame))[0] == TC_ACT_OK
+
+
+def test_metadata_request_to_our_arp_mac_is_still_served(loaded, maps):
+    frame = Ether(src=GUEST_MAC, dst=ARP_MAC) / IP(src="10.0.0.5", dst=MD) / TCP(dport=80)
+    assert prog_test_run(loaded.port_fd, bytes(frame))[0] == TC_ACT_REDIRECT
+
+
 # -- ARP ------------------------------------------------------------------------------
 def arp_request(target: str) -> Ether:
     return (Ether(src=GUEST_MAC, dst="ff:ff:ff:ff:ff:ff") /

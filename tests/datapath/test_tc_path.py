@@ -5,7 +5,7 @@ One hypervisor namespace with two tenant bridges:
        the router), guest `onlink` (10.0.0.7/32, only route 169.254.169.254 dev eth0),
        guest `forger` (its own MAC, claims a's 10.0.0.5)
   br1: no router; guest `b` (10.0.0.5 as well, default via 10.0.0.1 that only the
-       daemon's --gateway ARP answer provides)
+       daemon's --gateway ARP answer provides), guest `watcher` (10.0.0.8)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import FOREIGN_FILTER, write_records
 from transparent_md.topology.hypervisor import Hypervisor
+from transparent_md.topology.netns import stop_process
 
 CONCURRENT_REQUESTS = 200
 PORT_ATTACH_BOUND_S = 1.0  # the issue's promise for ports that appear later
@@ -62,6 +63,7 @@ def world(topology, tmp_path_factory):
                       routes=["default via 10.0.0.1"])
     hv.guest("b", bridge="br1", port="pb", addr="10.0.0.5/24",
                  routes=["default via 10.0.0.1"])
+    hv.guest("watcher", bridge="br1", port="pwatch", addr="10.0.0.8/24")
     store = str(tmp_path_factory.mktemp("store") / "instances.db")
     write_records(store, [
         {"instance_id": "i-a", "mac": a.mac, "ip": "10.0.0.5"},
@@ -169,3 +171,28 @@ def test_removed_port_is_forgotten(world):
     while "forgot port pgone" not in daemon.log() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "forgot port pgone" in daemon.log()
+
+
+def test_routerless_guests_offlink_traffic_is_not_flooded_to_neighbours(world):
+    hv, _, _ = world
+    b, watcher = hv.guests["b"], hv.guests["watcher"]
+    capture = hv.topo.spawn(watcher.ns, ["tcpdump", "-i", "eth0", "--immediate-mode", "-n",
+                                         "-l", "udp port 9999"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in capture.stderr:
+        if "listening on" in line:
+            break
+    send = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "s.sendto(b'x', (sys.argv[1], 9999))")
+    # Off-link (an address the watcher holds, but b must route to it): goes to the
+    # gateway MAC the daemon answered with, and must not be flooded to the watcher.
+    hv.topo.ip(watcher.ns, "addr add 192.168.77.1/32 dev lo")
+    hv.topo.ip(b.ns, "route add 192.168.77.0/24 via 10.0.0.1")
+    hv.topo.sh(b.ns, [sys.executable, "-c", send, "192.168.77.1"], check=True)
+    # Control: on-link to the watcher itself is delivered, so the capture works.
+    hv.topo.sh(b.ns, [sys.executable, "-c", send, watcher.ip], check=True)
+    time.sleep(0.5)
+    stop_process(capture)
+    seen = capture.stdout.read()
+    assert f"> {watcher.ip}.9999" in seen, seen
+    assert "192.168.77.1" not in seen, seen

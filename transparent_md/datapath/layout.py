@@ -36,6 +36,7 @@ class Stat(IntEnum):
     METADATA_DROPPED = 3
     REPLY_DROPPED = 4
     NO_SLOT = 5
+    STRAY_DROPPED = 6
 
 
 class Config(ctypes.Structure):
