@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -123,3 +125,58 @@ def test_metrics_endpoint_counts_the_datapath_and_the_responder(hv):
     assert metrics['transparent_md_datapath_packets_total{event="reply_redirected"}'] >= 1
     assert metrics['transparent_md_responses_total{code="200"}'] >= 1
     assert metrics["transparent_md_attached_ports"] == 3
+
+
+def listener_pids(hv: Hypervisor, daemon) -> set[int]:
+    """PIDs holding 169.254.169.254:80 open in the daemon's responder namespace.
+
+    The daemon runs under `ip netns exec`, in a mount namespace of its own, and that is
+    where its responder namespace is mounted: look from inside it.
+    """
+    (ns,) = responder_netns_of(hv)
+    out = subprocess.run(["nsenter", "-t", str(daemon.proc.pid), "-m", "ip", "netns", "exec",
+                          ns, "ss", "-Hltnp", "sport = :80"],
+                         capture_output=True, text=True).stdout
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_share_the_port_and_the_token_secret(hv):
+    daemon = hv.start_daemon(["br0"], hv.store, ["--workers", "3"])
+    try:
+        pids = listener_pids(hv, daemon)
+        assert len(pids) == 3 and daemon.proc.pid in pids
+        ns = hv.guests["g1"].ns
+        token = hv.topo.sh(ns, ["curl", "-sS", "-m", "5", "-X", "PUT", "-H",
+                                "X-aws-ec2-metadata-token-ttl-seconds: 60",
+                                "http://169.254.169.254/latest/api/token"]).stdout
+        assert token
+        # New connection each time: the kernel spreads them over the three processes,
+        # and a token issued by one must be accepted by all.
+        for _ in range(30):
+            assert hv.curl(ns, PATH, extra=["-H", f"X-aws-ec2-metadata-token: {token}"]) == \
+                (200, "i-1")
+    finally:
+        assert daemon.stop() == 0
+    assert not [pid for pid in pids if pid_alive(pid)]
+
+
+def test_workers_die_with_a_killed_daemon(hv):
+    daemon = hv.start_daemon(["br0"], hv.store, ["--workers", "2"])
+    workers = listener_pids(hv, daemon) - {daemon.proc.pid}
+    assert len(workers) == 1
+    daemon.kill()
+    for _ in range(100):
+        if not any(pid_alive(pid) for pid in workers):
+            break
+        time.sleep(0.05)
+    assert not any(pid_alive(pid) for pid in workers)
+    # Clean up what the killed daemon left (a restart does exactly this).
+    hv.start_daemon(["br0"], hv.store).stop()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from transparent_md.bench import records, servers, topology, wrk
 from transparent_md.bench.measure import MODES, Measurement, Target, measure, repeat
-from transparent_md.bench.procstat import CpuWindow, peak_rss_mib, rss_mib
+from transparent_md.bench.procstat import CpuWindow, peak_rss_mib, process_tree, rss_mib
 from transparent_md.datapath.responder_side import METADATA_IP
 from transparent_md.topology.hypervisor import Hypervisor
 from transparent_md.topology.netns import NETNS_DIR, Topology
@@ -45,6 +45,7 @@ class Settings:
     guests: int = 8
     duration_s: float = 5.0
     storm_guests: int = 200
+    workers: int = 1  # the daemon's `run --workers`
     storm_window_s: float = 1.0
     records: int = records.DEFAULT_RECORDS
 
@@ -78,7 +79,8 @@ class BenchRun:
         self.records = records.write_store(self.store, self.guests + self.storm_guests,
                                            s.records)
         self.say(f"store: {self.records} records; starting the daemon")
-        self.daemon = self.hv.start_daemon(topology.BRIDGES, self.store)
+        self.daemon = self.hv.start_daemon(topology.BRIDGES, self.store,
+                                           ["--workers", str(s.workers)])
         self.rt_ns, self.dnat_guests = topology.build_dnat_segment(self.topo, s.guests)
         self.hook = wrk.write_hook(self.workdir)
 
@@ -160,10 +162,10 @@ class BenchRun:
 
     def memory(self, responder_only_pid: int) -> dict:
         """The daemon's RSS, and for contrast the loopback Responder's: same code, same
-        records, but no datapath (bcc, compiled programs) in its process."""
-        pid = self.daemon.proc.pid
-        return {"records": self.records, "rss_mib": round(rss_mib([pid]), 1),
-                "peak_rss_mib": round(peak_rss_mib([pid]), 1),
+        records, but no datapath in its process. With --workers, all its processes."""
+        pids = process_tree(self.daemon.proc.pid)
+        return {"records": self.records, "rss_mib": round(rss_mib(pids), 1),
+                "peak_rss_mib": round(peak_rss_mib(pids), 1),
                 "responder_only_rss_mib": round(rss_mib([responder_only_pid]), 1)}
 
     # -- whole run ------------------------------------------------------------------

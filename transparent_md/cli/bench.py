@@ -72,6 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"{QUICK_GUESTS} guests, {QUICK_DURATION_S:g} s per run, a storm of "
                    f"{QUICK_STORM_GUESTS} (a smoke test; the figures are rough)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="responder processes of the daemon under test (`run --workers`, "
+                   "default 1); its CPU and memory figures cover all of them")
     p.add_argument("--markdown", metavar="PATH",
                    help="write the markdown report here (default: print it)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON ('-': stdout)")
@@ -87,11 +90,13 @@ def settings_from(args: argparse.Namespace):
                      storm_guests=QUICK_STORM_GUESTS) if args.quick else Settings())
     chosen = {k: v for k, v in (("guests", args.guests), ("duration_s", args.duration),
                                 ("storm_guests", args.storm_guests),
-                                ("records", args.records)) if v is not None}
+                                ("records", args.records), ("workers", args.workers))
+              if v is not None}
     s = Settings(**{**base.__dict__, **chosen})
-    if s.guests < 1 or s.duration_s <= 0 or s.storm_guests < 0 or s.records < 0:
-        raise UserError("--guests must be >= 1, --duration > 0, --storm-guests and "
-                        "--records >= 0")
+    if (s.guests < 1 or s.duration_s <= 0 or s.storm_guests < 0 or s.records < 0
+            or s.workers < 1):
+        raise UserError("--guests and --workers must be >= 1, --duration > 0, "
+                        "--storm-guests and --records >= 0")
     return s
 
 

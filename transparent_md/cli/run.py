@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import logging
-import signal
-import sys
+import os
+import subprocess
 
+from transparent_md.cli.serving import (
+    READY_LINE,
+    WORKER_READY_LINE,
+    ServeSpec,
+    serve,
+    spawn_worker,
+)
 from transparent_md.datapath import tc
 from transparent_md.datapath.datapath import (
     DEFAULT_SHADOW_PREFIX,
@@ -18,10 +24,12 @@ from transparent_md.datapath.datapath import (
 from transparent_md.datapath.ports import GatewayRule
 from transparent_md.errors import UserError
 from transparent_md.store import DEFAULT_STORE_PATH
+from transparent_md.topology.netns import stop_process
 
 log = logging.getLogger("transparent_md")
 
-READY_LINE = "transparent-md: ready"
+# More processes than this only add memory: the kernel work per request stays.
+MAX_WORKERS = 64
 
 EPILOG = """\
 what it does:
@@ -96,6 +104,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", type=_listen_address, metavar="HOST:PORT",
                    help="serve Prometheus metrics (responses, connections, datapath "
                    "counters, attached ports) on this address in the current namespace")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="responder processes sharing the port with SO_REUSEPORT "
+                   "(default 1; more only help with spare cores and heavy boot storms; "
+                   "--metrics counts the first process's responses)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     p.set_defaults(handler=run_command)
 
@@ -107,6 +119,8 @@ def run_command(args: argparse.Namespace) -> int:
         raise UserError("--token-hop-limit must be 1..255")
     if not 1 <= args.tc_priority <= 0xFFFF:
         raise UserError("--tc-priority must be 1..65535")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise UserError(f"--workers must be 1..{MAX_WORKERS}")
     config = DatapathConfig(
         bridges=args.bridge,
         name=args.name,
@@ -119,48 +133,45 @@ def run_command(args: argparse.Namespace) -> int:
     # Open the store first: a bad store path should fail before anything is attached.
     from transparent_md.store import open_store
 
-    store = open_store(args.store)
+    open_store(args.store).close()
     datapath = Datapath(config)
     datapath.start()
+    spec = ServeSpec(
+        netns_name=datapath.netns_name, pin_dir=str(datapath.pin_dir),
+        shadow_prefix=config.shadow_prefix, store_path=args.store,
+        token_hop_limit=args.token_hop_limit, token_secret_hex=os.urandom(32).hex(),
+        reuse_port=args.workers > 1,
+    )
+    workers: list[subprocess.Popen] = []
     try:
-        serve(datapath, store, args.token_hop_limit, args.metrics)
+        workers = start_workers(spec, args.workers - 1)
+
+        def with_metrics(responder) -> None:
+            if args.metrics:
+                start_metrics(args.metrics, datapath, responder)
+
+        serve(spec, ready_line=READY_LINE, on_responder=with_metrics)
     finally:
+        for proc in workers:
+            stop_process(proc)
         datapath.stop()
         log.info("stopped; filters detached, responder side removed")
     return 0
 
 
-def serve(datapath: Datapath, store, token_hop_limit: int,
-          metrics: tuple[str, int] | None = None) -> None:
-    """Run the responder on uvloop until SIGTERM or SIGINT."""
-    import uvloop
-
-    from transparent_md.datapath.responder_side import listening_socket
-    from transparent_md.identity.shadow_map import ShadowResolver
-    from transparent_md.responder.server import Responder
-
-    sock = listening_socket(datapath.netns_name)
-    resolver = ShadowResolver(datapath.pin_dir, datapath.config.shadow_prefix)
-    responder = Responder(store, resolver, token_hop_limit=token_hop_limit)
-    if metrics:
-        start_metrics(metrics, datapath, responder)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        server = await responder.start(sock)
-        print(READY_LINE, flush=True)
-        await stop.wait()
-        server.close()
-
-    try:
-        uvloop.run(main())
-    finally:
-        resolver.close()
-        sock.close()
-        sys.stdout.flush()
+def start_workers(spec: ServeSpec, count: int) -> list[subprocess.Popen]:
+    """Extra serving processes; returns once each one listens."""
+    workers = []
+    for _ in range(count):
+        proc = spawn_worker(spec)
+        workers.append(proc)
+        line = proc.stdout.readline().strip()
+        if line != WORKER_READY_LINE:
+            for started in workers:
+                stop_process(started)
+            raise UserError(f"a responder worker failed to start (exit {proc.wait()})")
+    log.info("%d responder processes share 169.254.169.254:80", count + 1)
+    return workers
 
 
 def start_metrics(address: tuple[str, int], datapath: Datapath, responder) -> None:
@@ -178,3 +189,4 @@ def start_metrics(address: tuple[str, int], datapath: Datapath, responder) -> No
     except OSError as exc:
         raise UserError(f"--metrics {host}:{port}: {exc.strerror}") from exc
     log.info("metrics on http://%s:%d/metrics", host, port)
+

@@ -28,11 +28,12 @@ DEFAULT_IDLE_TIMEOUT = 30.0
 class ResponderState:
     """What every connection of one responder shares."""
 
-    def __init__(self, store: Store, resolver: Resolver, token_hop_limit: int) -> None:
+    def __init__(self, store: Store, resolver: Resolver, token_hop_limit: int,
+                 token_secret: bytes | None = None) -> None:
         self.store = store
         self.resolver = resolver
         self.token_hop_limit = token_hop_limit
-        self.tokens = TokenAuthority()
+        self.tokens = TokenAuthority(secret=token_secret)
         self.dispatcher = Dispatcher(store, self.tokens)
         self.stats = ResponderStats()
         self.connections: set[MetadataProtocol] = set()
@@ -43,12 +44,13 @@ class Responder:
 
     def __init__(self, store: Store, resolver: Resolver, *,
                  token_hop_limit: int = DEFAULT_TOKEN_HOP_LIMIT,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+                 token_secret: bytes | None = None) -> None:
         if not 1 <= token_hop_limit <= 255:
             raise ValueError("token_hop_limit must be 1..255 (an IP TTL)")
         if idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
-        self.state = ResponderState(store, resolver, token_hop_limit)
+        self.state = ResponderState(store, resolver, token_hop_limit, token_secret)
         self.idle_timeout = idle_timeout
         self._sweeper: asyncio.TimerHandle | None = None
 

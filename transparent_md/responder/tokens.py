@@ -32,8 +32,12 @@ MEMO_LIMIT = 4096
 class TokenAuthority:
     """Issues and verifies tokens for one responder process."""
 
-    def __init__(self, clock=time.monotonic) -> None:
-        self._secret = os.urandom(SECRET_BYTES)
+    def __init__(self, clock=time.monotonic, secret: bytes | None = None) -> None:
+        # Worker processes of one daemon share a secret, so a token issued on one
+        # connection verifies on any other (CLOCK_MONOTONIC is system-wide).
+        if secret is not None and len(secret) < SECRET_BYTES:
+            raise ValueError(f"token secret must be at least {SECRET_BYTES} bytes")
+        self._secret = secret or os.urandom(SECRET_BYTES)
         self._clock = clock
         self._memo: dict[tuple[bytes, str], float] = {}
 
