@@ -93,3 +93,20 @@ def test_post_elsewhere_is_405(live):
     conn = live.connect()
     assert conn.request("POST", OS + "meta_data.json", body=b"x").status == 405
     conn.close()
+
+
+def test_password_set_by_another_process_is_served_at_once(live):
+    # Another responder process (a --workers sibling) takes the POST: no store change is
+    # stamped for it, yet this process must serve the new password on the next GET.
+    assert live.get(OS + "password").body == b""
+    writer = open_store(live.store_path)
+    writer.set_password_once("i-aaaa", "from-a-sibling")
+    writer.close()
+    assert live.get(OS + "password").body == b"from-a-sibling"
+    assert live.get("/openstack/2018-08-27/password").body == b"from-a-sibling"
+
+
+def test_password_named_paths_outside_the_openstack_tree_are_not_passwords(live):
+    for path in ("/xxxxxxxxx/latest/password", "/latest/meta-data/password",
+                 "/openstack/1999-01-01/password"):
+        assert live.get(path).status == 404

@@ -128,18 +128,24 @@ def test_cache_get_hits_only_the_same_revision():
         EntryCache(limit=0)
 
 
-def test_password_is_read_with_the_record_and_stays_write_once(path):
+def test_password_is_read_live_stays_write_once_and_reloads_nothing(path):
     with_records(path, [record(0)])
     store = open_store(path)
-    assert store.entry_for(guest(0)).password is None
+    reader = open_store(path)
+    assert reader.password("i-0") is None
+    before = reader.snapshot()
+    cached = reader.entry_for(guest(0))
     store.set_password_once("i-0", "pw")
-    assert store.entry_for(guest(0)).password == "pw"
+    assert reader.password("i-0") == "pw"
+    # Setting it changed no revision and stamped nothing: same snapshot, same entry.
+    assert reader.snapshot() is before and reader.entry_for(guest(0)) is cached
     with pytest.raises(PasswordAlreadySet):
         store.set_password_once("i-0", "again")
     store.update(parse_record(record(0, hostname="h")))
-    entry = store.entry_for(guest(0))
-    assert (entry.instance.hostname, entry.password) == ("h", "pw")
+    assert reader.entry_for(guest(0)).instance.hostname == "h"
+    assert reader.password("i-0") == "pw"
     store.close()
+    reader.close()
 
 
 def test_a_store_file_without_binding_columns_is_upgraded_on_open(path):
@@ -157,7 +163,7 @@ def test_a_store_file_without_binding_columns_is_upgraded_on_open(path):
     old.close()
     store = open_store(path)
     entry = store.entry_for(guest(0))
-    assert entry.instance == instance and entry.password == "kept"
+    assert entry.instance == instance and store.password("i-0") == "kept"
     store.close()
 
 

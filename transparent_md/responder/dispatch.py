@@ -36,6 +36,7 @@ POST = b"POST"
 TOKEN_PATH = b"/latest/api/token"
 OPENSTACK_PREFIX = b"/openstack"
 _PASSWORD_OK = Reply(200, b"")
+_NO_PASSWORD = Reply(200, b"")  # nova answers an unset password with an empty 200
 
 
 class Dispatcher:
@@ -52,8 +53,12 @@ class Dispatcher:
         if method in (GET, HEAD):
             if prepared is None:
                 return NOT_FOUND, False
-            reply, guarded = prepared.routes.get(url) or prepared.routes.remember(
-                url, self._route(prepared, url))
+            route = prepared.routes.get(url)
+            if route is None:
+                if _is_password(url):  # written by the guest: read live, never memoised
+                    return self._get_password(prepared), False
+                route = prepared.routes.remember(url, self._route(prepared, url))
+            reply, guarded = route
             if guarded:
                 if token is not None:
                     if not self.tokens.is_valid(token, prepared.instance_id):
@@ -107,6 +112,14 @@ class Dispatcher:
         header = b"X-Aws-Ec2-Metadata-Token-Ttl-Seconds: %d\r\n" % ttl
         return Reply(200, token, extra_headers=header), True
 
+    def _get_password(self, prepared: Prepared) -> Reply:
+        try:
+            password = self.store.password(prepared.instance_id)
+        except Exception:
+            log.exception("reading the password of %s failed", prepared.instance_id)
+            return SERVER_ERROR
+        return Reply(200, password.encode()) if password else _NO_PASSWORD
+
     def _post_password(self, prepared: Prepared | None, path: bytes, body: bytes) -> Reply:
         version, file = _openstack_parts(path)
         if version is None or file != openstack.PASSWORD_FILE:
@@ -125,6 +138,14 @@ class Dispatcher:
             log.exception("storing the password of %s failed", prepared.instance_id)
             return SERVER_ERROR
         return _PASSWORD_OK
+
+
+def _is_password(url: bytes) -> bool:
+    if not url.startswith(OPENSTACK_PREFIX):
+        return False
+    query = url.find(b"?")
+    version, file = _openstack_parts(url if query < 0 else url[:query])
+    return version is not None and file == openstack.PASSWORD_FILE
 
 
 def _openstack_parts(path: bytes) -> tuple[bytes | None, bytes | None]:

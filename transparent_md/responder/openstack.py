@@ -24,12 +24,15 @@ PASSWORD_FILE = b"password"
 DEFAULT_LINK_ID = "tap0"
 
 
-def render(instance: Instance, mac: str, ip: str, password: str | None) -> dict[bytes, Reply]:
-    """Every file under one OpenStack version, keyed by file name (b"" = listing)."""
+def render(instance: Instance, mac: str, ip: str) -> dict[bytes, Reply]:
+    """Every file under one OpenStack version, keyed by file name (b"" = listing).
+
+    `password` is listed here but answered live by the dispatcher: the guest writes it.
+    """
     t = TreeBuilder()
     t.json("meta_data.json", _dumps(meta_data(instance)))
     t.json("network_data.json", _dumps(instance.network_data or network_data(instance, mac, ip)))
-    t.text("password", password or "")
+    t.text("password", "")
     if instance.user_data is not None:
         t.raw("user_data", Reply(200, instance.user_data, OCTETS))
     vendor = instance.vendor_data

@@ -48,7 +48,7 @@ class Prepared:
         self.instance_id = instance.instance_id
         self.imdsv2_required = instance.imdsv2_required
         self.ec2: dict[bytes, Reply] = ec2.render(instance, mac, ip)
-        self.openstack: dict[bytes, Reply] = openstack.render(instance, mac, ip, entry.password)
+        self.openstack: dict[bytes, Reply] = openstack.render(instance, mac, ip)
         self.routes = Routes()
 
 

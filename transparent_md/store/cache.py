@@ -1,6 +1,6 @@
 """The whole records of guests that asked recently, bounded, least recently used out.
 
-The snapshot keeps only bindings; a guest's full `Entry` (record, password and the
+The snapshot keeps only bindings; a guest's full `Entry` (record and the
 responder's prepared replies) is loaded on its first request and kept here, so a
 booting guest's dozens of connections cost one SELECT, and idle records cost nothing.
 """

@@ -38,7 +38,7 @@ class Binding:
 
 @dataclass(frozen=True, eq=False, slots=True)
 class Entry:
-    """One whole record, read in one SELECT, plus the guest-set OpenStack password.
+    """One whole record, read in one SELECT (the guest-set password is read live).
 
     `prepared` is a memo owned by the responder (pre-rendered responses); it lives as
     long as this exact revision of the record stays loaded.
@@ -46,7 +46,6 @@ class Entry:
 
     instance: Instance
     revision: int
-    password: str | None = None
     prepared: dict[Any, Any] = field(default_factory=dict)
 
 

@@ -105,13 +105,13 @@ class SqliteStore:
     def _fetch(self, binding: Binding) -> Entry | None:
         """Read `binding`'s record in one SELECT and keep it; None if it changed since."""
         row = self._db.execute(
-            "SELECT record, revision, password FROM instances WHERE instance_id = ?",
+            "SELECT record, revision FROM instances WHERE instance_id = ?",
             (binding.instance_id,),
         ).fetchone()
         if row is None or row[1] != binding.revision:
             return None
-        record, revision, password = row
-        entry = Entry(parse_record(json.loads(record), binding.instance_id), revision, password)
+        record, revision = row
+        entry = Entry(parse_record(json.loads(record), binding.instance_id), revision)
         self.cache.put(binding.instance_id, entry)
         return entry
 
@@ -180,23 +180,27 @@ class SqliteStore:
                           (instance_id,)).rowcount == 0:
                 raise UserError(f"no instance {instance_id!r} in {self.path}")
 
+    # The password is read live on each GET (rare: once per boot), never cached with
+    # the record, so setting it is a one-row UPDATE that neither bumps the revision nor
+    # stamps the generation: a boot storm of Windows guests posting passwords does not
+    # make every responder process reload every binding once per guest.
+
     def set_password_once(self, instance_id: str, password: str) -> None:
         """Store the guest's password; raises PasswordAlreadySet on a second attempt."""
         if len(password.encode()) > MAX_PASSWORD_BYTES:
             raise ValueError(f"password longer than {MAX_PASSWORD_BYTES} bytes")
-        with self._write() as db:
+        with self._write(stamp=False) as db:
             changed = db.execute(
-                "UPDATE instances SET password = ?, revision = ? "
-                "WHERE instance_id = ? AND password IS NULL",
-                (password, _next(db), instance_id),
+                "UPDATE instances SET password = ? WHERE instance_id = ? AND password IS NULL",
+                (password, instance_id),
             ).rowcount
             if not changed:
                 raise PasswordAlreadySet(instance_id)
 
     def clear_password(self, instance_id: str) -> None:
-        with self._write() as db:
-            db.execute("UPDATE instances SET password = NULL, revision = ? "
-                       "WHERE instance_id = ?", (_next(db), instance_id))
+        with self._write(stamp=False) as db:
+            db.execute("UPDATE instances SET password = NULL WHERE instance_id = ?",
+                       (instance_id,))
 
     def password(self, instance_id: str) -> str | None:
         row = self._db.execute("SELECT password FROM instances WHERE instance_id = ?",
@@ -207,8 +211,8 @@ class SqliteStore:
         self._db.close()
         self._generation.close()
 
-    def _write(self) -> _WriteTransaction:
-        return _WriteTransaction(self._db, self._generation)
+    def _write(self, *, stamp: bool = True) -> _WriteTransaction:
+        return _WriteTransaction(self._db, self._generation if stamp else None)
 
 
 class _ReadTransaction:
@@ -228,9 +232,9 @@ class _ReadTransaction:
 class _WriteTransaction:
     """BEGIN IMMEDIATE ... COMMIT, then stamp the generation so readers reload."""
 
-    def __init__(self, db: sqlite3.Connection, generation: GenerationFile) -> None:
+    def __init__(self, db: sqlite3.Connection, generation: GenerationFile | None) -> None:
         self._db = db
-        self._generation = generation
+        self._generation = generation  # None: a change readers need not reload for
 
     def __enter__(self) -> sqlite3.Connection:
         self._db.execute("BEGIN IMMEDIATE")
@@ -239,7 +243,8 @@ class _WriteTransaction:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self._db.execute("COMMIT")
-            self._generation.bump()
+            if self._generation is not None:
+                self._generation.bump()
         else:
             self._db.execute("ROLLBACK")
 
