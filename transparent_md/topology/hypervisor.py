@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from transparent_md.cli.run import READY_LINE
+from transparent_md.cli.serving import READY_LINE
 from transparent_md.datapath import programs
 from transparent_md.topology.netns import Topology, stop_process
 
