@@ -11,11 +11,10 @@ figures is the datapath's. Run as
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import signal
 import socket
 
+from transparent_md.cli.serving import serve_until_signal
 from transparent_md.identity.guest import Guest
 
 READY_LINE = "static-responder: ready"
@@ -67,17 +66,7 @@ def main() -> None:
     responder = Responder(open_store(args.store), StaticResolver(load_identities(args.identities)),
                           token_hop_limit=1)
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        server = await responder.start(sock)
-        print(READY_LINE, flush=True)
-        await stop.wait()
-        server.close()
-
-    uvloop.run(run())
+    uvloop.run(serve_until_signal(responder, sock, READY_LINE))
 
 
 if __name__ == "__main__":

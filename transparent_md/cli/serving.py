@@ -56,23 +56,25 @@ def serve(spec: ServeSpec, *, ready_line: str,
     if on_responder:
         on_responder(responder)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        server = await responder.start(sock)
-        print(ready_line, flush=True)
-        await stop.wait()
-        server.close()
-        responder.close()
-
     try:
-        uvloop.run(main())
+        uvloop.run(serve_until_signal(responder, sock, ready_line))
     finally:
         resolver.close()
         sock.close()
         store.close()
+
+
+async def serve_until_signal(responder, sock, ready_line: str) -> None:
+    """Serve `sock` until SIGTERM or SIGINT; print `ready_line` once listening."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = await responder.start(sock)
+    print(ready_line, flush=True)
+    await stop.wait()
+    server.close()
+    responder.close()
 
 
 def spawn_worker(spec: ServeSpec) -> subprocess.Popen:

@@ -49,12 +49,15 @@ _ATTR_SIZE = 128
 
 
 def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+    """bpf(2) with `attr`; what the kernel writes back (e.g. a test run's verdict) is
+    copied into `attr`."""
     buf = ctypes.create_string_buffer(_ATTR_SIZE)
     ctypes.memmove(buf, ctypes.addressof(attr), ctypes.sizeof(attr))
     ret = _libc.syscall(_SYS_BPF, cmd, buf, _ATTR_SIZE)
     if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+    ctypes.memmove(ctypes.addressof(attr), buf, ctypes.sizeof(attr))
     return ret
 
 
@@ -170,10 +173,5 @@ def prog_test_run(prog_fd: int, packet: bytes) -> tuple[int, bytes]:
         data_out=ctypes.addressof(data_out),
         repeat=1,
     )
-    buf = ctypes.create_string_buffer(_ATTR_SIZE)
-    ctypes.memmove(buf, ctypes.addressof(attr), ctypes.sizeof(attr))
-    if _libc.syscall(_SYS_BPF, BPF_PROG_TEST_RUN, buf, _ATTR_SIZE) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    result = _TestRunAttr.from_buffer_copy(buf.raw[: ctypes.sizeof(_TestRunAttr)])
-    return result.retval, data_out.raw[: result.data_size_out]
+    _bpf(BPF_PROG_TEST_RUN, attr)
+    return attr.retval, data_out.raw[: attr.data_size_out]
