@@ -20,6 +20,8 @@ from transparent_md.topology.netns import stop_process
 
 MD = "169.254.169.254"
 GUEST_IP, FORGED_IP, ROUTER_IP = "10.0.0.5", "10.0.0.99", "10.0.0.1"
+# Bound on waiting for a capture to show what was sent (never an assertion on time).
+CAPTURE_WAIT_S = 10.0
 
 # IP id -> (what the frame is, whether the router sees it). Our program passes a frame
 # with a cut IPv4 header to the bridge (not ours to judge), and Linux's bridge drops such
@@ -90,10 +92,33 @@ class Capture:
             if "listening on" in line:
                 break
 
-    def frames(self) -> list[bytes]:
-        time.sleep(0.3)  # let the last frames land in the file (-U flushes per packet)
+    def frames(self, until) -> list[bytes]:
+        """Frames captured once `until(frames)` holds (or after a bounded wait)."""
+        deadline = time.monotonic() + CAPTURE_WAIT_S
+        frames: list[bytes] = []
+        while time.monotonic() < deadline:
+            try:
+                frames = read_pcap(self.path)
+            except (ValueError, dpkt.NeedData):
+                frames = []  # the file is being written: read again
+            if until(frames):
+                break
+            time.sleep(0.05)
         stop_process(self.proc)
         return read_pcap(self.path)
+
+
+def forged_syn_acks(frames: list) -> list:
+    """SYN-ACKs from 169.254.169.254 to the forged source's port."""
+    found = []
+    for frame in frames:
+        eth = frame if isinstance(frame, dpkt.ethernet.Ethernet) else dpkt.ethernet.Ethernet(frame)
+        ip = eth.data
+        if (isinstance(ip, dpkt.ip.IP) and ip.dst == bytes([10, 0, 0, 99])
+                and isinstance(ip.data, dpkt.tcp.TCP) and ip.data.dport == 40111
+                and ip.data.flags & dpkt.tcp.TH_SYN and ip.data.flags & dpkt.tcp.TH_ACK):
+            found.append(eth)
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -117,16 +142,14 @@ def test_odd_frames_pass_or_drop_as_designed_and_service_continues(served):
     send = hv.topo.sh(guest.ns, [sys.executable, "-c", SENDER, guest.mac, router.mac,
                                  GUEST_IP, FORGED_IP, ROUTER_IP])
     assert send.returncode == 0, send.stderr
-    seen_by_router = {ip_id(f) for f in at_router.frames()}
+    # The last frame the router must see is 110; wait for it, then judge all of them.
+    seen_by_router = {ip_id(f) for f in at_router.frames(
+        until=lambda frames: 110 in {ip_id(f) for f in frames})}
     for ident, (what, passes) in CASES.items():
         assert (ident in seen_by_router) == passes, f"{what}: passed={not passes}"
 
     # The forged SYN was intercepted and answered, to the forged address on this port.
-    replies = [dpkt.ethernet.Ethernet(f) for f in at_guest.frames()]
-    syn_acks = [e for e in replies
-                if isinstance(e.data, dpkt.ip.IP) and e.data.dst == bytes([10, 0, 0, 99])
-                and e.data.data.dport == 40111
-                and e.data.data.flags & dpkt.tcp.TH_SYN and e.data.data.flags & dpkt.tcp.TH_ACK]
-    assert syn_acks, "no SYN-ACK for the forged source came back"
+    replies = [dpkt.ethernet.Ethernet(f) for f in at_guest.frames(until=forged_syn_acks)]
+    assert forged_syn_acks(replies), "no SYN-ACK for the forged source came back"
 
     assert hv.curl(guest.ns, "/latest/meta-data/instance-id") == (200, "i-g")
