@@ -7,6 +7,7 @@ imported with the real `transparent-md instance import`.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -118,7 +119,7 @@ def test_token_reply_leaves_with_hop_limit_one_through_the_datapath(world):
     """The token response reaches the guest with IP TTL 1: no router hop in between."""
     hv, web, _ = world
     capture = hv.topo.spawn(web.ns, ["tcpdump", "-i", "eth0", "--immediate-mode", "-n", "-v",
-                                     "-c", "20", "src host 169.254.169.254"],
+                                     "-l", "-c", "20", "src host 169.254.169.254"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in capture.stderr:
         if "listening on" in line:
@@ -127,6 +128,15 @@ def test_token_reply_leaves_with_hop_limit_one_through_the_datapath(world):
                               "-H", "X-aws-ec2-metadata-token-ttl-seconds: 60",
                               f"{METADATA_URL}/latest/api/token"])
     assert res.returncode == 0 and res.stdout
+    # Read until the responder's FIN: every segment of the reply has been seen by then.
+    dump = []
+    for line in capture.stdout:
+        dump.append(line)
+        if "Flags [F" in line:
+            break
     stop_process(capture)
-    dump = capture.stdout.read()
-    assert "ttl 1," in dump, dump
+    text = "".join(dump)
+    # tcpdump -v prints the IP header line, then the TCP line ending in "length N".
+    pairs = [(dump[i], dump[i + 1]) for i in range(len(dump) - 1) if " ttl " in dump[i]]
+    carrying = [ip for ip, tcp in pairs if re.search(r", length [1-9]\d*", tcp)]
+    assert carrying and all("ttl 1," in ip for ip in carrying), text
