@@ -180,3 +180,22 @@ def test_workers_die_with_a_killed_daemon(hv):
     assert not any(pid_alive(pid) for pid in workers)
     # Clean up what the killed daemon left (a restart does exactly this).
     hv.start_daemon(["br0"], hv.store).stop()
+
+
+def test_metrics_add_up_every_worker(hv):
+    daemon = hv.start_daemon(["br0"], hv.store, ["--workers", "3", "--metrics", "127.0.0.1:9465"])
+    try:
+        for _ in range(30):  # new connections: spread over the three processes
+            assert hv.curl(hv.guests["g0"].ns, PATH) == (200, "i-0")
+        served = 0.0
+        for _ in range(100):  # workers report every second
+            scraped = hv.topo.sh(hv.ns, ["curl", "-sS", "-m", "5",
+                                         "http://127.0.0.1:9465/metrics"]).stdout
+            served = sum(float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines()
+                         if line.startswith('transparent_md_responses_total{code="200"}'))
+            if served >= 30:
+                break
+            time.sleep(0.1)
+    finally:
+        daemon.stop()
+    assert served == 30

@@ -6,7 +6,9 @@ import argparse
 import ipaddress
 import logging
 import os
+import shutil
 import subprocess
+from pathlib import Path
 
 from transparent_md.cli.serving import (
     READY_LINE,
@@ -14,6 +16,7 @@ from transparent_md.cli.serving import (
     ServeSpec,
     serve,
     spawn_worker,
+    worker_stats,
 )
 from transparent_md.datapath import tc
 from transparent_md.datapath.datapath import (
@@ -30,6 +33,8 @@ log = logging.getLogger("transparent_md")
 
 # More processes than this only add memory: the kernel work per request stays.
 MAX_WORKERS = 64
+# Workers' counts for --metrics, one directory per daemon (tmpfs, gone at reboot).
+STATS_ROOT = Path("/run/transparent-md")
 
 EPILOG = """\
 what it does:
@@ -106,8 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "counters, attached ports) on this address in the current namespace")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="responder processes sharing the port with SO_REUSEPORT "
-                   "(default 1; more only help with spare cores and heavy boot storms; "
-                   "--metrics counts the first process's responses)")
+                   "(default 1; more only help with spare cores and heavy boot storms)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     p.set_defaults(handler=run_command)
 
@@ -136,24 +140,31 @@ def run_command(args: argparse.Namespace) -> int:
     open_store(args.store).close()
     datapath = Datapath(config)
     datapath.start()
+    stats_dir = STATS_ROOT / datapath.instance if args.workers > 1 and args.metrics else None
     spec = ServeSpec(
         netns_name=datapath.netns_name, pin_dir=str(datapath.pin_dir),
         shadow_prefix=config.shadow_prefix, store_path=args.store,
         token_hop_limit=args.token_hop_limit, token_secret_hex=os.urandom(32).hex(),
-        reuse_port=args.workers > 1,
+        reuse_port=args.workers > 1, stats_dir=str(stats_dir) if stats_dir else None,
     )
     workers: list[subprocess.Popen] = []
     try:
+        if stats_dir:
+            shutil.rmtree(stats_dir, ignore_errors=True)
+            stats_dir.mkdir(parents=True)
         workers = start_workers(spec, args.workers - 1)
 
         def with_metrics(responder) -> None:
             if args.metrics:
-                start_metrics(args.metrics, datapath, responder)
+                others = (lambda: worker_stats(spec.stats_dir)) if spec.stats_dir else None
+                start_metrics(args.metrics, datapath, responder.collector(others))
 
         serve(spec, ready_line=READY_LINE, on_responder=with_metrics)
     finally:
         for proc in workers:
             stop_process(proc)
+        if stats_dir:
+            shutil.rmtree(stats_dir, ignore_errors=True)
         datapath.stop()
         log.info("stopped; filters detached, responder side removed")
     return 0
@@ -174,14 +185,14 @@ def start_workers(spec: ServeSpec, count: int) -> list[subprocess.Popen]:
     return workers
 
 
-def start_metrics(address: tuple[str, int], datapath: Datapath, responder) -> None:
+def start_metrics(address: tuple[str, int], datapath: Datapath, responder_collector) -> None:
     """Prometheus endpoint in a background thread (prometheus_client's own server)."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     from transparent_md.datapath.metrics import DatapathCollector
 
     registry = CollectorRegistry()
-    registry.register(responder.collector())
+    registry.register(responder_collector)
     registry.register(DatapathCollector(datapath))
     host, port = address
     try:

@@ -19,10 +19,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 READY_LINE = "transparent-md: ready"
 WORKER_READY_LINE = "transparent-md worker: ready"
 PR_SET_PDEATHSIG = 1
+# How stale a worker's counts in --metrics may be.
+STATS_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -36,10 +39,12 @@ class ServeSpec:
     token_hop_limit: int
     token_secret_hex: str
     reuse_port: bool
+    stats_dir: str | None = None  # where workers leave their counts for --metrics
 
 
 def serve(spec: ServeSpec, *, ready_line: str,
-          on_responder: Callable[[object], None] | None = None) -> None:
+          on_responder: Callable[[object], None] | None = None,
+          stats_path: str | None = None) -> None:
     """Serve on uvloop until SIGTERM or SIGINT; print `ready_line` once listening."""
     import uvloop
 
@@ -57,24 +62,52 @@ def serve(spec: ServeSpec, *, ready_line: str,
         on_responder(responder)
 
     try:
-        uvloop.run(serve_until_signal(responder, sock, ready_line))
+        uvloop.run(serve_until_signal(responder, sock, ready_line, stats_path))
     finally:
         resolver.close()
         sock.close()
         store.close()
 
 
-async def serve_until_signal(responder, sock, ready_line: str) -> None:
-    """Serve `sock` until SIGTERM or SIGINT; print `ready_line` once listening."""
+async def serve_until_signal(responder, sock, ready_line: str,
+                             stats_path: str | None = None) -> None:
+    """Serve `sock` until SIGTERM or SIGINT; print `ready_line` once listening.
+
+    With `stats_path`, the responder's counts are written there every second, for the
+    daemon's --metrics to add in.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = await responder.start(sock)
+    if stats_path:
+        _write_stats_every_second(loop, responder, stats_path)
     print(ready_line, flush=True)
     await stop.wait()
     server.close()
     responder.close()
+
+
+def _write_stats_every_second(loop: asyncio.AbstractEventLoop, responder, path: str) -> None:
+    def write() -> None:
+        with open(path + ".tmp", "w") as handle:
+            json.dump(responder.stats.as_dict(), handle)
+        os.replace(path + ".tmp", path)  # a reader sees the old or the new counts
+        loop.call_later(STATS_INTERVAL_S, write)
+
+    write()
+
+
+def worker_stats(stats_dir: str) -> list[dict]:
+    """The latest counts every worker left in `stats_dir`."""
+    counts = []
+    for path in Path(stats_dir).glob("*.json"):
+        try:
+            counts.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue  # a worker that is just starting or gone
+    return counts
 
 
 def spawn_worker(spec: ServeSpec) -> subprocess.Popen:
@@ -98,7 +131,8 @@ def _die_with_parent() -> None:
 def worker_main() -> int:
     _die_with_parent()
     spec = ServeSpec(**json.loads(sys.stdin.read()))
-    serve(spec, ready_line=WORKER_READY_LINE)
+    stats_path = f"{spec.stats_dir}/{os.getpid()}.json" if spec.stats_dir else None
+    serve(spec, ready_line=WORKER_READY_LINE, stats_path=stats_path)
     return 0
 
 

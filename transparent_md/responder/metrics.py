@@ -7,10 +7,13 @@ and the responder is single-threaded, so counting costs ~50 ns per request.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+_SCALARS = ("connections_opened", "connections_unknown_guest", "connections_idle_closed",
+            "open_connections")
 
 
 class ResponderStats:
@@ -23,15 +26,37 @@ class ResponderStats:
         self.connections_idle_closed = 0
         self.open_connections = 0
 
+    def as_dict(self) -> dict:
+        """Plain data, for handing the counts of a worker process to the daemon."""
+        return {"responses": {str(k): v for k, v in self.responses.items()},
+                **{name: getattr(self, name) for name in _SCALARS}}
+
+    def add(self, counts: dict) -> None:
+        """Add another process's `as_dict()` to these counts."""
+        for code, count in counts.get("responses", {}).items():
+            self.responses[int(code)] += count
+        for name in _SCALARS:
+            setattr(self, name, getattr(self, name) + counts.get(name, 0))
+
 
 class StatsCollector(Collector):
-    """Expose `ResponderStats` as transparent_md_* metrics; register it in a registry."""
+    """Expose `ResponderStats` as transparent_md_* metrics; register it in a registry.
 
-    def __init__(self, stats: ResponderStats) -> None:
+    `others` returns the counts of sibling processes (`run --workers`) to add in.
+    """
+
+    def __init__(self, stats: ResponderStats,
+                 others: Callable[[], Iterable[dict]] | None = None) -> None:
         self._stats = stats
+        self._others = others
 
     def collect(self) -> Iterator:
         s = self._stats
+        if self._others is not None:
+            s = ResponderStats()
+            s.add(self._stats.as_dict())
+            for counts in self._others():
+                s.add(counts)
         responses = CounterMetricFamily("transparent_md_responses",
                                         "HTTP responses sent, by status code", labels=["code"])
         for code, count in sorted(s.responses.items()):

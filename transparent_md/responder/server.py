@@ -58,9 +58,9 @@ class Responder:
     def stats(self) -> ResponderStats:
         return self.state.stats
 
-    def collector(self) -> StatsCollector:
-        """A prometheus_client collector for this responder's counters."""
-        return StatsCollector(self.state.stats)
+    def collector(self, others=None) -> StatsCollector:
+        """A prometheus_client collector for this responder's counters (plus `others`)."""
+        return StatsCollector(self.state.stats, others)
 
     async def start(self, sock: socket.socket) -> asyncio.AbstractServer:
         """Start serving `sock` (bound and listening) on the running loop."""
