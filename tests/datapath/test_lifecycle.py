@@ -199,3 +199,18 @@ def test_metrics_add_up_every_worker(hv):
     finally:
         daemon.stop()
     assert served == 30
+
+
+def test_restart_with_fewer_bridges_removes_our_old_filter(topology, hv):
+    hv.bridge("br9")
+    hv.guest("g9", bridge="br9", port="p9", addr="10.9.0.5/24")
+    first = hv.start_daemon(["br0", "br9"], hv.store)
+    assert len(hv.our_filters("p9")) == 1
+    first.kill()
+    second = hv.start_daemon(["br0"], hv.store)
+    try:
+        assert hv.our_filters("p9") == []
+        assert "removed our filter left on p9" in second.log()
+        assert len(hv.our_filters("p0")) == 1
+    finally:
+        second.stop()

@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 from transparent_md.cli.serving import (
     READY_LINE,
@@ -18,7 +17,7 @@ from transparent_md.cli.serving import (
     spawn_worker,
     worker_stats,
 )
-from transparent_md.datapath import tc
+from transparent_md.datapath import port_state, tc
 from transparent_md.datapath.datapath import (
     DEFAULT_SHADOW_PREFIX,
     Datapath,
@@ -33,8 +32,6 @@ log = logging.getLogger("transparent_md")
 
 # More processes than this only add memory: the kernel work per request stays.
 MAX_WORKERS = 64
-# Workers' counts for --metrics, one directory per daemon (tmpfs, gone at reboot).
-STATS_ROOT = Path("/run/transparent-md")
 
 EPILOG = """\
 what it does:
@@ -140,7 +137,8 @@ def run_command(args: argparse.Namespace) -> int:
     open_store(args.store).close()
     datapath = Datapath(config)
     datapath.start()
-    stats_dir = STATS_ROOT / datapath.instance if args.workers > 1 and args.metrics else None
+    stats_dir = (port_state.STATE_ROOT / datapath.instance / "stats"
+                 if args.workers > 1 and args.metrics else None)
     spec = ServeSpec(
         netns_name=datapath.netns_name, pin_dir=str(datapath.pin_dir),
         shadow_prefix=config.shadow_prefix, store_path=args.store,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from transparent_md.datapath import bpffs, layout, programs, responder_side, tc
+from transparent_md.datapath import bpffs, layout, port_state, programs, responder_side, tc
 from transparent_md.datapath.bpf_syscall import BpfMap
 from transparent_md.datapath.ports import GatewayRule, PortAttacher
 from transparent_md.errors import UserError
@@ -110,7 +110,15 @@ class Datapath:
             self.config.bridges, self.programs.port_fd, self._maps[layout.MAP_PORTS],
             self._maps[layout.MAP_ARP], self.config.gateways, self.config.filter_slot,
         )
+        state = port_state.state_path(self.instance)
+        recorded = port_state.load(state)
         self.attacher.sync(self.ipr)
+        current = {i: p.name for i, p in self.attacher.attached.items()}
+        for name in port_state.detach_leftovers(self.ipr, recorded, current,
+                                                self.config.filter_slot):
+            log.info("removed our filter left on %s by an earlier run", name)
+        port_state.save(state, current)
+        self.attacher.on_change = lambda ports: port_state.save(state, ports)
         self.attacher.follow()
         log.info("datapath up: bridges %s, %d ports, responder netns %s",
                  ",".join(self.config.bridges), len(self.attacher.attached), self.netns_name)
@@ -146,8 +154,10 @@ class Datapath:
         """Detach our filters, remove md0/md1 and the responder namespace, unpin maps."""
         if self.attacher:
             self.attacher.stop_following()
+            self.attacher.on_change = None
             self.attacher.detach_all(self.ipr)
             self.attacher = None
+            port_state.forget(self.instance)
         if self.ipr:
             responder_side.remove(self.ipr, self.md_ifname, self.netns_name)
         for pinned in self._maps.values():

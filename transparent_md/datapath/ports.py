@@ -14,7 +14,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -71,6 +71,8 @@ class PortAttacher:
         self.gateways = list(gateways)
         self.slot = slot
         self.attached: dict[int, PortInfo] = {}
+        # Called with {ifindex: name} whenever the attached set changed (for port_state).
+        self.on_change: Callable[[dict[int, str]], None] | None = None
         self._bridge_names: dict[int, str] = {}  # bridge ifindex -> name, as of last sync
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -145,6 +147,7 @@ class PortAttacher:
                 return
             raise
         self.attached[info.ifindex] = info
+        self._changed()
         log.info("attached to %s on bridge %s (ifindex %d)", info.name, info.bridge, info.ifindex)
 
     def _forget(self, ipr: IPRoute, info: PortInfo) -> None:
@@ -152,7 +155,12 @@ class PortAttacher:
         tc.detach(ipr, info.ifindex, self.slot)
         self._drop_map_entries(info)
         self.attached.pop(info.ifindex, None)
+        self._changed()
         log.info("forgot port %s (ifindex %d)", info.name, info.ifindex)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change({i: p.name for i, p in self.attached.items()})
 
     def _drop_map_entries(self, info: PortInfo) -> None:
         self.ports_map.delete(ctypes.c_uint32(info.ifindex))
