@@ -24,7 +24,6 @@ TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 MD = "169.254.169.254"
 GUEST_MAC, GW_MAC = "02:00:00:00:00:05", "02:00:00:00:00:01"
 MD_PEER_MAC, ARP_MAC = "02:aa:00:00:00:01", "02:bb:00:00:00:01"
-SHADOW = "100.64.0.0/10"
 LOOPBACK_IFINDEX = socket.if_nametoindex("lo")
 # The kernel's test runner wants a whole IPv4/IPv6 header behind the Ethernet header.
 MIN_TEST_RUN_FRAME = 14 + 40
@@ -44,7 +43,6 @@ def maps(loaded):
     handles = {name: BpfMap(loaded.map_fd(name), owned=False) for name in layout.ALL_MAPS}
     for name in (layout.MAP_BY_GUEST, layout.MAP_ARP):
         loaded.table(name).clear()
-    slots = loaded.table(layout.MAP_SLOTS)
     for i in range(1, 16):
         handles[layout.MAP_SLOTS].update(ctypes.c_uint32(i), layout.Slot())
     handles[layout.MAP_NEXT_SLOT].update(ctypes.c_uint32(0), ctypes.c_uint64(0))
@@ -58,7 +56,6 @@ def maps(loaded):
     cfg.flags = layout.CFG_ANSWER_METADATA_ARP
     cfg.slot_hold_ns = 300 * 10**9
     handles[layout.MAP_CONFIG].update(ctypes.c_uint32(0), cfg)
-    del slots
     return handles
 
 
