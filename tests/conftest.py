@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from transparent_md.lab.netns import Topology
 from transparent_md.store import open_store, parse_record
-from transparent_md.topology.netns import Topology
 
 # Someone else's tc filter, placed on a port before the daemon starts; it matches no
 # real frame (destination MAC de:ad:be:ef:..), so ours still sees every packet.

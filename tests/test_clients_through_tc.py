@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from tests import clients
-from transparent_md.topology.hypervisor import METADATA_URL, Hypervisor
-from transparent_md.topology.netns import stop_process
+from transparent_md.lab.hypervisor import METADATA_URL, Hypervisor
+from transparent_md.process import stop_process
 
 USER_DATA = "#cloud-config\nhostname: web-1\n"
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOqj alice@example"

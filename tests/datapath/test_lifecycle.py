@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.conftest import FOREIGN_FILTER, write_records
-from transparent_md.topology.hypervisor import Hypervisor
+from transparent_md.lab.hypervisor import Hypervisor
 
 PATH = "/latest/meta-data/instance-id"
 
@@ -100,16 +100,24 @@ def test_not_root_is_one_clear_message(hv, tmp_path):
     assert all(hv.our_filters(f"p{i}") == [] for i in range(3))
 
 
-def test_responder_in_the_current_namespace_when_asked(hv):
-    daemon = hv.start_daemon(["br0"], hv.store, ["--responder-netns", "none"])
+def test_responder_in_the_current_namespace_leaves_a_foreign_md1_alone(hv):
+    # Someone else's device that happens to be called md1 (a veth pair of their own).
+    hv.topo.ip(hv.ns, "link add md1 type veth peer name md1-theirs", "link set md1 up")
     try:
-        assert responder_netns_of(hv) == []
-        addrs = hv.topo.sh(hv.ns, ["ip", "-br", "addr", "show", "dev", "md1"]).stdout
-        assert "169.254.169.254/32" in addrs
-        assert hv.curl(hv.guests["g2"].ns, PATH) == (200, "i-2")
+        daemon = hv.start_daemon(["br0"], hv.store, ["--responder-netns", "none"])
+        try:
+            assert responder_netns_of(hv) == []
+            addrs = hv.topo.sh(hv.ns, ["ip", "-br", "addr", "show", "dev", "tmd-md1"]).stdout
+            assert "169.254.169.254/32" in addrs
+            assert hv.curl(hv.guests["g2"].ns, PATH) == (200, "i-2")
+            assert "md1@md1-theirs" in hv.topo.sh(hv.ns, ["ip", "-br", "link"]).stdout
+        finally:
+            assert daemon.stop() == 0
+        links = hv.topo.sh(hv.ns, ["ip", "-br", "link"]).stdout
+        assert "tmd-md1" not in links
+        assert "md1@md1-theirs" in links, links
     finally:
-        assert daemon.stop() == 0
-    assert "md1" not in hv.topo.sh(hv.ns, ["ip", "-br", "link"]).stdout
+        hv.topo.ip(hv.ns, "link del md1")
 
 
 def test_metrics_endpoint_counts_the_datapath_and_the_responder(hv):

@@ -21,7 +21,7 @@ def attacher(topology):
     maps = {m: BpfMap(loaded.map_fd(m), owned=False) for m in (layout.MAP_PORTS, layout.MAP_ARP)}
     ipr = IPRoute(netns=ns)
     yield PortAttacher(["br0"], loaded.port_fd, maps[layout.MAP_PORTS], maps[layout.MAP_ARP],
-                       [GatewayRule("br0", "10.0.0.1")], tc.FilterSlot()), ipr, maps
+                       [GatewayRule("br0", "10.0.0.1")], tc.FilterPosition()), ipr, maps
     ipr.close()
     loaded.bpf.cleanup()
 

@@ -18,8 +18,8 @@ import time
 import pytest
 
 from tests.conftest import FOREIGN_FILTER, write_records
-from transparent_md.topology.hypervisor import Hypervisor
-from transparent_md.topology.netns import stop_process
+from transparent_md.lab.hypervisor import Hypervisor
+from transparent_md.process import stop_process
 
 CONCURRENT_REQUESTS = 200
 PORT_ATTACH_BOUND_S = 1.0  # the promise for ports that appear later

@@ -15,8 +15,8 @@ import dpkt
 import pytest
 
 from tests.conftest import write_records
-from transparent_md.topology.hypervisor import Hypervisor
-from transparent_md.topology.netns import stop_process
+from transparent_md.lab.hypervisor import Hypervisor
+from transparent_md.process import stop_process
 
 MD = "169.254.169.254"
 GUEST_IP, FORGED_IP, ROUTER_IP = "10.0.0.5", "10.0.0.99", "10.0.0.1"

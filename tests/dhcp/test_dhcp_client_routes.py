@@ -22,8 +22,9 @@ import pytest
 from tests.conftest import write_records
 from tests.dhcp_client import Lease, obtain_lease
 from transparent_md.cli.dhcp_option import option_text, register
-from transparent_md.topology.hypervisor import DaemonProcess
-from transparent_md.topology.netns import Topology, stop_process
+from transparent_md.lab.hypervisor import DaemonProcess
+from transparent_md.lab.netns import Topology
+from transparent_md.process import stop_process
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 BRIDGE = "br0"

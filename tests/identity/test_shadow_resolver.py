@@ -17,6 +17,7 @@ from scapy.layers.l2 import Ether
 from transparent_md.datapath import bpffs, layout, programs
 from transparent_md.datapath.bpf_syscall import BpfMap, prog_test_run
 from transparent_md.identity.shadow_map import ShadowResolver
+from transparent_md.names import PIN_ROOT
 
 SHADOW = "100.64.0.0/10"
 GUEST_MAC = "02:00:00:00:00:05"
@@ -27,7 +28,7 @@ LOOPBACK = socket.if_nametoindex("lo")
 def pinned():
     loaded = programs.load_programs()
     bpffs.ensure_mounted()
-    pin_dir = bpffs.pin_dir(f"test-{secrets.token_hex(4)}")
+    pin_dir = PIN_ROOT / f"test-{secrets.token_hex(4)}"
     bpffs.pin_maps(pin_dir, {m: loaded.map_fd(m) for m in layout.ALL_MAPS})
     maps = {m: BpfMap(loaded.map_fd(m), owned=False) for m in layout.ALL_MAPS}
     cfg = layout.Config(md_ifindex=4242, shadow_slots=100, flags=0, slot_hold_ns=300 * 10**9)

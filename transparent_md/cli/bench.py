@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from(args: argparse.Namespace):
-    from transparent_md.bench.runner import Settings
+    from transparent_md.lab.bench.runner import Settings
 
     base = (Settings(guests=QUICK_GUESTS, duration_s=QUICK_DURATION_S,
                      storm_guests=QUICK_STORM_GUESTS) if args.quick else Settings())
@@ -114,8 +114,8 @@ def _interrupt(_sig, _frame) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from transparent_md.bench import chart, report
-    from transparent_md.bench.runner import BenchRun
+    from transparent_md.lab.bench import chart, report
+    from transparent_md.lab.bench.runner import BenchRun
 
     settings = settings_from(args)
     preflight()

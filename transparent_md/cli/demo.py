@@ -15,9 +15,9 @@ import tempfile
 from dataclasses import dataclass
 
 from transparent_md.errors import UserError
+from transparent_md.lab.hypervisor import GuestNs, Hypervisor
+from transparent_md.lab.netns import Topology
 from transparent_md.store import open_store, parse_record
-from transparent_md.topology.hypervisor import GuestNs, Hypervisor
-from transparent_md.topology.netns import Topology
 
 INSTANCE_ID_PATH = "/latest/meta-data/instance-id"
 

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from pathlib import Path
 
 from transparent_md.datapath import bpf_syscall
 from transparent_md.errors import UserError
+from transparent_md.process import libc as _libc
 
 BPFFS_ROOT = Path("/sys/fs/bpf")
 BPF_FS_MAGIC = 0xCAFE4A11
-PIN_PARENT = BPFFS_ROOT / "transparent-md"
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def is_bpffs(path: Path) -> bool:
@@ -45,10 +42,6 @@ def ensure_mounted() -> None:
             f"cannot mount bpffs on {BPFFS_ROOT}: {os.strerror(err)}. Mount it yourself "
             f"(`mount -t bpf bpf {BPFFS_ROOT}`) or run where mounting is allowed."
         )
-
-
-def pin_dir(name: str) -> Path:
-    return PIN_PARENT / name
 
 
 def pin_maps(directory: Path, fds: dict[str, int]) -> None:

@@ -11,7 +11,6 @@ import ipaddress
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pyroute2 import IPRoute
 
@@ -19,6 +18,7 @@ from transparent_md.datapath import bpffs, layout, port_state, programs, respond
 from transparent_md.datapath.bpf_syscall import BpfMap
 from transparent_md.datapath.ports import GatewayRule, PortAttacher
 from transparent_md.errors import UserError
+from transparent_md.names import DaemonNames
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +31,13 @@ DEFAULT_SLOT_HOLD_S = 300.0
 @dataclass
 class DatapathConfig:
     bridges: list[str]
-    name: str = "tmd"
+    # Devices, namespaces and pins, all derived from --name (see transparent_md.names).
+    names: DaemonNames = field(default_factory=DaemonNames.here)
     shadow_prefix: str = DEFAULT_SHADOW_PREFIX
-    # "auto": a namespace of our own, named after `name` and this netns (so a restart
-    # finds and replaces it); None: the current namespace.
-    responder_netns: str | None = "auto"
     gateways: list[GatewayRule] = field(default_factory=list)
     answer_metadata_arp: bool = True
-    filter_slot: tc.FilterSlot = field(default_factory=tc.FilterSlot)
+    filter_position: tc.FilterPosition = field(default_factory=tc.FilterPosition)
     slot_hold_s: float = DEFAULT_SLOT_HOLD_S
-
-
-def _netns_id() -> int:
-    """Inode of our network namespace: tells apart daemons run in different namespaces."""
-    return os.stat("/proc/thread-self/ns/net").st_ino
 
 
 def shadow_network(prefix: str) -> ipaddress.IPv4Network:
@@ -61,13 +54,8 @@ class Datapath:
     def __init__(self, config: DatapathConfig) -> None:
         self.config = config
         self.shadow = shadow_network(config.shadow_prefix)
-        self.instance = f"{config.name}-{_netns_id()}"
-        self.md_ifname = f"{config.name}-md"[:15]
-        self.netns_name = (
-            f"{self.instance}-responder" if config.responder_netns == "auto"
-            else config.responder_netns
-        )
-        self.pin_dir: Path = bpffs.pin_dir(self.instance)
+        self.names = config.names
+        self.pin_dir = self.names.pin_dir
         self.ipr: IPRoute | None = None
         self.programs: programs.PinnedPrograms | None = None
         self.side: responder_side.ResponderSide | None = None
@@ -99,29 +87,28 @@ class Datapath:
         )
         self._maps = {m: BpfMap.from_pin(str(self.pin_dir / m)) for m in layout.ALL_MAPS}
 
-        self.side = responder_side.create(
-            self.ipr, self.md_ifname, self.netns_name, str(self.shadow)
-        )
-        tc.attach(self.ipr, self.side.md_ifindex, self.programs.md_fd, programs.MD_PROGRAM,
-                  self.config.filter_slot)
+        self.side = responder_side.create(self.ipr, self.names, str(self.shadow))
+        tc.attach(self.ipr, self.side.host_ifindex, self.programs.md_fd, programs.MD_PROGRAM,
+                  self.config.filter_position)
         self._write_config()
 
         self.attacher = PortAttacher(
             self.config.bridges, self.programs.port_fd, self._maps[layout.MAP_PORTS],
-            self._maps[layout.MAP_ARP], self.config.gateways, self.config.filter_slot,
+            self._maps[layout.MAP_ARP], self.config.gateways, self.config.filter_position,
         )
-        state = port_state.state_path(self.instance)
+        state = self.names.ports_file
         recorded = port_state.load(state)
         self.attacher.sync(self.ipr)
         current = {i: p.name for i, p in self.attacher.attached.items()}
         for name in port_state.detach_leftovers(self.ipr, recorded, current,
-                                                self.config.filter_slot):
+                                                self.config.filter_position):
             log.info("removed our filter left on %s by an earlier run", name)
         port_state.save(state, current)
         self.attacher.on_change = lambda ports: port_state.save(state, ports)
         self.attacher.follow()
         log.info("datapath up: bridges %s, %d ports, responder netns %s",
-                 ",".join(self.config.bridges), len(self.attacher.attached), self.netns_name)
+                 ",".join(self.config.bridges), len(self.attacher.attached),
+                 self.names.responder_netns)
 
     def _check_bridges(self) -> None:
         if not self.config.bridges:
@@ -141,25 +128,25 @@ class Datapath:
         cfg = layout.Config()
         cfg.shadow_net = layout.be32(self.shadow.network_address)
         cfg.shadow_mask = layout.be32(self.shadow.netmask)
-        cfg.md_ifindex = self.side.md_ifindex
+        cfg.md_ifindex = self.side.host_ifindex
         cfg.shadow_slots = self.shadow_slots
-        cfg.md_mac[:] = layout.mac_bytes(self.side.peer_mac)
-        cfg.arp_mac[:] = layout.mac_bytes(self.side.md_mac)
+        cfg.md_mac[:] = layout.mac_bytes(self.side.responder_mac)
+        cfg.arp_mac[:] = layout.mac_bytes(self.side.host_mac)
         cfg.flags = layout.CFG_ANSWER_METADATA_ARP if self.config.answer_metadata_arp else 0
         cfg.slot_hold_ns = int(self.config.slot_hold_s * 1e9)
         self._maps[layout.MAP_CONFIG].update(ctypes.c_uint32(0), cfg)
 
     # -- stop -----------------------------------------------------------------------
     def stop(self) -> None:
-        """Detach our filters, remove md0/md1 and the responder namespace, unpin maps."""
+        """Detach our filters, remove our veth pair and responder namespace, unpin maps."""
         if self.attacher:
             self.attacher.stop_following()
             self.attacher.on_change = None
             self.attacher.detach_all(self.ipr)
             self.attacher = None
-            port_state.forget(self.instance)
+            port_state.forget(self.names.ports_file)
         if self.ipr:
-            responder_side.remove(self.ipr, self.md_ifname, self.netns_name)
+            responder_side.remove(self.ipr, self.names)
         for pinned in self._maps.values():
             pinned.close()
         self._maps = {}

@@ -16,16 +16,9 @@ from pyroute2 import IPRoute
 
 from transparent_md.datapath import tc
 
-STATE_ROOT = Path("/run/transparent-md")
 
-
-def state_path(instance: str) -> Path:
-    return STATE_ROOT / instance / "ports.json"
-
-
-def forget(instance: str) -> None:
+def forget(path: Path) -> None:
     """After a clean stop: nothing of ours is left on any port."""
-    path = state_path(instance)
     path.unlink(missing_ok=True)
     for directory in (path.parent, path.parent.parent):
         try:
@@ -50,7 +43,7 @@ def load(path: Path) -> dict[int, str]:
 
 
 def detach_leftovers(ipr: IPRoute, recorded: dict[int, str], current: dict[int, str],
-                     slot: tc.FilterSlot) -> list[str]:
+                     position: tc.FilterPosition) -> list[str]:
     """Remove our filter from recorded ports we no longer serve; names of those cleaned."""
     cleaned = []
     for ifindex, name in recorded.items():
@@ -59,6 +52,6 @@ def detach_leftovers(ipr: IPRoute, recorded: dict[int, str], current: dict[int, 
         links = ipr.get_links(ifindex) if ipr.link_lookup(index=ifindex) else []
         if not links or links[0].get_attr("IFLA_IFNAME") != name:
             continue  # gone (its filters went with it) or the index now names another port
-        if tc.detach(ipr, ifindex, slot):
+        if tc.detach(ipr, ifindex, position):
             cleaned.append(name)
     return cleaned

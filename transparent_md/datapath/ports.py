@@ -62,14 +62,14 @@ class PortAttacher:
         ports_map: BpfMap,
         arp_map: BpfMap,
         gateways: Iterable[GatewayRule],
-        slot: tc.FilterSlot,
+        position: tc.FilterPosition,
     ) -> None:
         self.bridges = list(bridges)
         self.port_prog_fd = port_prog_fd
         self.ports_map = ports_map
         self.arp_map = arp_map
         self.gateways = list(gateways)
-        self.slot = slot
+        self.position = position
         self.attached: dict[int, PortInfo] = {}
         # Called with {ifindex: name} whenever the attached set changed (for port_state).
         self.on_change: Callable[[dict[int, str]], None] | None = None
@@ -139,7 +139,7 @@ class PortAttacher:
         for ip in self._gateway_ips(info):
             self.arp_map.update(layout.ArpKey(info.ifindex, layout.be32(ip)), ctypes.c_uint8(1))
         try:
-            tc.attach(ipr, info.ifindex, self.port_prog_fd, programs.PORT_PROGRAM, self.slot)
+            tc.attach(ipr, info.ifindex, self.port_prog_fd, programs.PORT_PROGRAM, self.position)
         except NetlinkError as exc:
             if exc.code in (errno.ENODEV, errno.ENOENT):
                 log.info("port %s vanished while attaching; skipped", info.name)
@@ -152,7 +152,7 @@ class PortAttacher:
 
     def _forget(self, ipr: IPRoute, info: PortInfo) -> None:
         # The device may be gone (its filters went with it) or just out of the bridge.
-        tc.detach(ipr, info.ifindex, self.slot)
+        tc.detach(ipr, info.ifindex, self.position)
         self._drop_map_entries(info)
         self.attached.pop(info.ifindex, None)
         self._changed()

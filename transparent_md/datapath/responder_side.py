@@ -1,18 +1,17 @@
 """The responder's side of the datapath: a veth pair and, by default, its own namespace.
 
-    host netns:      md0 (tc ingress: md_ingress)   <- requests are redirected out of it
+    host netns:      <name>-md (tc ingress: md_ingress)  <- requests are redirected out of it
     responder netns: md1 = 169.254.169.254/32, route <shadow prefix> dev md1, arp off
 
 Keeping 169.254.169.254 inside a namespace of its own leaves the host's own route to an
 upstream metadata service (a hypervisor that is itself a cloud VM) untouched.
-`--responder-netns none` puts md1 in the host namespace instead: the host then answers
-169.254.169.254 itself.
+`--responder-netns none` puts the responder end in the host namespace instead, named
+`<name>-md1` so it is never confused with anyone else's device: the host then answers
+169.254.169.254 itself. Device names come from `transparent_md.names`.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import socket
@@ -23,27 +22,22 @@ from pathlib import Path
 from pyroute2 import IPRoute, NetNS, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from transparent_md.names import DaemonNames
+from transparent_md.process import setns_net
+
 METADATA_IP = "169.254.169.254"
 METADATA_PORT = 80
-RESPONDER_IFNAME = "md1"
-CLONE_NEWNET = 0x40000000
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# Room for a 1,000-guest boot storm's SYNs between two accept rounds.
+LISTEN_BACKLOG = 4096
 
 
 @dataclass
 class ResponderSide:
-    md_ifname: str            # host end (md0)
-    md_ifindex: int
-    peer_mac: str             # md1's MAC: requests must carry it as destination
-    md_mac: str               # md0's MAC: used to answer ARP
-    netns_name: str | None    # None: md1 lives in the host namespace
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    host_veth: str            # host end: the reply program runs on its ingress
+    host_ifindex: int
+    responder_mac: str        # responder end's MAC: requests must carry it as destination
+    host_mac: str             # host end's MAC: used to answer ARP
+    netns_name: str | None    # None: the responder end lives in the host namespace
 
 
 @contextmanager
@@ -55,17 +49,17 @@ def entered_netns(name: str | None):
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
     try:
-        _setns(target)
+        setns_net(target)
         try:
             yield
         finally:
-            _setns(own)
+            setns_net(own)
     finally:
         os.close(target)
         os.close(own)
 
 
-def listening_socket(netns_name: str | None, backlog: int = 4096,
+def listening_socket(netns_name: str | None, backlog: int = LISTEN_BACKLOG,
                      reuse_port: bool = False) -> socket.socket:
     """A TCP socket on 169.254.169.254:80 created inside the responder namespace.
 
@@ -87,38 +81,45 @@ def _mac(ipr: IPRoute | NetNS, ifindex: int) -> str:
     return ipr.get_links(ifindex)[0].get_attr("IFLA_ADDRESS")
 
 
-def remove(ipr: IPRoute, md_ifname: str, netns_name: str | None) -> None:
-    """Delete the veth pair (both ends go together) and our namespace, if present."""
-    for idx in ipr.link_lookup(ifname=md_ifname):
+def remove(ipr: IPRoute, names: DaemonNames) -> None:
+    """Delete our veth pair (deleting the host end takes both) and our namespace.
+
+    Only devices named after this daemon are touched: a foreign `md1` stays.
+    """
+    for idx in ipr.link_lookup(ifname=names.host_veth):
         try:
             ipr.link("del", index=idx)
         except NetlinkError as exc:
             if exc.code != errno.ENODEV:
                 raise
+    if not names.own_responder_netns:
+        # A stale responder end of ours can outlive its peer only if someone moved it.
+        for idx in ipr.link_lookup(ifname=names.responder_veth):
+            ipr.link("del", index=idx)
+    netns_name = names.responder_netns
     if netns_name and Path(f"/var/run/netns/{netns_name}").exists():
         netns.remove(netns_name)
 
 
-def create(ipr: IPRoute, md_ifname: str, netns_name: str | None,
-           shadow_prefix: str) -> ResponderSide:
-    """Build md0/md1 from scratch (a stale pair from a crashed run is removed first)."""
-    remove(ipr, md_ifname, netns_name)
+def create(ipr: IPRoute, names: DaemonNames, shadow_prefix: str) -> ResponderSide:
+    """Build the veth pair from scratch (a stale pair from a crashed run is removed first)."""
+    remove(ipr, names)
+    netns_name = names.responder_netns
+    responder_veth = names.responder_veth
     if netns_name:
         netns.create(netns_name)
-        peer = {"ifname": RESPONDER_IFNAME, "net_ns_fd": netns_name}
+        peer = {"ifname": responder_veth, "net_ns_fd": netns_name}
     else:
-        peer = {"ifname": RESPONDER_IFNAME}
-        for idx in ipr.link_lookup(ifname=RESPONDER_IFNAME):
-            ipr.link("del", index=idx)
-    ipr.link("add", ifname=md_ifname, kind="veth", peer=peer)
-    md_ifindex = ipr.link_lookup(ifname=md_ifname)[0]
+        peer = {"ifname": responder_veth}
+    ipr.link("add", ifname=names.host_veth, kind="veth", peer=peer)
+    host_ifindex = ipr.link_lookup(ifname=names.host_veth)[0]
     # NOARP: the host end must never ARP for shadow addresses (the stack would stall).
-    ipr.link("set", index=md_ifindex, state="up", arp=False)
-    _disable_ipv6(md_ifname, None)
+    ipr.link("set", index=host_ifindex, state="up", arp=False)
+    _disable_ipv6(names.host_veth, None)
 
     side_ipr = NetNS(netns_name) if netns_name else ipr
     try:
-        peer_idx = side_ipr.link_lookup(ifname=RESPONDER_IFNAME)[0]
+        peer_idx = side_ipr.link_lookup(ifname=responder_veth)[0]
         side_ipr.link("set", index=peer_idx, state="up", arp=False)
         side_ipr.addr("add", index=peer_idx, address=METADATA_IP, prefixlen=32)
         net, plen = shadow_prefix.split("/")
@@ -126,16 +127,16 @@ def create(ipr: IPRoute, md_ifname: str, netns_name: str | None,
         if netns_name:
             lo = side_ipr.link_lookup(ifname="lo")[0]
             side_ipr.link("set", index=lo, state="up")
-        peer_mac = _mac(side_ipr, peer_idx)
+        responder_mac = _mac(side_ipr, peer_idx)
     finally:
         if side_ipr is not ipr:
             side_ipr.close()
-    _disable_ipv6(RESPONDER_IFNAME, netns_name)
+    _disable_ipv6(responder_veth, netns_name)
     return ResponderSide(
-        md_ifname=md_ifname,
-        md_ifindex=md_ifindex,
-        peer_mac=peer_mac,
-        md_mac=_mac(ipr, md_ifindex),
+        host_veth=names.host_veth,
+        host_ifindex=host_ifindex,
+        responder_mac=responder_mac,
+        host_mac=_mac(ipr, host_ifindex),
         netns_name=netns_name,
     )
 

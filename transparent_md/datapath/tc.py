@@ -20,7 +20,7 @@ DEFAULT_PRIORITY = 10
 
 
 @dataclass(frozen=True)
-class FilterSlot:
+class FilterPosition:
     """Where our filter lives on every hook: priority and handle."""
 
     priority: int = DEFAULT_PRIORITY
@@ -36,21 +36,22 @@ def ensure_clsact(ipr: IPRoute, ifindex: int) -> None:
 
 
 def attach(
-    ipr: IPRoute, ifindex: int, prog_fd: int, prog_name: str, slot: FilterSlot,
+    ipr: IPRoute, ifindex: int, prog_fd: int, prog_name: str, position: FilterPosition,
     parent: int = INGRESS_PARENT,
 ) -> None:
     """Attach (or take over) our direct-action filter on one hook."""
     ensure_clsact(ipr, ifindex)
     ipr.tc(
-        "replace-filter", "bpf", index=ifindex, handle=slot.handle, prio=slot.priority,
+        "replace-filter", "bpf", index=ifindex, handle=position.handle, prio=position.priority,
         fd=prog_fd, name=prog_name, parent=parent, classid=1, direct_action=True,
     )
 
 
-def detach(ipr: IPRoute, ifindex: int, slot: FilterSlot, parent: int = INGRESS_PARENT) -> bool:
+def detach(ipr: IPRoute, ifindex: int, position: FilterPosition,
+           parent: int = INGRESS_PARENT) -> bool:
     """Delete our filter; False when it (or the device) is already gone."""
     try:
-        ipr.tc("del-filter", "bpf", index=ifindex, handle=slot.handle, prio=slot.priority,
+        ipr.tc("del-filter", "bpf", index=ifindex, handle=position.handle, prio=position.priority,
                parent=parent)
     except NetlinkError as exc:
         if exc.code in (errno.ENOENT, errno.ENODEV, errno.EINVAL):

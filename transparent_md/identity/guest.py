@@ -12,6 +12,9 @@ class Guest:
     `bridge` and `port` are interface names on the hypervisor; `mac` is lower-case
     colon form ("52:54:00:12:34:56"); `ip` is dotted IPv4. The store matches
     instance records against these fields.
+
+    `locked_elsewhere` is set when this MAC first asked from another port that still
+    exists: a guest copying a neighbour's MAC. The responder answers it nothing.
     """
 
     bridge: str
@@ -19,3 +22,4 @@ class Guest:
     ifindex: int
     mac: str
     ip: str
+    locked_elsewhere: bool = False

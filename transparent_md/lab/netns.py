@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from transparent_md.process import stop_process
+
 NETNS_DIR = Path("/run/netns")
 NAMESPACE_RESOLV_CONF = "nameserver 127.0.0.1\n"
 
@@ -129,18 +131,6 @@ def run(argv: Sequence[str], stdin: str | None = None) -> str:
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {res.stderr.strip() or res.stdout.strip()}")
     return res.stdout
-
-
-def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    """SIGTERM, wait, then SIGKILL: only the process we started, by PID."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def kill_pids_in(ns: str) -> None:

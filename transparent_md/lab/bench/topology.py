@@ -14,8 +14,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from transparent_md.identity.guest import Guest
-from transparent_md.topology.hypervisor import GuestNs, Hypervisor
-from transparent_md.topology.netns import Topology, run
+from transparent_md.lab.hypervisor import GuestNs, Hypervisor
+from transparent_md.lab.netns import Topology, run
 
 # Two bridges: the daemon follows several, as on a host with several tenant networks.
 BRIDGES = ("brb0", "brb1")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transparent_md.bench import targets as tg
-from transparent_md.bench.measure import MODES, Measurement
+from transparent_md.lab.bench import targets as tg
+from transparent_md.lab.bench.measure import MODES, Measurement
 
 # Wide enough for five server labels under each group of bars.
 FIGSIZE_IN = (13, 4.8)

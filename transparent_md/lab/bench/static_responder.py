@@ -4,7 +4,7 @@ The benchmark compares the tc path with the *same* responder reached without it:
 loopback, and behind a classic nft DNAT. Only the identity source differs (a dict
 lookup of the peer address instead of the shadow-map read), so the difference in the
 figures is the datapath's. Run as
-`python -m transparent_md.bench.static_responder --store PATH --listen HOST:PORT
+`python -m transparent_md.lab.bench.static_responder --store PATH --listen HOST:PORT
 --identities FILE`; FILE maps peer IP -> {bridge, port, ifindex, mac, ip}.
 """
 
@@ -14,7 +14,7 @@ import argparse
 import json
 import socket
 
-from transparent_md.cli.serving import serve_until_signal
+from transparent_md.daemon.serving import serve_until_signal
 from transparent_md.identity.guest import Guest
 
 READY_LINE = "static-responder: ready"

@@ -1,6 +1,6 @@
 """A plain aiohttp server answering every GET with one fixed body: the usual Python choice.
 
-Run as `python -m transparent_md.bench.fixed_aiohttp --listen HOST:PORT --body TEXT`;
+Run as `python -m transparent_md.lab.bench.fixed_aiohttp --listen HOST:PORT --body TEXT`;
 prints READY_LINE once it accepts connections.
 """
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from transparent_md.bench import wrk
-from transparent_md.bench.procstat import CpuWindow
+from transparent_md.lab.bench import wrk
+from transparent_md.lab.bench.procstat import CpuWindow
 
 KEEP_ALIVE = "keep-alive"
 NEW_CONNECTION = "new connection"

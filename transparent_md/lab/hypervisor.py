@@ -14,9 +14,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from transparent_md.cli.serving import READY_LINE
+from transparent_md.daemon.serving import READY_LINE
 from transparent_md.datapath import programs
-from transparent_md.topology.netns import Topology, stop_process
+from transparent_md.lab.netns import Topology
+from transparent_md.process import stop_process
 
 METADATA_URL = "http://169.254.169.254"
 PROGRAM_PREFIXES = (programs.PORT_PROGRAM, programs.MD_PROGRAM)

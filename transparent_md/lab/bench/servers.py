@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from transparent_md.bench import fixed_aiohttp, static_responder
 from transparent_md.datapath.responder_side import entered_netns
 from transparent_md.identity.guest import Guest
-from transparent_md.topology.netns import Topology
+from transparent_md.lab.bench import fixed_aiohttp, static_responder
+from transparent_md.lab.netns import Topology
 
 # Python servers import uvloop/aiohttp and open the store: seconds on a loaded machine.
 START_TIMEOUT_S = 30.0
@@ -91,7 +91,7 @@ def start_static_responder(topo: Topology, ns: str, store: str, host: str, port:
     """The project's Responder on host:port, naming guests from `identities`."""
     table = workdir / f"identities-{name}.json"
     table.write_text(json.dumps({peer: _guest_fields(g) for peer, g in identities.items()}))
-    proc = topo.spawn(ns, [sys.executable, "-m", "transparent_md.bench.static_responder",
+    proc = topo.spawn(ns, [sys.executable, "-m", "transparent_md.lab.bench.static_responder",
                            "--store", store, "--listen", f"{host}:{port}",
                            "--identities", str(table)],
                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -105,7 +105,7 @@ def _guest_fields(guest: Guest) -> dict:
 
 
 def start_aiohttp(topo: Topology, ns: str, host: str, port: int, body: str) -> Server:
-    proc = topo.spawn(ns, [sys.executable, "-m", "transparent_md.bench.fixed_aiohttp",
+    proc = topo.spawn(ns, [sys.executable, "-m", "transparent_md.lab.bench.fixed_aiohttp",
                            "--listen", f"{host}:{port}", "--body", body],
                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_line(proc, fixed_aiohttp.READY_LINE, "aiohttp")

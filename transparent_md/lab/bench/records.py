@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from transparent_md.bench.topology import BenchGuest
+from transparent_md.lab.bench.topology import BenchGuest
 from transparent_md.store import open_store, parse_record
 
 # Records the daemon holds during the run (issue 5: RSS with 10,000 instances).

@@ -20,12 +20,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from transparent_md.bench import records, servers, topology, wrk
-from transparent_md.bench.measure import MODES, Measurement, Target, measure, repeat
-from transparent_md.bench.procstat import CpuWindow, peak_rss_mib, process_tree, rss_mib
 from transparent_md.datapath.responder_side import METADATA_IP
-from transparent_md.topology.hypervisor import Hypervisor
-from transparent_md.topology.netns import NETNS_DIR, Topology
+from transparent_md.lab.bench import records, servers, topology, wrk
+from transparent_md.lab.bench.measure import MODES, Measurement, Target, measure, repeat
+from transparent_md.lab.bench.procstat import CpuWindow, peak_rss_mib, process_tree, rss_mib
+from transparent_md.lab.hypervisor import Hypervisor
+from transparent_md.lab.netns import NETNS_DIR, Topology
+from transparent_md.names import DaemonNames
 
 # Loopback ports in the hypervisor namespace (nothing else listens there).
 LOOPBACK = "127.0.0.1"
@@ -147,7 +148,7 @@ class BenchRun:
                                     "window_s": s.storm_window_s}))
         window = CpuWindow(self.daemon.proc.pid)
         window.start()
-        res = subprocess.run([sys.executable, "-m", "transparent_md.bench.storm", str(spec)],
+        res = subprocess.run([sys.executable, "-m", "transparent_md.lab.bench.storm", str(spec)],
                              capture_output=True, text=True, timeout=STORM_TIMEOUT_S)
         cpu = window.stop()
         if res.returncode != 0:
@@ -210,4 +211,4 @@ def daemon_namespace(hv_ns: str) -> str | None:
         inode = os.stat(Path(NETNS_DIR) / hv_ns).st_ino
     except OSError:
         return None
-    return f"{DAEMON_NAME}-{inode}-responder"
+    return DaemonNames(DAEMON_NAME, inode).responder_netns

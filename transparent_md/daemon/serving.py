@@ -1,29 +1,22 @@
-"""Serving the responder socket: in the daemon's own process and in worker processes.
+"""One serving process: open the store, the listening socket and the resolver, serve.
 
-With `run --workers N`, N processes each bind 169.254.169.254:80 in the responder
-namespace with SO_REUSEPORT, so the kernel spreads new connections over them. They
-share one IMDSv2 token secret (a token works on any connection), read identities from
-the same pinned maps and answer from the same store file. A worker dies with its
-parent (PR_SET_PDEATHSIG), so a killed daemon never leaves workers behind.
+The daemon serves in its own process; with `run --workers N` the other N-1 processes
+run the same code (see `daemon.workers`). Every process binds 169.254.169.254:80 in the
+responder namespace (SO_REUSEPORT when there are several), reads identities from the
+same pinned maps and answers from the same store with the same IMDSv2 token secret.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 READY_LINE = "transparent-md: ready"
-WORKER_READY_LINE = "transparent-md worker: ready"
-PR_SET_PDEATHSIG = 1
 # How stale a worker's counts in --metrics may be.
 STATS_INTERVAL_S = 1.0
 
@@ -40,6 +33,7 @@ class ServeSpec:
     token_secret_hex: str
     reuse_port: bool
     stats_dir: str | None = None  # where workers leave their counts for --metrics
+    parent_pid: int = 0  # a worker dies with this process (the daemon)
 
 
 def serve(spec: ServeSpec, *, ready_line: str,
@@ -108,33 +102,3 @@ def worker_stats(stats_dir: str) -> list[dict]:
         except (OSError, ValueError):
             continue  # a worker that is just starting or gone
     return counts
-
-
-def spawn_worker(spec: ServeSpec) -> subprocess.Popen:
-    """Start one worker process; the caller waits for WORKER_READY_LINE on its stdout."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "transparent_md.cli.serving"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    proc.stdin.write(json.dumps(asdict(spec)))
-    proc.stdin.close()
-    return proc
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        sys.exit(1)
-
-
-def worker_main() -> int:
-    _die_with_parent()
-    spec = ServeSpec(**json.loads(sys.stdin.read()))
-    stats_path = f"{spec.stats_dir}/{os.getpid()}.json" if spec.stats_dir else None
-    serve(spec, ready_line=WORKER_READY_LINE, stats_path=stats_path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main())

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from transparent_md.bench import targets as tg
-from transparent_md.bench.measure import KEEP_ALIVE, NEW_CONNECTION, Measurement
-from transparent_md.bench.targets import Check
+from transparent_md.lab.bench import targets as tg
+from transparent_md.lab.bench.measure import KEEP_ALIVE, NEW_CONNECTION, Measurement
+from transparent_md.lab.bench.targets import Check
 
 # The CPU target per connection mode (issue 5).
 CPU_TARGET = {KEEP_ALIVE: tg.CPU_US_KEEPALIVE, NEW_CONNECTION: tg.CPU_US_NEW_CONNECTION}

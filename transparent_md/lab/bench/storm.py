@@ -6,7 +6,7 @@ guest's namespace (setns there and back, nothing else runs in between); the even
 loop then serves them all from here. Every request opens a fresh connection, as
 cloud-init's URL helper does.
 
-Run as `python -m transparent_md.bench.storm SPEC.json`; prints one JSON result line.
+Run as `python -m transparent_md.lab.bench.storm SPEC.json`; prints one JSON result line.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from transparent_md.bench import cloudinit
-from transparent_md.bench.stats import percentile
 from transparent_md.datapath.responder_side import entered_netns
+from transparent_md.lab.bench import cloudinit
+from transparent_md.lab.bench.stats import percentile
 
 METADATA = ("169.254.169.254", 80)
 # A request not answered in this long counts as failed (cloud-init's own url timeout

@@ -1,0 +1,1 @@
+"""The daemon `transparent-md run` starts: datapath, responder processes, metrics."""

@@ -1,0 +1,103 @@
+"""The daemon `transparent-md run` starts: every part up in order, down in reverse.
+
+    store check -> datapath (programs, veth pair, ports, follower) -> workers
+                -> metrics -> serve in this process until SIGTERM/SIGINT
+    stop: workers -> datapath (filters detached, devices and pins removed)
+
+Each part is its own object; this module only orders them and guarantees the reverse
+order on any exit, so a failure half-way leaves nothing attached.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from transparent_md.daemon import tokens_file
+from transparent_md.daemon.serving import READY_LINE, ServeSpec, serve, worker_stats
+from transparent_md.daemon.workers import start_workers
+from transparent_md.datapath.datapath import Datapath, DatapathConfig
+from transparent_md.process import raise_nofile_limit, stop_process
+
+log = logging.getLogger("transparent_md")
+
+DEFAULT_TOKEN_HOP_LIMIT = 1
+
+
+@dataclass
+class DaemonConfig:
+    datapath: DatapathConfig
+    store_path: str | None = None
+    token_hop_limit: int = DEFAULT_TOKEN_HOP_LIMIT
+    workers: int = 1
+    metrics: tuple[str, int] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Daemon:
+    """Owns the datapath, the serving processes and the metrics endpoint of one run."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.names = config.datapath.names
+        self.datapath = Datapath(config.datapath)
+        self.workers: list[subprocess.Popen] = []
+        self._stats_dir = (self.names.stats_dir
+                           if config.workers > 1 and config.metrics else None)
+
+    def run(self) -> int:
+        """Start everything, serve until a stop signal, then stop everything."""
+        try:
+            spec = self.start()
+            serve(spec, ready_line=READY_LINE, on_responder=self._start_metrics)
+        finally:
+            self.stop()
+        return 0
+
+    def start(self) -> ServeSpec:
+        # Open the store first: a bad store path fails before anything is attached.
+        from transparent_md.store import open_store
+
+        open_store(self.config.store_path).close()
+        soft, _ = raise_nofile_limit()
+        log.info("open-file limit %d", soft)
+        self.datapath.start()
+        spec = ServeSpec(
+            netns_name=self.names.responder_netns, pin_dir=str(self.names.pin_dir),
+            shadow_prefix=self.config.datapath.shadow_prefix,
+            store_path=self.config.store_path, token_hop_limit=self.config.token_hop_limit,
+            token_secret_hex=tokens_file.load_or_create(self.names.token_secret_file).hex(),
+            reuse_port=self.config.workers > 1,
+            stats_dir=str(self._stats_dir) if self._stats_dir else None,
+            parent_pid=os.getpid(),
+        )
+        if self._stats_dir:
+            shutil.rmtree(self._stats_dir, ignore_errors=True)
+            self._stats_dir.mkdir(parents=True)
+        if self.config.workers > 1:
+            self.workers = start_workers(spec, self.config.workers - 1)
+            log.info("%d responder processes share 169.254.169.254:80", self.config.workers)
+        return spec
+
+    def _start_metrics(self, responder) -> None:
+        if not self.config.metrics:
+            return
+        from transparent_md.daemon.metrics import start_metrics
+        from transparent_md.datapath.metrics import DatapathCollector
+
+        stats_dir = self._stats_dir
+        others = (lambda: worker_stats(str(stats_dir))) if stats_dir else None
+        start_metrics(self.config.metrics,
+                      [responder.collector(others), DatapathCollector(self.datapath)])
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            stop_process(proc)
+        self.workers = []
+        if self._stats_dir:
+            shutil.rmtree(self._stats_dir, ignore_errors=True)
+        self.datapath.stop()
+        log.info("stopped; filters detached, responder side removed")

@@ -1,0 +1,76 @@
+"""Process and libc helpers, in one place: stop a child, die with the parent, setns, limits.
+
+Everything here acts only on processes we started (by PID) or on our own process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import resource
+import signal
+import subprocess
+import sys
+
+log = logging.getLogger(__name__)
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+PR_SET_PDEATHSIG = 1
+CLONE_NEWNET = 0x40000000
+
+
+def check(result: int) -> int:
+    """Raise OSError with errno for a libc call that returned -1."""
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def setns_net(fd: int) -> None:
+    """Move this thread into the network namespace open on `fd`."""
+    check(libc.setns(fd, CLONE_NEWNET))
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM, wait, then SIGKILL: only the process we started, by PID."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Get SIGTERM when the process `parent_pid` (our parent) exits.
+
+    The check compares with the parent we were started by, not with PID 1: a daemon
+    that is itself PID 1 (in a container) is a perfectly live parent.
+    """
+    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM))
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        sys.exit(1)
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Lift the soft RLIMIT_NOFILE to the hard limit; returns (soft, hard) now in force.
+
+    systemd and most shells start services with a soft limit of 1024, which a few
+    hundred guests' connections exhaust; the hard limit is the operator's real ceiling.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s",
+                        soft, target, exc)
+    return soft, hard
