@@ -18,6 +18,8 @@ from tests import clients
 from transparent_md.lab.hypervisor import METADATA_URL, Hypervisor
 from transparent_md.process import stop_process
 
+pytestmark = pytest.mark.netns
+
 USER_DATA = "#cloud-config\nhostname: web-1\n"
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOqj alice@example"
 

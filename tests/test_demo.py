@@ -7,7 +7,11 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from transparent_md.cli.demo import DEMO_GUESTS
+
+pytestmark = pytest.mark.netns
 
 DEMO = [sys.executable, "-m", "transparent_md", "demo"]
 

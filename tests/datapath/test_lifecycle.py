@@ -12,6 +12,8 @@ import pytest
 from tests.conftest import FOREIGN_FILTER, write_records
 from transparent_md.lab.hypervisor import Hypervisor
 
+pytestmark = pytest.mark.netns
+
 PATH = "/latest/meta-data/instance-id"
 
 

@@ -11,6 +11,8 @@ from transparent_md.datapath import layout, programs, tc
 from transparent_md.datapath.bpf_syscall import BpfMap
 from transparent_md.datapath.ports import GatewayRule, PortAttacher, PortInfo
 
+pytestmark = pytest.mark.netns
+
 GHOST_IFINDEX = 0x7FFF_0001  # no device has it: the kernel answers ENODEV
 
 

@@ -20,6 +20,8 @@ from scapy.packet import Raw, fuzz
 from transparent_md.datapath import layout, programs
 from transparent_md.datapath.bpf_syscall import BpfMap, prog_test_run
 
+pytestmark = pytest.mark.netns
+
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 MD = "169.254.169.254"
 GUEST_MAC, GW_MAC = "02:00:00:00:00:05", "02:00:00:00:00:01"

@@ -21,6 +21,8 @@ from tests.conftest import FOREIGN_FILTER, write_records
 from transparent_md.lab.hypervisor import Hypervisor
 from transparent_md.process import stop_process
 
+pytestmark = pytest.mark.netns
+
 CONCURRENT_REQUESTS = 200
 PORT_ATTACH_BOUND_S = 1.0  # the promise for ports that appear later
 

@@ -18,6 +18,8 @@ from tests.conftest import write_records
 from transparent_md.lab.hypervisor import Hypervisor
 from transparent_md.process import stop_process
 
+pytestmark = pytest.mark.netns
+
 MD = "169.254.169.254"
 GUEST_IP, FORGED_IP, ROUTER_IP = "10.0.0.5", "10.0.0.99", "10.0.0.1"
 # Bound on waiting for a capture to show what was sent (never an assertion on time).

@@ -19,6 +19,8 @@ from transparent_md.datapath.bpf_syscall import BpfMap, prog_test_run
 from transparent_md.identity.shadow_map import ShadowResolver
 from transparent_md.names import PIN_ROOT
 
+pytestmark = pytest.mark.netns
+
 SHADOW = "100.64.0.0/10"
 GUEST_MAC = "02:00:00:00:00:05"
 LOOPBACK = socket.if_nametoindex("lo")
