@@ -17,9 +17,11 @@ import subprocess
 from dataclasses import dataclass, field
 
 from transparent_md.daemon import tokens_file
-from transparent_md.daemon.serving import READY_LINE, ServeSpec, serve, worker_stats
+from transparent_md.daemon.notify import Notifier
+from transparent_md.daemon.serving import READY_LINE, ServeHooks, ServeSpec, serve, worker_stats
 from transparent_md.daemon.workers import start_workers
 from transparent_md.datapath.datapath import Datapath, DatapathConfig
+from transparent_md.lockfile import DaemonLock
 from transparent_md.process import raise_nofile_limit, stop_process
 
 log = logging.getLogger("transparent_md")
@@ -44,18 +46,43 @@ class Daemon:
         self.config = config
         self.names = config.datapath.names
         self.datapath = Datapath(config.datapath)
+        self.lock = DaemonLock(self.names)
+        self._metrics_server = None
         self.workers: list[subprocess.Popen] = []
         self._stats_dir = (self.names.stats_dir
                            if config.workers > 1 and config.metrics else None)
 
     def run(self) -> int:
         """Start everything, serve until a stop signal, then stop everything."""
+        self.lock.acquire()  # before anything is touched: a second daemon changes nothing
+        notifier = Notifier()
+        hooks = ServeHooks(
+            on_ready=lambda: notifier.ready(self._status_line()),
+            on_reload=lambda: self.reload(notifier),
+            on_stopping=notifier.stopping,
+            on_tick=notifier.watchdog if notifier.watchdog_interval_s else None,
+            tick_s=notifier.watchdog_interval_s,
+        )
         try:
             spec = self.start()
-            serve(spec, ready_line=READY_LINE, on_responder=self._start_metrics)
+            serve(spec, ready_line=READY_LINE, on_responder=self._start_metrics, hooks=hooks)
         finally:
+            notifier.stopping()
             self.stop()
+            self.lock.release()
         return 0
+
+    def reload(self, notifier: Notifier) -> None:
+        """SIGHUP: re-read bridge membership now (ports that stay are never touched)."""
+        notifier.reloading()
+        log.info("reload (SIGHUP): re-reading bridge ports")
+        self.datapath.resync()
+        notifier.ready(self._status_line())
+
+    def _status_line(self) -> str:
+        attacher = self.datapath.attacher
+        ports = len(attacher.attached) if attacher else 0
+        return f"serving {ports} ports on {','.join(self.config.datapath.bridges)}"
 
     def start(self) -> ServeSpec:
         # Open the store first: a bad store path fails before anything is attached.
@@ -85,15 +112,21 @@ class Daemon:
     def _start_metrics(self, responder) -> None:
         if not self.config.metrics:
             return
+        from transparent_md.daemon.health import HealthCheck
         from transparent_md.daemon.metrics import start_metrics
         from transparent_md.datapath.metrics import DatapathCollector
 
         stats_dir = self._stats_dir
         others = (lambda: worker_stats(str(stats_dir))) if stats_dir else None
-        start_metrics(self.config.metrics,
-                      [responder.collector(others), DatapathCollector(self.datapath)])
+        self._metrics_server = start_metrics(
+            self.config.metrics, [responder.collector(others), DatapathCollector(self.datapath)],
+            HealthCheck(self.datapath))
 
     def stop(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
         for proc in self.workers:
             stop_process(proc)
         self.workers = []

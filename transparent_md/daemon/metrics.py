@@ -1,25 +1,65 @@
-"""The daemon's Prometheus endpoint: responder and datapath collectors on one registry."""
+"""The daemon's HTTP side door: Prometheus metrics and a health check on one listener.
+
+    /metrics  every collector (responder, datapath) in Prometheus' text format
+    /healthz  200 "ok" when every attached port carries our filter and the responder
+              answers a probe; else 503 with the reason, for load balancers and humans
+
+It runs in a background thread in the daemon's namespace, never on the guests' path.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
 from transparent_md.errors import UserError
 
 log = logging.getLogger(__name__)
 
+HealthCheck = Callable[[], list[str]]
+"""Returns the problems found now; an empty list means healthy."""
 
-def start_metrics(address: tuple[str, int], collectors: list[Collector]) -> None:
-    """Serve `collectors` on http://HOST:PORT/metrics from a background thread."""
+
+def start_metrics(address: tuple[str, int], collectors: list[Collector],
+                  health: HealthCheck) -> ThreadingHTTPServer:
+    """Serve /metrics and /healthz on http://HOST:PORT from a background thread."""
     registry = CollectorRegistry()
     for collector in collectors:
         registry.register(collector)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                problems = health()
+                body = ("ok\n" if not problems else "\n".join(problems) + "\n").encode()
+                self._send(503 if problems else 200, body, "text/plain; charset=utf-8")
+            else:
+                self._send(404, b"try /metrics or /healthz\n", "text/plain; charset=utf-8")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass  # scrapes every few seconds would drown the log
+
     host, port = address
     try:
-        start_http_server(port, addr=host, registry=registry)
+        server = ThreadingHTTPServer((host, port), Handler)
     except OSError as exc:
         raise UserError(f"--metrics {host}:{port}: {exc.strerror}") from exc
-    log.info("metrics on http://%s:%d/metrics", host, port)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    log.info("metrics on http://%s:%d/metrics, health on /healthz", host, port)
+    return server

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 READY_LINE = "transparent-md: ready"
 # How stale a worker's counts in --metrics may be.
@@ -36,9 +39,20 @@ class ServeSpec:
     parent_pid: int = 0  # a worker dies with this process (the daemon)
 
 
+@dataclass
+class ServeHooks:
+    """What the daemon's own serving loop does besides serving (workers use none)."""
+
+    on_ready: Callable[[], None] | None = None       # listening: tell systemd
+    on_reload: Callable[[], None] | None = None      # SIGHUP
+    on_stopping: Callable[[], None] | None = None    # SIGTERM/SIGINT received
+    on_tick: Callable[[], None] | None = None        # every tick_s (systemd's watchdog)
+    tick_s: float | None = None
+
+
 def serve(spec: ServeSpec, *, ready_line: str,
           on_responder: Callable[[object], None] | None = None,
-          stats_path: str | None = None) -> None:
+          stats_path: str | None = None, hooks: ServeHooks | None = None) -> None:
     """Serve on uvloop until SIGTERM or SIGINT; print `ready_line` once listening."""
     import uvloop
 
@@ -56,7 +70,7 @@ def serve(spec: ServeSpec, *, ready_line: str,
         on_responder(responder)
 
     try:
-        uvloop.run(serve_until_signal(responder, sock, ready_line, stats_path))
+        uvloop.run(serve_until_signal(responder, sock, ready_line, stats_path, hooks))
     finally:
         resolver.close()
         sock.close()
@@ -64,23 +78,54 @@ def serve(spec: ServeSpec, *, ready_line: str,
 
 
 async def serve_until_signal(responder, sock, ready_line: str,
-                             stats_path: str | None = None) -> None:
+                             stats_path: str | None = None,
+                             hooks: ServeHooks | None = None) -> None:
     """Serve `sock` until SIGTERM or SIGINT; print `ready_line` once listening.
 
     With `stats_path`, the responder's counts are written there every second, for the
-    daemon's --metrics to add in.
+    daemon's --metrics to add in. SIGHUP runs `hooks.on_reload` (a worker ignores it:
+    the daemon reloads what workers share).
     """
+    hooks = hooks or ServeHooks()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reloader(hooks.on_reload))
     server = await responder.start(sock)
     if stats_path:
         _write_stats_every_second(loop, responder, stats_path)
+    if hooks.on_tick and hooks.tick_s:
+        _every(loop, hooks.tick_s, hooks.on_tick)
     print(ready_line, flush=True)
+    if hooks.on_ready:
+        hooks.on_ready()
     await stop.wait()
+    if hooks.on_stopping:
+        hooks.on_stopping()
     server.close()
     responder.close()
+
+
+def _reloader(on_reload: Callable[[], None] | None) -> Callable[[], None]:
+    def reload() -> None:
+        if on_reload is None:
+            return
+        try:
+            on_reload()
+        except Exception:  # a bad reload keeps the running configuration
+            log.exception("reload failed; still serving with the previous configuration")
+
+    return reload
+
+
+def _every(loop: asyncio.AbstractEventLoop, interval_s: float,
+           action: Callable[[], None]) -> None:
+    def tick() -> None:
+        action()
+        loop.call_later(interval_s, tick)
+
+    tick()
 
 
 def _write_stats_every_second(loop: asyncio.AbstractEventLoop, responder, path: str) -> None:
