@@ -18,6 +18,7 @@ import uvloop
 from tests.responder.http_client import Conn, Response
 from transparent_md.identity import Guest
 from transparent_md.responder import Responder
+from transparent_md.responder.limits import ResponderLimits
 from transparent_md.store import open_store, parse_record
 
 GUEST_A = Guest(bridge="br0", port="tap0", ifindex=10, mac="52:54:00:00:00:0a", ip="10.0.0.5")
@@ -28,6 +29,10 @@ GUEST_STRICT = Guest(bridge="br0", port="tap2", ifindex=12, mac="52:54:00:00:00:
 GUESTS = {"127.0.0.1": GUEST_A, "127.0.0.2": GUEST_A, "127.0.0.3": GUEST_B,
           "127.0.0.4": GUEST_STRICT}
 UNKNOWN_SOURCE = "127.0.0.9"
+# For clients that loop as fast as they can on one connection (no honest guest does):
+# the request rate and keep-alive limits out of their way.
+UNTHROTTLED = ResponderLimits(request_rate=1e9, request_burst=10**9,
+                              keepalive_requests=10**9)
 
 RECORD_A = {
     "instance_id": "i-aaaa", "mac": GUEST_A.mac, "ip": "10.0.0.5", "bridge": "br0",
@@ -81,14 +86,25 @@ def _resolver(peer_ip: str) -> Guest | None:
 
 @pytest.fixture
 def live(tmp_path) -> Iterator[Live]:
-    yield from _start(str(tmp_path / "instances.db"), idle_timeout=30.0)
+    """A responder with the product's default limits."""
+    yield from start_responder(str(tmp_path / "instances.db"), idle_timeout=30.0)
 
 
-def _start(store_path: str, idle_timeout: float,
-           listener_sndbuf: int | None = None) -> Iterator[Live]:
+@pytest.fixture
+def live_unthrottled(tmp_path) -> Iterator[Live]:
+    yield from start_responder(str(tmp_path / "instances.db"), idle_timeout=30.0,
+                               limits=UNTHROTTLED)
+
+
+def start_responder(store_path: str, idle_timeout: float,
+                    listener_sndbuf: int | None = None,
+                    limits: ResponderLimits | None = None,
+                    resolver=None) -> Iterator[Live]:
+    """Serve the three test records on 127.0.0.1 in a uvloop thread until closed."""
     store = open_store(store_path)
     store.put_many([parse_record(r) for r in (RECORD_A, RECORD_B, RECORD_STRICT)])
-    responder = Responder(store, _resolver, idle_timeout=idle_timeout)
+    responder = Responder(store, resolver or _resolver, idle_timeout=idle_timeout,
+                          limits=limits)
     listener = socket.socket()
     if listener_sndbuf is not None:  # accepted sockets inherit it (and no autotuning)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, listener_sndbuf)

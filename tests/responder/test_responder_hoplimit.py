@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.responder.conftest import RECORD_A, Live, _start
+from tests.responder.conftest import RECORD_A, Live, start_responder
 from tests.responder.http_client import Conn
 from transparent_md.store import open_store, parse_record
 
@@ -42,7 +42,7 @@ class Segment:
 
 @pytest.fixture
 def live_small_sndbuf(tmp_path) -> Iterator[Live]:
-    yield from _start(str(tmp_path / "instances.db"), idle_timeout=30.0,
+    yield from start_responder(str(tmp_path / "instances.db"), idle_timeout=30.0,
                       listener_sndbuf=SMALL_BUFFER)
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.responder.conftest import _start
+from tests.responder.conftest import UNTHROTTLED, start_responder
 from tests.responder.http_client import Conn, exchange_raw
 
 ID = "/latest/meta-data/instance-id"
@@ -153,7 +153,9 @@ _PAYLOADS = st.lists(st.one_of(_TOKENS, st.binary(max_size=40)), min_size=1,
 
 @pytest.fixture(scope="module")
 def shared_live(tmp_path_factory):
-    yield from _start(str(tmp_path_factory.mktemp("fuzz") / "instances.db"), 30.0)
+    # Hundreds of examples a second from one guest: the request rate limit aside.
+    yield from start_responder(str(tmp_path_factory.mktemp("fuzz") / "instances.db"), 30.0,
+                               limits=UNTHROTTLED)
 
 
 @settings(max_examples=300, deadline=None,
@@ -169,7 +171,7 @@ def test_generated_requests_never_break_the_responder(shared_live, payload):
 
 
 def test_idle_connections_are_closed(tmp_path):
-    for live in _start(str(tmp_path / "i.db"), idle_timeout=0.2):
+    for live in start_responder(str(tmp_path / "i.db"), idle_timeout=0.2):
         conn = live.connect()
         assert conn.request("GET", ID).status == 200
         conn.sock.settimeout(30)  # bound only; the server closes after 0.2-0.3 s idle
@@ -179,7 +181,7 @@ def test_idle_connections_are_closed(tmp_path):
 
 
 def test_unfinished_request_is_closed_too(tmp_path):
-    for live in _start(str(tmp_path / "i.db"), idle_timeout=0.2):
+    for live in start_responder(str(tmp_path / "i.db"), idle_timeout=0.2):
         sock = live.socket()
         sock.sendall(b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n")
         sock.settimeout(30)

@@ -20,7 +20,8 @@ def cli(*args: str) -> None:
                    capture_output=True)
 
 
-def test_update_while_a_client_loops_sees_only_whole_records(live):
+def test_update_while_a_client_loops_sees_only_whole_records(live_unthrottled):
+    live = live_unthrottled
     seen: list[tuple[int, tuple[str, str, str] | None]] = []
     stop = threading.Event()
 

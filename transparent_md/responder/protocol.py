@@ -2,7 +2,12 @@
 
 Everything a request needs is prepared before it arrives, so the per-request work
 is: parse, one 8-byte "did the store change" check, a dict lookup, one write.
-Protocol errors answer 4xx and close only this connection.
+Protocol errors answer 4xx and close only this connection, lingering so the client
+reads the status rather than a reset.
+
+The per-guest defences (see `limits`) cost a few attribute reads per request: the
+connection caps are checked once per connection, time limits are sweeper ticks
+compared as integers, and the rate limit is one token-bucket take.
 
 This runs once per request at tens of thousands of requests a second, so it is written
 for CPython: slots, shared objects bound once per connection, no callback the parser
@@ -43,9 +48,6 @@ MAX_HEAD_BYTES = http.MAX_HEADER_BYTES + http.MAX_URL_BYTES + 1024
 # A reader that stops reading while pipelining requests gets closed past this much
 # queued output rather than growing our memory.
 MAX_QUEUED_OUTPUT = 1 << 20
-# Sweeps (each idle_timeout / 2 apart) without a completed request before closing;
-# three means a connection idles between idle_timeout and 1.5 x idle_timeout.
-IDLE_SWEEPS = 3
 
 
 class _Reject(Exception):
@@ -56,8 +58,9 @@ class _Reject(Exception):
 
 
 _REJECT_REPLIES = {
-    400: http.BAD_REQUEST, 405: http.METHOD_NOT_ALLOWED, 413: http.PAYLOAD_TOO_LARGE,
-    414: http.URI_TOO_LONG, 431: http.HEADERS_TOO_LARGE, 500: http.SERVER_ERROR,
+    400: http.BAD_REQUEST, 405: http.METHOD_NOT_ALLOWED, 408: http.REQUEST_TIMEOUT,
+    413: http.PAYLOAD_TOO_LARGE, 414: http.URI_TOO_LONG, 429: http.TOO_MANY_REQUESTS,
+    431: http.HEADERS_TOO_LARGE, 500: http.SERVER_ERROR,
 }
 
 
@@ -69,11 +72,17 @@ class MetadataProtocol(asyncio.Protocol):
     from the first body byte (not in an on_headers_complete).
     """
 
+    # What close_if_stale() closed a connection for.
+    CLOSED_IDLE = "idle"
+    CLOSED_HEADER_TIMEOUT = "header-timeout"
+
     __slots__ = (
         "_state", "_store", "_dispatcher", "_responses", "_parser", "_transport", "_guest",
         "_snapshot", "_prepared", "_closing", "_write_paused", "_ttl_lowered",
-        "idle_sweeps", "_in_head", "_unparsed", "_url", "_header_bytes", "_token", "_ttl",
-        "_forwarded", "_connection_header", "_body", "_reject",
+        "_in_head", "_unparsed", "_url", "_header_bytes", "_token", "_ttl",
+        "_forwarded", "_connection_header", "_body", "_reject", "_admitted", "_forged",
+        "_bucket", "_requests_left", "_expires_tick", "_active_tick", "_head_tick",
+        "_linger_left", "_linger_timer",
     )
 
     def __init__(self, state: ResponderState) -> None:
@@ -90,10 +99,17 @@ class MetadataProtocol(asyncio.Protocol):
         self._write_paused = False
         # The socket whose TTL a token reply lowered, until it is restored.
         self._ttl_lowered = None
-        self.idle_sweeps = 0
         self._in_head = True
         self._unparsed = 0
         self._reject = 400
+        self._admitted = False
+        self._forged = False
+        self._bucket = None
+        self._requests_left = state.limits.keepalive_requests
+        self._active_tick = self._head_tick = state.tick
+        self._expires_tick = state.tick + state.keepalive_ticks
+        self._linger_left = 0
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -111,30 +127,60 @@ class MetadataProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         state = self._state
-        state.connections.add(self)
         stats = state.stats
         stats.connections_opened += 1
-        stats.open_connections += 1
         peer = transport.get_extra_info("peername")
+        guest = None
         try:
-            self._guest = state.resolver(peer[0]) if peer else None
+            guest = state.resolver(peer[0]) if peer else None
         except Exception:
             log.exception("resolving the guest behind %s failed", peer)
-        if self._guest is None:
+        self._guest = guest
+        refused = state.caps.admit(guest)
+        if refused is not None:
+            stats.connections_refused[refused] += 1
+            state.events.warn("refused-" + refused, guest,
+                              f"connection refused: at the per-{refused} connection cap")
+            self._closing = True
+            transport.abort()  # frees the descriptor now; nothing was read or promised
+            return
+        self._admitted = True
+        state.connections.add(self)
+        stats.open_connections += 1
+        if stats.open_connections > state.reclaimer.peak:
+            state.reclaimer.peak = stats.open_connections
+        if guest is None:
             stats.connections_unknown_guest += 1
+        elif guest.locked_elsewhere:
+            self._forged = True
+        self._bucket = state.buckets.bucket_for(guest)
+        if state.listener is not None:
+            state.listener.check()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self._state.connections.discard(self)
-        self._state.stats.open_connections -= 1
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         # The parser holds bound methods of this protocol: break the cycle so both go
         # now, by reference counting, instead of piling up for the cyclic GC.
         self._parser = None
+        if not self._admitted:
+            return
+        self._admitted = False
+        state = self._state
+        state.connections.discard(self)
+        state.stats.open_connections -= 1
+        state.caps.release(self._guest)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
+            if self._linger_left > 0:
+                self._discard(len(data))
             return
         if self._in_head:
+            if not self._unparsed:
+                self._head_tick = self._state.tick
             self._unparsed += len(data)
         try:
             self._parser.feed_data(data)
@@ -199,7 +245,7 @@ class MetadataProtocol(asyncio.Protocol):
         self._unparsed = 0
         if self._closing:
             return
-        self.idle_sweeps = 0
+        self._active_tick = self._state.tick
         try:
             self._respond()
         except Exception:
@@ -210,18 +256,30 @@ class MetadataProtocol(asyncio.Protocol):
     # -- answering ------------------------------------------------------------------
 
     def _respond(self) -> None:
-        snapshot = self._store.snapshot()
-        if snapshot is not self._snapshot:
-            self._snapshot = snapshot
-            entry = self._store.entry_for(self._guest) if self._guest is not None else None
-            self._prepared = prepared_for(entry, self._guest) if entry is not None else None
+        if not self._bucket.take():
+            self._throttle()
+            return
         parser = self._parser
         method = parser.get_method()
-        reply, is_token = self._dispatcher.respond(
-            self._prepared, method, self._url, self._token, self._ttl, self._forwarded,
-            self._body)
+        if self._forged:
+            reply, is_token = self._refuse_forged()
+        else:
+            snapshot = self._store.snapshot()
+            if snapshot is not self._snapshot:
+                self._snapshot = snapshot
+                guest = self._guest
+                entry = self._store.entry_for(guest) if guest is not None else None
+                self._prepared = prepared_for(entry, guest) if entry is not None else None
+            reply, is_token = self._dispatcher.respond(
+                self._prepared, method, self._url, self._token, self._ttl, self._forwarded,
+                self._body)
         self._responses[reply.status] += 1
         keep_alive = parser.should_keep_alive()
+        self._requests_left -= 1
+        if keep_alive and (self._requests_left <= 0
+                           or self._state.tick >= self._expires_tick):
+            keep_alive = False  # this reply says Connection: close, as nginx does
+            self._state.stats.keepalive_limit_closed += 1
         http10 = keep_alive and self._connection_header and (
             parser.get_http_version() == _HTTP10)
         if keep_alive and not http10 and method != _HEAD:
@@ -248,15 +306,66 @@ class MetadataProtocol(asyncio.Protocol):
         self._reject = status
         return _Reject(status)
 
+    def _throttle(self) -> None:
+        state = self._state
+        state.stats.requests_throttled += 1
+        state.events.warn("throttled", self._guest,
+                          f"requests over {state.limits.request_rate:g}/s "
+                          f"(burst {state.limits.request_burst}): answered 429")
+        self._fail(429)
+
+    def _refuse_forged(self) -> tuple[http.Reply, bool]:
+        """A guest using a MAC locked to another port learns nothing: 404."""
+        state = self._state
+        state.stats.forgery_refused += 1
+        state.events.warn("forged", self._guest,
+                          "MAC is locked to another port that still exists: answered 404")
+        return http.NOT_FOUND, False
+
     def _fail(self, status: int) -> None:
-        """Answer a protocol error and close this connection only."""
+        """Answer a protocol error and close this connection only, lingering."""
         if self._closing:
             return
         reply = _REJECT_REPLIES.get(status, http.BAD_REQUEST)
         self._responses[reply.status] += 1
-        lastreply.cork(self._transport)
-        self._transport.write(reply.render(head_only=False, close=True, http10=False))
-        self._close()
+        transport = self._transport
+        transport.write(reply.render(head_only=False, close=True, http10=False))
+        self._linger()
+
+    def _linger(self) -> None:
+        """Send our FIN after the reply, then read and drop input for a bounded time.
+
+        Closing with unread input makes the kernel send a reset, which can destroy
+        the reply before the client reads it; so input that is still coming (a body
+        too large, pipelined requests) is read and discarded until the client closes,
+        `linger_bytes` arrived or `linger_s` passed.
+        """
+        self._closing = True
+        limits = self._state.limits
+        self._linger_left = limits.linger_bytes
+        transport = self._transport
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            self._close()
+            return
+        if self._write_paused:
+            transport.resume_reading()
+        loop = self._state.loop
+        if loop is not None:
+            self._linger_timer = loop.call_later(limits.linger_s, self._end_linger)
+        if self._linger_left <= 0:
+            self._end_linger()
+
+    def _discard(self, count: int) -> None:
+        self._linger_left -= count
+        if self._linger_left <= 0:
+            self._end_linger()
+
+    def _end_linger(self) -> None:
+        self._linger_timer = None
+        self._linger_left = 0
+        self._transport.close()
 
     def _close(self) -> None:
         self._closing = True
@@ -266,11 +375,29 @@ class MetadataProtocol(asyncio.Protocol):
         """Close this connection (responder shutdown)."""
         if not self._closing:
             self._close()
+        elif self._linger_left > 0:
+            self._end_linger()
 
-    def close_if_idle(self) -> bool:
-        """Called by the sweeper; True if this connection was closed for idling."""
-        self.idle_sweeps += 1
-        if self.idle_sweeps >= IDLE_SWEEPS and not self._closing:
+    def close_if_stale(self, tick: int) -> str | None:
+        """Called by the sweeper at each tick: close a connection past a time limit.
+
+        Returns CLOSED_HEADER_TIMEOUT (a request head started too long ago: 408),
+        CLOSED_IDLE (no request completed for the idle timeout) or None.
+        """
+        if self._closing:
+            return None
+        state = self._state
+        if self._in_head and self._unparsed and tick - self._head_tick >= state.header_ticks:
+            state.events.warn("header-timeout", self._guest,
+                              "request head not complete in time: answered 408")
+            self._fail(408)
+            return self.CLOSED_HEADER_TIMEOUT
+        if tick - self._active_tick >= state.idle_ticks:
             self._close()
-            return True
-        return False
+            return self.CLOSED_IDLE
+        return None
+
+    @property
+    def guest(self):
+        """The guest behind this connection (None if unknown)."""
+        return self._guest

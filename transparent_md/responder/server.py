@@ -1,19 +1,27 @@
 """The responder the `run` daemon starts: a listening socket served by MetadataProtocol.
 
 The daemon owns the socket (it binds it inside its own network namespace) and the
-event loop (uvloop); this module only wires store, resolver, tokens and sweeper.
+event loop (uvloop); this module wires store, resolver, tokens, the per-guest
+defences (`limits`) and the sweeper that enforces the time limits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import socket
 from collections.abc import Callable
 
 from transparent_md.identity import Guest
+from transparent_md.responder.accepting import Listener, descriptor_budget
+from transparent_md.responder.admission import ConnectionCaps, RequestBuckets
 from transparent_md.responder.dispatch import Dispatcher
+from transparent_md.responder.limits import ResponderLimits
+from transparent_md.responder.memory import MemoryReclaimer
 from transparent_md.responder.metrics import ResponderStats, StatsCollector
 from transparent_md.responder.protocol import MetadataProtocol
+from transparent_md.responder.ratelog import RateLimitedLog
 from transparent_md.responder.tokens import TokenAuthority
 from transparent_md.store import Store
 
@@ -23,13 +31,24 @@ Resolver = Callable[[str], Guest | None]
 # AWS's default PUT response hop limit: the token reply cannot leave the host.
 DEFAULT_TOKEN_HOP_LIMIT = 1
 DEFAULT_IDLE_TIMEOUT = 30.0
+# Sweeps per shortest time limit: a limit of T closes between T and T * (1 + 1/2).
+SWEEPS_PER_LIMIT = 2
+
+log = logging.getLogger("transparent_md.responder.defences")
+
+
+def ticks_for(seconds: float, sweep_s: float) -> int:
+    """Sweeper ticks that cover at least `seconds` whatever tick the clock started in."""
+    return math.ceil(seconds / sweep_s - 1e-9) + 1
 
 
 class ResponderState:
     """What every connection of one responder shares."""
 
     def __init__(self, store: Store, resolver: Resolver, token_hop_limit: int,
-                 token_secret: bytes | None = None) -> None:
+                 token_secret: bytes | None = None, limits: ResponderLimits | None = None,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.store = store
         self.resolver = resolver
         self.token_hop_limit = token_hop_limit
@@ -37,6 +56,33 @@ class ResponderState:
         self.dispatcher = Dispatcher(store, self.tokens)
         self.stats = ResponderStats()
         self.connections: set[MetadataProtocol] = set()
+        self.limits = limits = limits or ResponderLimits()
+        self.caps = ConnectionCaps(limits)
+        self.buckets = RequestBuckets(limits)
+        self.events = RateLimitedLog(log)
+        self.reclaimer = MemoryReclaimer()
+        self.loop = loop
+        self.listener: Listener | None = None
+        # Time as sweeper ticks: connections compare ticks instead of reading a clock.
+        self.sweep_s = min(idle_timeout, limits.header_timeout_s) / SWEEPS_PER_LIMIT
+        self.tick = 0
+        self.idle_ticks = ticks_for(idle_timeout, self.sweep_s)
+        self.header_ticks = ticks_for(limits.header_timeout_s, self.sweep_s)
+        self.keepalive_ticks = ticks_for(limits.keepalive_time_s, self.sweep_s)
+
+    def sweep(self) -> None:
+        """Advance the clock one tick and enforce the time limits on every connection."""
+        self.tick += 1
+        stats = self.stats
+        for connection in list(self.connections):
+            closed = connection.close_if_stale(self.tick)
+            if closed == MetadataProtocol.CLOSED_IDLE:
+                stats.connections_idle_closed += 1
+            elif closed == MetadataProtocol.CLOSED_HEADER_TIMEOUT:
+                stats.header_timeouts += 1
+        self.buckets.sweep(self.caps.per_identity, self.caps.unknown > 0)
+        if self.reclaimer.maybe_reclaim(stats.open_connections):
+            stats.memory_reclaims += 1
 
 
 class Responder:
@@ -45,12 +91,14 @@ class Responder:
     def __init__(self, store: Store, resolver: Resolver, *,
                  token_hop_limit: int = DEFAULT_TOKEN_HOP_LIMIT,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                 token_secret: bytes | None = None) -> None:
+                 token_secret: bytes | None = None,
+                 limits: ResponderLimits | None = None) -> None:
         if not 1 <= token_hop_limit <= 255:
             raise ValueError("token_hop_limit must be 1..255 (an IP TTL)")
         if idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
-        self.state = ResponderState(store, resolver, token_hop_limit, token_secret)
+        self.state = ResponderState(store, resolver, token_hop_limit, token_secret, limits,
+                                    idle_timeout)
         self.idle_timeout = idle_timeout
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -58,20 +106,38 @@ class Responder:
     def stats(self) -> ResponderStats:
         return self.state.stats
 
+    @property
+    def limits(self) -> ResponderLimits:
+        return self.state.limits
+
     def collector(self, others=None) -> StatsCollector:
         """A prometheus_client collector for this responder's counters (plus `others`)."""
         return StatsCollector(self.state.stats, others)
 
-    async def start(self, sock: socket.socket) -> asyncio.AbstractServer:
-        """Start serving `sock` (bound and listening) on the running loop."""
+    async def start(self, sock: socket.socket) -> Listener:
+        """Start serving `sock` (bound and listening) on the running loop.
+
+        Returns the `Listener`; its close() stops accepting (the caller closes `sock`).
+        """
         loop = asyncio.get_running_loop()
-        self.state.store.snapshot()  # fail now, not on the first guest, if the store is bad
-        server = await loop.create_server(lambda: MetadataProtocol(self.state), sock=sock)
+        state = self.state
+        state.store.snapshot()  # fail now, not on the first guest, if the store is bad
+        state.loop = loop
+        limits = state.limits
+
+        def paused() -> None:
+            state.stats.accept_paused += 1
+
+        listener = Listener(loop, sock, lambda: MetadataProtocol(state), limits.accept_pause_s,
+                            lambda: state.stats.open_connections,
+                            descriptor_budget(limits.fd_reserve), paused)
+        state.listener = listener
+        await listener.start()
         self._schedule_sweep(loop)
-        return server
+        return listener
 
     def close(self) -> None:
-        """Stop the idle sweeper and close every open connection."""
+        """Stop the sweeper and close every open connection."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -79,10 +145,8 @@ class Responder:
             connection.close()
 
     def _schedule_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._sweeper = loop.call_later(self.idle_timeout / 2, self._sweep, loop)
+        self._sweeper = loop.call_later(self.state.sweep_s, self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        for connection in list(self.state.connections):
-            if connection.close_if_idle():
-                self.state.stats.connections_idle_closed += 1
+        self.state.sweep()
         self._schedule_sweep(loop)
