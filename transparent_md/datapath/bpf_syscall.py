@@ -12,7 +12,14 @@ import errno
 import os
 from pathlib import Path
 
-_SYS_BPF = 321  # x86_64 syscall number of bpf(2)
+# bpf(2)'s number differs by architecture (asm/unistd.h of each); the generic table
+# (aarch64, riscv64, loongarch64) shares 280.
+_SYS_BPF_BY_MACHINE = {
+    "x86_64": 321, "i386": 357, "i686": 357, "aarch64": 280, "riscv64": 280,
+    "loongarch64": 280, "armv7l": 386, "armv8l": 386, "ppc64le": 361, "ppc64": 361,
+    "s390x": 351,
+}
+_SYS_BPF = _SYS_BPF_BY_MACHINE.get(os.uname().machine)
 
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
@@ -51,6 +58,8 @@ _ATTR_SIZE = 128
 def _bpf(cmd: int, attr: ctypes.Structure) -> int:
     """bpf(2) with `attr`; what the kernel writes back (e.g. a test run's verdict) is
     copied into `attr`."""
+    if _SYS_BPF is None:
+        raise OSError(errno.ENOSYS, f"bpf(2) syscall number unknown on {os.uname().machine}")
     buf = ctypes.create_string_buffer(_ATTR_SIZE)
     ctypes.memmove(buf, ctypes.addressof(attr), ctypes.sizeof(attr))
     ret = _libc.syscall(_SYS_BPF, cmd, buf, _ATTR_SIZE)
@@ -175,3 +184,20 @@ def prog_test_run(prog_fd: int, packet: bytes) -> tuple[int, bytes]:
     )
     _bpf(BPF_PROG_TEST_RUN, attr)
     return attr.retval, data_out.raw[: attr.data_size_out]
+
+
+BPF_OBJ_GET_INFO_BY_FD = 15
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32),
+                ("info", ctypes.c_uint64)]
+
+
+def prog_id(fd: int) -> int:
+    """The kernel's id of the program open on `fd` (what `tc filter show` reports as id)."""
+    # struct bpf_prog_info starts with `__u32 type; __u32 id;`: 8 bytes are enough.
+    info = (ctypes.c_uint32 * 2)()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return info[1]

@@ -14,8 +14,18 @@ from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
 
-from transparent_md.datapath import bpffs, layout, port_state, programs, responder_side, tc
+from transparent_md.datapath import (
+    bpf_syscall,
+    bpffs,
+    layout,
+    ownership,
+    port_state,
+    programs,
+    responder_side,
+    tc,
+)
 from transparent_md.datapath.bpf_syscall import BpfMap
+from transparent_md.datapath.filter_guard import FilterGuard
 from transparent_md.datapath.ports import GatewayRule, PortAttacher
 from transparent_md.errors import UserError
 from transparent_md.names import DaemonNames
@@ -60,6 +70,7 @@ class Datapath:
         self.programs: programs.PinnedPrograms | None = None
         self.side: responder_side.ResponderSide | None = None
         self.attacher: PortAttacher | None = None
+        self.guard: FilterGuard | None = None
         self._maps: dict[str, BpfMap] = {}
 
     @property
@@ -98,6 +109,8 @@ class Datapath:
         )
         state = self.names.ports_file
         recorded = port_state.load(state)
+        wanted = self.attacher.current_ports(self.ipr)
+        ownership.refuse_claimed(self.names, ((i, p.name) for i, p in wanted.items()))
         self.attacher.sync(self.ipr)
         current = {i: p.name for i, p in self.attacher.attached.items()}
         for name in port_state.detach_leftovers(self.ipr, recorded, current,
@@ -106,6 +119,9 @@ class Datapath:
         port_state.save(state, current)
         self.attacher.on_change = lambda ports: port_state.save(state, ports)
         self.attacher.follow()
+        self.guard = FilterGuard(self.attacher, bpf_syscall.prog_id(self.programs.port_fd),
+                                 self.config.filter_position)
+        self.guard.start()
         log.info("datapath up: bridges %s, %d ports, responder netns %s",
                  ",".join(self.config.bridges), len(self.attacher.attached),
                  self.names.responder_netns)
@@ -136,9 +152,17 @@ class Datapath:
         cfg.slot_hold_ns = int(self.config.slot_hold_s * 1e9)
         self._maps[layout.MAP_CONFIG].update(ctypes.c_uint32(0), cfg)
 
+    def resync(self) -> None:
+        """Re-read bridge membership now (the follower does this on events and every 30 s)."""
+        if self.attacher and self.ipr:
+            self.attacher.sync(self.ipr)
+
     # -- stop -----------------------------------------------------------------------
     def stop(self) -> None:
         """Detach our filters, remove our veth pair and responder namespace, unpin maps."""
+        if self.guard:
+            self.guard.stop()
+            self.guard = None
         if self.attacher:
             self.attacher.stop_following()
             self.attacher.on_change = None

@@ -167,6 +167,15 @@ class PortAttacher:
         for ip in self._gateway_ips(info):
             self.arp_map.delete(layout.ArpKey(info.ifindex, layout.be32(ip)))
 
+    def restore_filter(self, ipr: IPRoute, ifindex: int) -> PortInfo | None:
+        """Put our filter back on an attached port (someone deleted or replaced it)."""
+        with self._lock:
+            info = self.attached.get(ifindex)
+            if info is None:
+                return None
+            tc.attach(ipr, info.ifindex, self.port_prog_fd, programs.PORT_PROGRAM, self.position)
+            return info
+
     def detach_all(self, ipr: IPRoute) -> None:
         with self._lock:
             for info in list(self.attached.values()):

@@ -58,3 +58,25 @@ def detach(ipr: IPRoute, ifindex: int, position: FilterPosition,
             return False
         raise
     return True
+
+
+def our_filter_ids(ipr: IPRoute, ifindex: int, position: FilterPosition,
+                   parent: int = INGRESS_PARENT) -> list[int]:
+    """BPF program ids of the bpf filters at our priority/handle on one hook (normally one).
+
+    Empty when the filter is gone (deleted by hand, or the device is gone).
+    """
+    try:
+        filters = ipr.get_filters(index=ifindex, parent=parent)
+    except NetlinkError as exc:
+        if exc.code in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+            return []
+        raise
+    ids = []
+    for msg in filters:
+        # tcmsg.info packs (priority << 16 | protocol); the handle is the filter's own.
+        if (msg.get_attr("TCA_KIND") == "bpf" and msg["handle"] == position.handle
+                and msg["info"] >> 16 == position.priority):
+            options = msg.get_attr("TCA_OPTIONS")
+            ids.append(options.get_attr("TCA_BPF_ID") if options is not None else 0)
+    return ids
