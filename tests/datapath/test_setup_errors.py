@@ -19,6 +19,7 @@ def test_missing_kernel_headers_names_the_links_to_make(monkeypatch):
     assert "linux-headers" in message and "scripts/setup" in message
 
 
+@pytest.mark.netns  # compiling and loading BPF needs root
 def test_compile_failure_in_the_child_arrives_as_one_line(tmp_path):
     # An impossible define makes the real compile fail inside the child process.
     with pytest.raises(UserError) as err:
