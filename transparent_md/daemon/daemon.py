@@ -90,7 +90,7 @@ class Daemon:
 
         open_store(self.config.store_path).close()
         soft, _ = raise_nofile_limit()
-        log.info("open-file limit %d", soft)
+        log.debug("open-file limit %d", soft)
         self.datapath.start()
         spec = ServeSpec(
             netns_name=self.names.responder_netns, pin_dir=str(self.names.pin_dir),
@@ -132,5 +132,7 @@ class Daemon:
         self.workers = []
         if self._stats_dir:
             shutil.rmtree(self._stats_dir, ignore_errors=True)
+        started = self.datapath.attacher is not None
         self.datapath.stop()
-        log.info("stopped; filters detached, responder side removed")
+        if started:
+            log.info("stopped; filters detached, responder side removed")

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pyroute2 import IPRoute
+
 from transparent_md.datapath import port_state
 from transparent_md.errors import UserError
 from transparent_md.lockfile import holder_pid, is_held
@@ -38,6 +40,13 @@ def other_daemons(names: DaemonNames) -> list[OtherDaemon]:
         found.append(OtherDaemon(theirs.name, holder_pid(theirs.lock_file),
                                  port_state.load(theirs.ports_file)))
     return found
+
+
+def bridge_members(ipr: IPRoute, bridges: Iterable[str]) -> list[tuple[int, str]]:
+    """(ifindex, name) of every current member of `bridges`: what we would attach to."""
+    indexes = {found[0] for name in bridges if (found := ipr.link_lookup(ifname=name))}
+    return [(link["index"], link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()
+            if link.get_attr("IFLA_MASTER") in indexes]
 
 
 def refuse_claimed(names: DaemonNames, ports: Iterable[tuple[int, str]]) -> None:

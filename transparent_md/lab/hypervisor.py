@@ -37,11 +37,13 @@ class GuestNs:
 class DaemonProcess:
     """`transparent-md run` started in the hypervisor namespace, with its output kept."""
 
-    def __init__(self, topo: Topology, hv: str, argv: Sequence[str]) -> None:
+    def __init__(self, topo: Topology, hv: str, argv: Sequence[str],
+                 env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> None:
         self.argv = list(argv)
         self.proc = topo.spawn(
-            hv, [sys.executable, "-m", "transparent_md", "run", *argv],
+            hv, [*prefix, sys.executable, "-m", "transparent_md", "run", *argv],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, **env} if env else None,
         )
         self.output: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -109,10 +111,12 @@ class Hypervisor:
         """A namespace holding a segment's gateway address (a real router for the test)."""
         return self.guest(role, bridge=bridge, port=port, addr=addr)
 
-    def start_daemon(self, bridges: Sequence[str], store: str,
-                     extra: Sequence[str] = ()) -> DaemonProcess:
+    def start_daemon(self, bridges: Sequence[str], store: str, extra: Sequence[str] = (),
+                     env: dict[str, str] | None = None,
+                     prefix: Sequence[str] = ()) -> DaemonProcess:
+        """`run` in this hypervisor; `prefix` wraps it (e.g. `prlimit --nofile=...`)."""
         argv = [a for br in bridges for a in ("--bridge", br)] + ["--store", store, *extra]
-        daemon = DaemonProcess(self.topo, self.ns, argv)
+        daemon = DaemonProcess(self.topo, self.ns, argv, env=env, prefix=prefix)
         daemon.wait_ready()
         return daemon
 
