@@ -69,6 +69,10 @@ class TokenAuthority:
         self._memo.pop(key, None)
         return False
 
+    def memo_size(self) -> int:
+        """Verifications memoised now (bounded by MEMO_LIMIT)."""
+        return len(self._memo)
+
     def _verify(self, token: bytes, instance_id: str) -> float | None:
         try:
             raw = base64.urlsafe_b64decode(token)
