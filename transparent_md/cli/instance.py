@@ -16,27 +16,11 @@ import yaml
 
 from transparent_md.errors import UserError
 from transparent_md.store import DEFAULT_STORE_PATH, Instance, RecordError, open_store
-from transparent_md.store.importfile import read_records
-from transparent_md.store.record import FIELDS, MAX_USER_DATA_BYTES, parse_record
-
-# (flag, record field, help). Scalar flags set the field to the given text.
-_SCALAR_FLAGS = (
-    ("--mac", "mac", "guest MAC address, e.g. 52:54:00:12:34:56"),
-    ("--ip", "ip", "guest IPv4 address (local-ipv4)"),
-    ("--bridge", "bridge", "only answer this guest on this bridge (e.g. br0)"),
-    ("--port", "port", "only answer this guest on this bridge port (e.g. tap3, vnet0)"),
-    ("--hostname", "hostname", "hostname (default: the instance id)"),
-    ("--local-hostname", "local_hostname", "local-hostname (default: --hostname)"),
-    ("--availability-zone", "availability_zone",
-     "availability zone, e.g. eu-west-1a; region = zone minus its last letter "
-     "(default local-1a)"),
-    ("--instance-type", "instance_type", "instance type (default t3.micro)"),
-    ("--ami-id", "ami_id", "image id (default ami-00000000000000000)"),
-    ("--reservation-id", "reservation_id", "reservation id (default r-<instance id>)"),
-    ("--account-id", "account_id", "owner account id (default 000000000000)"),
-    ("--public-ipv4", "public_ipv4", "public IPv4 address"),
-    ("--public-hostname", "public_hostname", "public hostname"),
-)
+from transparent_md.store.fields import clearable_fields
+from transparent_md.store.fieldspec import FieldSpec, Flag
+from transparent_md.store.importfile import STDIN, read_records
+from transparent_md.store.policy import exposure_warning
+from transparent_md.store.record import parse_record, record_specs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,9 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     add = verbs.add_parser(
         "add", help="add one instance",
-        description="Add one instance record. Needs --mac or --ip (or both). Example:\n"
+        description="Add one instance record. Needs --mac, or --ip with --bridge or --port "
+                    "(a record bound to nothing would answer anywhere). A record with "
+                    "credentials or user-data should be bound to its port (--port); "
+                    "without one a warning says why. Example:\n"
                     "  transparent-md instance add i-0abc --mac 52:54:00:12:34:56 "
-                    "--ip 10.0.0.5 --bridge br0 --ssh-key me=\"ssh-ed25519 AAAA... me\" "
+                    "--ip 10.0.0.5 --bridge br0 --port vnet3 "
+                    "--ssh-key me=\"ssh-ed25519 AAAA... me\" "
                     "--user-data-file cloud-config.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add.add_argument("instance_id", metavar="INSTANCE_ID", help="instance id, e.g. i-0abc")
@@ -72,16 +60,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     update.add_argument("instance_id", metavar="INSTANCE_ID")
     _add_field_flags(update)
     update.add_argument("--clear", action="append", default=[], metavar="FIELD",
-                        choices=[f for f in FIELDS if f != "instance_id"],
+                        choices=clearable_fields(),
                         help="unset FIELD (repeatable), e.g. --clear user_data")
     update.add_argument("--clear-password", action="store_true",
                         help="forget the OpenStack password the guest posted, so it may "
                              "post a new one")
     update.set_defaults(handler=_update)
 
-    remove = verbs.add_parser("remove", help="remove instances",
-                              description="Remove records; their guests get 404 from then on.")
+    remove = verbs.add_parser(
+        "remove", help="remove instances",
+        description="Remove records in one transaction; their guests get 404 from then on. "
+                    "If any id is unknown nothing is removed, unless --missing-ok.")
     remove.add_argument("instance_ids", nargs="+", metavar="INSTANCE_ID")
+    remove.add_argument("--missing-ok", action="store_true",
+                        help="skip ids that are not in the store instead of failing")
     _add_store_flag(remove)
     remove.set_defaults(handler=_remove)
 
@@ -103,9 +95,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "import", help="add or replace instances from a YAML or JSON file",
         description="Read a list of records (see examples/instances.yaml; field names as "
                     "in `instance show`) and write them in one transaction: if any record "
-                    "is invalid or ambiguous, nothing changes. Records whose instance_id "
-                    "exists replace the stored one (a posted OpenStack password is kept).")
-    importer.add_argument("file", metavar="FILE", help="YAML or JSON file: a list of records")
+                    "is invalid or ambiguous, nothing changes, and every problem of the "
+                    "file is listed. Records whose instance_id exists replace the stored "
+                    "one (a posted OpenStack password is kept). YAML anchors and aliases "
+                    "are refused, and so is a file over 32 MiB.")
+    importer.add_argument("file", metavar="FILE",
+                          help=f"YAML or JSON file: a list of records ('{STDIN}': stdin)")
     importer.add_argument("--prune", action="store_true",
                           help="also remove stored records that are not in FILE")
     _add_store_flag(importer)
@@ -118,76 +113,93 @@ def _add_store_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_field_flags(parser: argparse.ArgumentParser) -> None:
+    """One option per Flag declared on the record's fields (see store.record.Instance)."""
     fields = parser.add_argument_group("record fields")
-    for flag, field, help_text in _SCALAR_FLAGS:
-        fields.add_argument(flag, dest=f"field_{field}", metavar="VALUE", help=help_text)
-    fields.add_argument("--launch-index", dest="field_launch_index", type=int, metavar="N",
-                        help="ami-launch-index (default 0)")
-    fields.add_argument("--security-group", dest="security_groups", action="append",
-                        metavar="NAME", help="security group name (repeatable)")
-    fields.add_argument("--ssh-key", dest="ssh_keys", action="append", metavar="NAME=KEY",
-                        help="OpenSSH public key under a name (repeatable); served as "
-                             "public-keys/0=NAME and OpenStack public_keys")
-    fields.add_argument("--ssh-key-file", dest="ssh_key_files", action="append",
-                        metavar="NAME=PATH", help="like --ssh-key, reading the key from PATH")
-    fields.add_argument("--user-data-file", metavar="PATH",
-                        help=f"user-data, read as bytes (at most {MAX_USER_DATA_BYTES} bytes)")
-    fields.add_argument("--vendor-data-file", metavar="PATH",
-                        help="OpenStack vendor data (YAML or JSON document)")
-    fields.add_argument("--network-data-file", metavar="PATH",
-                        help="OpenStack network_data.json to serve instead of the generated "
-                             "one-DHCP-link document")
-    fields.add_argument("--openstack-uuid", metavar="UUID",
-                        help="OpenStack uuid (default derived from the instance id)")
-    fields.add_argument("--project-id", metavar="ID", help="OpenStack project_id")
-    fields.add_argument("--meta", action="append", metavar="KEY=VALUE",
-                        help="OpenStack meta entry (repeatable)")
-    fields.add_argument("--iam-file", metavar="PATH",
-                        help="IAM role and credentials as YAML/JSON: role, access_key_id, "
-                             "secret_access_key, token, expiration")
-    imds = fields.add_mutually_exclusive_group()
-    imds.add_argument("--imdsv2-required", dest="imdsv2_required", action="store_true",
-                      default=None, help="refuse token-less (IMDSv1) requests with 401")
-    imds.add_argument("--imdsv2-optional", dest="imdsv2_required", action="store_false",
-                      help="allow IMDSv1 (the default)")
+    for _, field_spec in record_specs():
+        switches = [f for f in field_spec.flags if f.reader in ("true", "false")]
+        group = fields.add_mutually_exclusive_group() if switches else fields
+        for flag in field_spec.flags:
+            _add_flag(group, flag)
     _add_store_flag(parser)
 
 
-def _fields_from_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """Only the fields the user gave on the command line."""
-    given: dict[str, Any] = {}
-    for name, value in vars(args).items():
-        if name.startswith("field_") and value is not None:
-            given[name[len("field_"):]] = value
-    if args.security_groups is not None:
-        given["security_groups"] = args.security_groups
-    keys = _pairs(args.ssh_keys, "--ssh-key")
-    for name, path in _pairs(args.ssh_key_files, "--ssh-key-file").items():
-        keys[name] = _read_text(path)
-    if args.ssh_keys is not None or args.ssh_key_files is not None:
-        given["ssh_keys"] = keys
-    if args.user_data_file is not None:
-        given["user_data"] = _read_bytes(args.user_data_file)
-    if args.vendor_data_file is not None:
-        given["vendor_data"] = _read_document(args.vendor_data_file)
-    if args.network_data_file is not None:
-        given["network_data"] = _read_document(args.network_data_file)
-    if args.iam_file is not None:
-        given["iam"] = _read_document(args.iam_file)
-    if args.imdsv2_required is not None:
-        given["imdsv2_required"] = args.imdsv2_required
+def _add_flag(group: Any, flag: Flag) -> None:
+    dest = _dest(flag)
+    if flag.reader in ("true", "false"):
+        group.add_argument(flag.name, dest=dest, action="store_true", default=None,
+                           help=flag.help)
+    elif flag.reader in ("list", "pairs", "pair_files"):
+        group.add_argument(flag.name, dest=dest, action="append", metavar=flag.metavar,
+                           help=flag.help)
+    else:
+        group.add_argument(flag.name, dest=dest, metavar=flag.metavar, help=flag.help,
+                           type=int if flag.reader == "int" else str)
+
+
+def _dest(flag: Flag) -> str:
+    return "flag_" + flag.name.lstrip("-").replace("-", "_")
+
+
+def _fields_from_flags(args: argparse.Namespace) -> dict[FieldSpec, Any]:
+    """Only the fields the user gave on the command line, in their file form."""
+    given: dict[FieldSpec, Any] = {}
+    for _, field_spec in record_specs():
+        values = [(flag, getattr(args, _dest(flag))) for flag in field_spec.flags]
+        values = [(flag, value) for flag, value in values if value is not None]
+        if values:
+            given[field_spec] = _combine(values)
     return given
 
 
-def _openstack_from_flags(args: argparse.Namespace, current: dict[str, Any]) -> dict[str, Any]:
-    section = dict(current)
-    if args.openstack_uuid is not None:
-        section["uuid"] = args.openstack_uuid
-    if args.project_id is not None:
-        section["project_id"] = args.project_id
-    if args.meta is not None:
-        section["meta"] = _pairs(args.meta, "--meta")
-    return section
+def _combine(values: list[tuple[Flag, Any]]) -> Any:
+    """The field's value from the flags given for it (e.g. --ssh-key and --ssh-key-file)."""
+    merged: dict[str, Any] = {}
+    for flag, value in values:
+        reader = flag.reader
+        if reader in ("text", "int", "list"):
+            return value
+        if reader == "true":
+            return True
+        if reader == "false":
+            return False
+        if reader == "bytes_file":
+            return _read_bytes(value)
+        if reader == "document_file":
+            return _read_document(value)
+        if reader == "pairs":
+            merged.update(_pairs(value, flag.name))
+        elif reader == "pair_files":
+            merged.update({k: _read_text(p) for k, p in _pairs(value, flag.name).items()})
+        else:
+            raise AssertionError(f"unknown flag reader {reader!r} of {flag.name}")
+    return merged
+
+
+def _apply(raw: dict[str, Any], given: dict[FieldSpec, Any]) -> dict[str, Any]:
+    """`raw` (a file-form record) with the given fields set; returns `raw`."""
+    for field_spec, value in given.items():
+        target = raw.setdefault(field_spec.section, {}) if field_spec.section else raw
+        for alias in field_spec.aliases:  # e.g. new user_data replaces user_data_base64
+            target.pop(alias, None)
+        target[field_spec.member] = value
+    return raw
+
+
+def _clear(raw: dict[str, Any], key: str) -> None:
+    """Unset `key` (a top-level key, section, or section.member) and its aliases."""
+    for _, field_spec in record_specs():
+        if key in (field_spec.key, *field_spec.aliases, field_spec.section):
+            target = raw.get(field_spec.section, {}) if field_spec.section else raw
+            for name in (field_spec.member, *field_spec.aliases):
+                target.pop(name, None)
+    raw.pop(key, None)
+
+
+def _warn_exposed(records: list[Instance]) -> None:
+    for record in records:
+        warning = exposure_warning(record)
+        if warning:
+            print(f"transparent-md: warning: {warning}", file=sys.stderr)
 
 
 def _build(raw: dict[str, Any]) -> Instance:
@@ -198,38 +210,33 @@ def _build(raw: dict[str, Any]) -> Instance:
 
 
 def _add(args: argparse.Namespace) -> int:
-    raw = {"instance_id": args.instance_id, **_fields_from_flags(args)}
-    openstack = _openstack_from_flags(args, {})
-    if openstack:
-        raw["openstack"] = openstack
-    store = open_store(args.store)
-    store.add(_build(raw))
+    record = _build(_apply({"instance_id": args.instance_id}, _fields_from_flags(args)))
+    open_store(args.store).add(record)
+    _warn_exposed([record])
     return 0
 
 
 def _update(args: argparse.Namespace) -> int:
-    store = open_store(args.store)
-    current = store.get(args.instance_id)
-    if current is None:
-        raise UserError(f"no instance {args.instance_id!r} in {store.path} "
-                        "(use 'instance add' to create it)")
-    raw = current.to_mapping()
-    raw.update(_fields_from_flags(args))
-    raw["openstack"] = _openstack_from_flags(args, raw.get("openstack", {}))
-    for field in args.clear:
-        raw.pop(field, None)
-        if field == "user_data":
-            raw.pop("user_data_base64", None)
-    store.update(_build(raw))
-    if args.clear_password:
-        store.clear_password(args.instance_id)
+    given = _fields_from_flags(args)  # files are read before the write transaction
+
+    def change(current: Instance) -> Instance:
+        raw = _apply(current.to_mapping(), given)
+        for key in args.clear:
+            _clear(raw, key)
+        return _build(raw)
+
+    record = open_store(args.store).modify(args.instance_id, change,
+                                           clear_password=args.clear_password)
+    _warn_exposed([record])
     return 0
 
 
 def _remove(args: argparse.Namespace) -> int:
     store = open_store(args.store)
-    for instance_id in args.instance_ids:
-        store.remove(instance_id)
+    removed = store.remove(*args.instance_ids, missing_ok=args.missing_ok)
+    skipped = [i for i in args.instance_ids if i not in removed]
+    if skipped:
+        print(f"not in {store.path}, skipped: {', '.join(skipped)}", file=sys.stderr)
     return 0
 
 
@@ -268,6 +275,7 @@ def _import(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     store.put_many(records, replace=True, prune=args.prune)
     print(f"imported {len(records)} instance(s) into {store.path}", file=sys.stderr)
+    _warn_exposed(records)
     return 0
 
 

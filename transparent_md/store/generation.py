@@ -12,6 +12,8 @@ from __future__ import annotations
 import mmap
 import os
 
+from transparent_md.store.private import PRIVATE_FILE_MODE
+
 STAMP_BYTES = 8
 
 
@@ -20,7 +22,7 @@ class GenerationFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
         try:
             if os.fstat(fd).st_size < STAMP_BYTES:
                 os.pwrite(fd, os.urandom(STAMP_BYTES), 0)

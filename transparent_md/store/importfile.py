@@ -1,89 +1,190 @@
 """Read an import file (YAML or JSON list of records) with errors that point at lines.
 
-YAML is composed to nodes first so every key keeps its line; a record that fails
-validation is then reported as "FILE line N: record #I (ID), field 'F': problem".
+YAML is composed to nodes first so every key keeps its line; each record that fails
+validation is reported as "FILE line N: record #I (ID), field 'F': problem", and every
+problem of the file is reported at once, so one edit pass fixes them all.
+
+An import file is untrusted input of bounded cost: at most MAX_IMPORT_BYTES, and no
+YAML anchors or aliases (a 324-byte "billion laughs" document expands to gigabytes;
+records never need them).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
+import sys
+from typing import Any, BinaryIO
 
 import yaml
 
 from transparent_md.errors import UserError
-from transparent_md.store.record import Instance, RecordError, normalise_key, parse_record
+from transparent_md.store.record import (
+    QUOTE_IT,
+    Instance,
+    RecordError,
+    normalise_key,
+    parse_record,
+)
+
+# The largest import file read. 10,000 records of ~3 KB (keys, a cloud-config, IAM)
+# take ~30 MB; PyYAML needs ~15x the text in memory, so this also bounds an import's
+# memory near 500 MB. A larger fleet imports in several files (without --prune).
+MAX_IMPORT_BYTES = 32 * 1024 * 1024
+# The file name "-" reads the records from standard input.
+STDIN = "-"
 
 LineMap = dict[tuple[Any, ...], int]
+TextMap = dict[tuple[Any, ...], str]  # the source spelling of each scalar
 
 
 def read_records(path: str) -> list[Instance]:
-    """Parse and validate every record in `path`; raise UserError on the first problem."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from exc
-    data, lines = _parse(path, text)
+    """Parse and validate every record in `path` ("-": stdin); UserError lists all problems."""
+    name = "<stdin>" if path == STDIN else path
+    text = _read_bounded(path, name)
+    data, lines, texts = _parse(name, path, text)
     if isinstance(data, dict) and "instances" in data:
         data = data["instances"]  # allow `instances: [...]` as the top level too
         lines = {k[1:]: v for k, v in lines.items() if k[:1] == ("instances",)}
+        texts = {k[1:]: v for k, v in texts.items() if k[:1] == ("instances",)}
     if not isinstance(data, list):
-        raise UserError(f"{path}: expected a list of instance records at the top level")
-    records = []
+        raise UserError(f"{name}: expected a list of instance records at the top level")
+    records: list[Instance] = []
+    problems: list[str] = []
+    first_line: dict[str, int | None] = {}
     for index, raw in enumerate(data, start=1):
         try:
-            records.append(parse_record(raw, f"#{index}"))
+            record = parse_record(raw, f"#{index}")
         except RecordError as exc:
-            line = _line_for(lines, index - 1, exc.field)
-            where = f"{path} line {line}: " if line else f"{path}: "
-            raise UserError(where + str(exc)) from exc
+            for error in exc.errors:
+                problems.append(_where(name, _line_for(lines, index - 1, error.field)) +
+                                error.message + _spelling(texts, index - 1, error))
+            continue
+        line = _line_for(lines, index - 1, None)
+        if record.instance_id in first_line:
+            earlier = first_line[record.instance_id]
+            problems.append(_where(name, line) + f"record #{index}: instance_id "
+                            f"{record.instance_id!r} appears twice (first on line {earlier})")
+            continue
+        first_line[record.instance_id] = line
+        records.append(record)
+    if problems:
+        count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
+        raise UserError(f"{name}: {count}, nothing imported:\n  " + "\n  ".join(problems))
     return records
 
 
-def _parse(path: str, text: str) -> tuple[Any, LineMap]:
+def _spelling(texts: TextMap, index: int, error: RecordError) -> str:
+    """For text YAML read as a number, how to write it: `: mac: "52:54:00:12:34:56"`."""
+    if not error.field or not error.problem.endswith(QUOTE_IT):
+        return ""
+    source = texts.get((index, *error.field.split(".")))
+    return f': {error.field.rsplit(".", 1)[-1]}: "{source}"' if source else ""
+
+
+def _where(name: str, line: int | None) -> str:
+    return f"{name} line {line}: " if line else f"{name}: "
+
+
+def _read_bounded(path: str, name: str) -> str:
+    """The file's text, refusing one over MAX_IMPORT_BYTES before reading it all."""
+    try:
+        if path == STDIN:
+            blob = _read_at_most(sys.stdin.buffer)
+        else:
+            with open(path, "rb") as stream:
+                blob = _read_at_most(stream)
+    except OSError as exc:
+        raise UserError(f"cannot read {name}: {exc}") from exc
+    if len(blob) > MAX_IMPORT_BYTES:
+        raise UserError(f"{name}: larger than {MAX_IMPORT_BYTES // (1024 * 1024)} MiB, the "
+                        "most one import reads; split it into several files")
+    try:
+        return blob.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
+def _read_at_most(stream: BinaryIO) -> bytes:
+    return stream.read(MAX_IMPORT_BYTES + 1)
+
+
+def _parse(name: str, path: str, text: str) -> tuple[Any, LineMap, TextMap]:
     if path.endswith(".json") or text.lstrip().startswith(("[", "{")) and _is_json(text):
         try:
-            return json.loads(text), {}
+            return json.loads(text), {}, {}
         except json.JSONDecodeError as exc:
-            raise UserError(f"{path} line {exc.lineno}: invalid JSON: {exc.msg}") from exc
+            raise UserError(f"{name} line {exc.lineno}: invalid JSON: {exc.msg}") from exc
+        except RecursionError:
+            raise UserError(f"{name}: nested too deeply to be a list of records") from None
+    loader = _PlainLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = loader.get_single_node()
+        if node is None:
+            return [], {}, {}
+        lines: LineMap = {}
+        texts: TextMap = {}
+        _walk(name, node, (), lines, texts)
+        return loader.construct_document(node), lines, texts
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{line}: invalid YAML: {exc.problem or exc.context}") from exc
-    if node is None:
-        return [], {}
-    lines: LineMap = {}
-    _walk(path, node, (), lines)
-    data = yaml.SafeLoader(text).get_single_data()
-    return data, lines
+        raise UserError(f"{name}{line}: invalid YAML: {exc.problem or exc.context}") from exc
+    except yaml.YAMLError as exc:
+        raise UserError(f"{name}: invalid YAML: {exc}") from exc
+    except RecursionError:
+        raise UserError(f"{name}: nested too deeply to be a list of records") from None
+    finally:
+        loader.dispose()
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors and aliases as it composes, before any expansion."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _refusal("alias", f"*{event.anchor}", event.start_mark)
+        event = self.peek_event()
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            raise _refusal("anchor", f"&{anchor}", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _refusal(kind: str, spelled: str, mark: Any) -> yaml.MarkedYAMLError:
+    return yaml.MarkedYAMLError(
+        problem=f"YAML {kind} {spelled} refused: import files may not use anchors or "
+                "aliases (they can expand a small file into gigabytes); write each "
+                "record out in full",
+        problem_mark=mark)
 
 
 def _is_json(text: str) -> bool:
     try:
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True
 
 
-def _walk(path: str, node: yaml.Node, key: tuple[Any, ...], lines: LineMap) -> None:
+def _walk(name: str, node: yaml.Node, key: tuple[Any, ...], lines: LineMap,
+          texts: TextMap) -> None:
     lines[key] = node.start_mark.line + 1
-    if isinstance(node, yaml.SequenceNode):
+    if isinstance(node, yaml.ScalarNode):
+        texts[key] = node.value
+    elif isinstance(node, yaml.SequenceNode):
         for i, child in enumerate(node.value):
-            _walk(path, child, (*key, i), lines)
+            _walk(name, child, (*key, i), lines, texts)
     elif isinstance(node, yaml.MappingNode):
         seen = set()
         for key_node, value_node in node.value:
-            name = normalise_key(key_node.value)
-            if name in seen:
-                raise UserError(f"{path} line {key_node.start_mark.line + 1}: "
+            member = normalise_key(key_node.value)
+            if member in seen:
+                raise UserError(f"{name} line {key_node.start_mark.line + 1}: "
                                 f"key '{key_node.value}' appears twice in the same mapping")
-            seen.add(name)
-            _walk(path, value_node, (*key, name), lines)
-            lines[(*key, name)] = key_node.start_mark.line + 1
+            seen.add(member)
+            _walk(name, value_node, (*key, member), lines, texts)
+            lines[(*key, member)] = key_node.start_mark.line + 1
 
 
 def _line_for(lines: LineMap, index: int, field: str | None) -> int | None:

@@ -99,3 +99,22 @@ class IdentityIndex(Generic[E]):
             if accepts(entry, guest):
                 return entry
         return None
+
+
+def exposure_warning(record: Bound) -> str | None:
+    """Why a record holding secrets but no port binding can leak, and how to close it.
+
+    A MAC-bound record is locked to the port that asks first; a guest that copies the
+    MAC and IP and asks before the victim ever does gets the victim's record.
+    """
+    secrets = [name for name, present in (
+        ("IAM credentials", getattr(record, "iam", None) is not None),
+        ("user-data", getattr(record, "user_data", None) is not None),
+    ) if present]
+    if not secrets or record.port is not None:
+        return None
+    return (
+        f"record {record.instance_id} carries {' and '.join(secrets)} but is not bound to "
+        "a port: a guest that copies its MAC and IP and asks before it ever does is "
+        "answered with them. Bind it to its port when the VM starts (--port, port:), or "
+        "turn on the hypervisor's MAC anti-spoofing (libvirt clean-traffic, ebtables)")

@@ -1,13 +1,15 @@
 """An instance record and the rules a record must obey before it reaches the store.
 
 Records arrive from YAML/JSON files and from CLI flags as plain mappings; `parse_record`
-turns one into an immutable `Instance` or raises `RecordError` naming the record, the
-field and what is wrong, so an operator can fix the file without guessing.
+turns one into an immutable `Instance` or raises `RecordError` naming the record, and
+for every field that is wrong, the field and the problem, so an operator can fix a
+file in one pass. Each field is declared once, on `Instance` (see `store.fieldspec`).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ipaddress
 import re
 import uuid
@@ -16,12 +18,16 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+from transparent_md.store.fieldspec import SPEC, FieldSpec, Flag, spec
+
 # EC2 refuses user-data over 16 KiB; clients and tools assume that bound.
 MAX_USER_DATA_BYTES = 16 * 1024
 # Linux interface names are at most IFNAMSIZ-1 = 15 bytes.
 MAX_IFNAME = 15
 # Long enough for any cloud's identifiers, short enough to stay a path segment.
 MAX_ID_LENGTH = 64
+# One line of metadata text; longer values are almost certainly a pasting mistake.
+MAX_TEXT_LENGTH = 255
 # Defaults chosen to look like EC2 so clients that insist on a value get one.
 DEFAULT_AVAILABILITY_ZONE = "local-1a"
 DEFAULT_INSTANCE_TYPE = "t3.micro"
@@ -35,17 +41,32 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 _IFNAME_RE = re.compile(r"^[^\s/:]+$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _KEY_NAME_RE = re.compile(r"^[^\s=/]+$")
+_IAM_ROLE_RE = re.compile(r"^[\w+=,.@-]+$")
+
+# Ends the message for text that YAML turned into a number; an import adds the spelling.
+QUOTE_IT = "quote it"
+UNBOUND_PROBLEM = (
+    "a record with neither a MAC nor a bridge/port binding would answer on every bridge "
+    "to whichever guest claims its IP; add its MAC (--mac, mac:) or bind it with "
+    "--bridge/--port (bridge:, port:)"
+)
 
 
 class RecordError(ValueError):
-    """A record failed validation; the message names record, field and problem."""
+    """A record failed validation; the message names record, field and problem.
 
-    def __init__(self, record: str, field: str | None, problem: str) -> None:
+    `errors` holds every problem found in the record, this one first.
+    """
+
+    def __init__(self, record: str, field: str | None, problem: str,
+                 more: tuple[RecordError, ...] = ()) -> None:
         self.record = record
         self.field = field
         self.problem = problem
+        self.errors: tuple[RecordError, ...] = (self, *more)
         where = f"record {record}" + (f", field '{field}'" if field else "")
-        super().__init__(f"{where}: {problem}")
+        self.message = f"{where}: {problem}"  # this problem alone, on one line
+        super().__init__("\n".join([self.message, *(e.message for e in more)]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,35 +81,133 @@ class IamRole:
     last_updated: str = "1970-01-01T00:00:00Z"
 
 
+_IAM_REQUIRED = tuple(f.name for f in dataclasses.fields(IamRole)
+                      if f.default is dataclasses.MISSING)
+_IAM_KEYS = tuple(f.name for f in dataclasses.fields(IamRole))
+
+
 @dataclass(frozen=True, slots=True)
 class Instance:
-    """One guest's metadata. Immutable: the responder shares it between requests."""
+    """One guest's metadata. Immutable: the responder shares it between requests.
 
-    instance_id: str
-    mac: str | None = None
-    ip: str | None = None
-    bridge: str | None = None
-    port: str | None = None
-    hostname: str = ""
-    local_hostname: str = ""
-    availability_zone: str = DEFAULT_AVAILABILITY_ZONE
-    instance_type: str = DEFAULT_INSTANCE_TYPE
-    ami_id: str = DEFAULT_AMI_ID
-    reservation_id: str = ""
-    launch_index: int = 0
-    account_id: str = DEFAULT_ACCOUNT_ID
-    public_ipv4: str | None = None
-    public_hostname: str | None = None
-    security_groups: tuple[str, ...] = ()
-    ssh_keys: tuple[tuple[str, str], ...] = ()  # (name, key) in file order
-    user_data: bytes | None = None
-    vendor_data: Any = None
-    openstack_uuid: str = ""
-    openstack_project_id: str = ""
-    openstack_meta: tuple[tuple[str, str], ...] = ()
-    network_data: Any = None
-    iam: IamRole | None = None
-    imdsv2_required: bool = False
+    Every field's file key, check, CLI flags and documentation are declared here, once.
+    """
+
+    instance_id: str = spec(
+        dataclasses.MISSING, key="instance_id", check="identifier", required=True,
+        meaning="required; 1-64 letters, digits, `._:-`; positional on the command line")
+    mac: str | None = spec(
+        key="mac", check="mac",
+        meaning="the guest's MAC; a record needs a MAC or a bridge/port binding",
+        flags=(Flag("--mac", "guest MAC address, e.g. 52:54:00:12:34:56", "MAC"),))
+    ip: str | None = spec(
+        key="ip", check="ipv4", meaning="the guest's IPv4 address (`local-ipv4`); "
+        "a record needs a MAC, an IP or both",
+        flags=(Flag("--ip", "guest IPv4 address (local-ipv4)", "IP"),))
+    bridge: str | None = spec(
+        key="bridge", check="ifname", meaning="answer only on this bridge",
+        flags=(Flag("--bridge", "only answer this guest on this bridge (e.g. br0)", "BRIDGE"),))
+    port: str | None = spec(
+        key="port", check="ifname",
+        meaning="answer only on this bridge port; what makes a copied MAC and IP useless",
+        flags=(Flag("--port", "only answer this guest on this bridge port (e.g. tap3, "
+                    "vnet0); records with credentials or user-data should have one", "PORT"),))
+    hostname: str = spec(
+        "", key="hostname", check="hostname", default="the instance id",
+        derive=lambda v: v.get("instance_id", ""), meaning="EC2 `hostname`",
+        flags=(Flag("--hostname", "hostname (default: the instance id)", "NAME"),))
+    local_hostname: str = spec(
+        "", key="local_hostname", check="hostname", default="`hostname`",
+        derive=lambda v: v.get("hostname", ""), meaning="EC2 `local-hostname`",
+        flags=(Flag("--local-hostname", "local-hostname (default: --hostname)", "NAME"),))
+    availability_zone: str = spec(
+        DEFAULT_AVAILABILITY_ZONE, key="availability_zone", check="zone",
+        default=f"`{DEFAULT_AVAILABILITY_ZONE}`",
+        meaning="placement; the region is the zone minus its last letter",
+        flags=(Flag("--availability-zone", "availability zone, e.g. eu-west-1a; region = "
+                    f"zone minus its last letter (default {DEFAULT_AVAILABILITY_ZONE})", "ZONE"),))
+    instance_type: str = spec(
+        DEFAULT_INSTANCE_TYPE, key="instance_type", check="text",
+        default=f"`{DEFAULT_INSTANCE_TYPE}`", meaning="EC2 `instance-type`",
+        flags=(Flag("--instance-type", f"instance type (default {DEFAULT_INSTANCE_TYPE})",
+                    "TYPE"),))
+    ami_id: str = spec(
+        DEFAULT_AMI_ID, key="ami_id", check="text", default=f"`{DEFAULT_AMI_ID}`",
+        meaning="EC2 `ami-id`",
+        flags=(Flag("--ami-id", f"image id (default {DEFAULT_AMI_ID})", "AMI"),))
+    reservation_id: str = spec(
+        "", key="reservation_id", check="text", default="`r-<instance id>`",
+        derive=lambda v: f"r-{v.get('instance_id', '')}", meaning="EC2 `reservation-id`",
+        flags=(Flag("--reservation-id", "reservation id (default r-<instance id>)", "ID"),))
+    launch_index: int = spec(
+        0, key="launch_index", check="count", default="0", meaning="EC2 `ami-launch-index`",
+        flags=(Flag("--launch-index", "ami-launch-index (default 0)", "N", "int"),))
+    account_id: str = spec(
+        DEFAULT_ACCOUNT_ID, key="account_id", check="text", default=f"`{DEFAULT_ACCOUNT_ID}`",
+        meaning="owner account id (identity document); quote it in YAML",
+        flags=(Flag("--account-id", f"owner account id (default {DEFAULT_ACCOUNT_ID})",
+                    "ACCOUNT"),))
+    public_ipv4: str | None = spec(
+        key="public_ipv4", check="ipv4", meaning="EC2 `public-ipv4`",
+        flags=(Flag("--public-ipv4", "public IPv4 address", "IP"),))
+    public_hostname: str | None = spec(
+        key="public_hostname", check="hostname", meaning="EC2 `public-hostname`",
+        flags=(Flag("--public-hostname", "public hostname", "NAME"),))
+    security_groups: tuple[str, ...] = spec(
+        (), key="security_groups", check="names", default="none",
+        meaning="list of EC2 security group names",
+        flags=(Flag("--security-group", "security group name (repeatable)", "NAME", "list"),))
+    ssh_keys: tuple[tuple[str, str], ...] = spec(  # (name, key) in file order
+        (), key="ssh_keys", check="ssh_keys", default="none",
+        meaning="mapping name → one-line OpenSSH public key",
+        flags=(Flag("--ssh-key", "OpenSSH public key under a name (repeatable); served as "
+                    "public-keys/0=NAME and OpenStack public_keys", "NAME=KEY", "pairs"),
+               Flag("--ssh-key-file", "like --ssh-key, reading the key from PATH",
+                    "NAME=PATH", "pair_files")))
+    user_data: bytes | None = spec(
+        key="user_data", check="user_data", aliases=("user_data_base64",),
+        meaning=f"text, or base64 bytes as `user_data_base64`; at most "
+                f"{MAX_USER_DATA_BYTES // 1024} KiB (larger is refused)",
+        flags=(Flag("--user-data-file",
+                    f"user-data, read as bytes (at most {MAX_USER_DATA_BYTES} bytes)",
+                    "PATH", "bytes_file"),))
+    vendor_data: Any = spec(
+        key="vendor_data", check="anything",
+        meaning="any JSON value: OpenStack `vendor_data.json` (and `{\"static\": …}` in "
+                "`vendor_data2.json`)",
+        flags=(Flag("--vendor-data-file", "OpenStack vendor data (YAML or JSON document)",
+                    "PATH", "document_file"),))
+    openstack_uuid: str = spec(
+        "", key="openstack.uuid", check="uuid", default="derived from the instance id",
+        derive=lambda v: str(uuid.uuid5(OPENSTACK_UUID_NAMESPACE, v.get("instance_id", ""))),
+        show_derived=True, meaning="OpenStack `uuid`",
+        flags=(Flag("--openstack-uuid", "OpenStack uuid (default derived from the instance "
+                    "id)", "UUID"),))
+    openstack_project_id: str = spec(
+        "", key="openstack.project_id", check="text", omit_empty=True,
+        meaning="OpenStack `project_id`",
+        flags=(Flag("--project-id", "OpenStack project_id", "ID"),))
+    openstack_meta: tuple[tuple[str, str], ...] = spec(
+        (), key="openstack.meta", check="text_pairs", omit_empty=True, default="none",
+        meaning="OpenStack `meta`: text → text",
+        flags=(Flag("--meta", "OpenStack meta entry (repeatable)", "KEY=VALUE", "pairs"),))
+    network_data: Any = spec(
+        key="network_data", check="document", default="one DHCP link on the guest's MAC",
+        meaning="OpenStack `network_data.json` (a mapping)",
+        flags=(Flag("--network-data-file", "OpenStack network_data.json to serve instead of "
+                    "the generated one-DHCP-link document", "PATH", "document_file"),))
+    iam: IamRole | None = spec(
+        key="iam", check="iam",
+        meaning=f"IAM role and credentials: {', '.join(f'`{k}`' for k in _IAM_KEYS)} "
+                "(times in ISO 8601); records with credentials should be bound to a port",
+        flags=(Flag("--iam-file", "IAM role and credentials as YAML/JSON: "
+                    + ", ".join(_IAM_KEYS), "PATH", "document_file"),))
+    imdsv2_required: bool = spec(
+        False, key="imdsv2_required", check="boolean", default="`false`",
+        meaning="`true`: token-less (IMDSv1) EC2 requests get 401",
+        flags=(Flag("--imdsv2-required", "refuse token-less (IMDSv1) requests with 401",
+                    None, "true"),
+               Flag("--imdsv2-optional", "allow IMDSv1 (the default)", None, "false")))
 
     @property
     def region(self) -> str:
@@ -97,50 +216,49 @@ class Instance:
 
     def to_mapping(self) -> dict[str, Any]:
         """The record as a file would spell it (inverse of `parse_record`)."""
-        out: dict[str, Any] = {"instance_id": self.instance_id}
-        raw = asdict(self)
-        derived = {  # defaults that follow other fields stay implicit, so they keep following
-            "hostname": self.instance_id,
-            "local_hostname": self.hostname,
-            "reservation_id": f"r-{self.instance_id}",
-        }
-        for name in ("mac", "ip", "bridge", "port", "hostname", "local_hostname",
-                     "availability_zone", "instance_type", "ami_id", "reservation_id",
-                     "launch_index", "account_id", "public_ipv4", "public_hostname"):
-            if raw[name] is not None and raw[name] != derived.get(name):
-                out[name] = raw[name]
-        out["security_groups"] = list(self.security_groups)
-        out["ssh_keys"] = dict(self.ssh_keys)
-        if self.user_data is not None:
-            try:
-                out["user_data"] = self.user_data.decode("utf-8")
-            except UnicodeDecodeError:
-                out["user_data_base64"] = base64.b64encode(self.user_data).decode()
-        if self.vendor_data is not None:
-            out["vendor_data"] = self.vendor_data
-        openstack: dict[str, Any] = {"uuid": self.openstack_uuid}
-        if self.openstack_project_id:
-            openstack["project_id"] = self.openstack_project_id
-        if self.openstack_meta:
-            openstack["meta"] = dict(self.openstack_meta)
-        out["openstack"] = openstack
-        if self.network_data is not None:
-            out["network_data"] = self.network_data
-        if self.iam is not None:
-            out["iam"] = asdict(self.iam)
-        out["imdsv2_required"] = self.imdsv2_required
+        out: dict[str, Any] = {}
+        values: dict[str, Any] = {}
+        for name, field_spec in record_specs():
+            value = values[name] = getattr(self, name)
+            if value is None or (field_spec.omit_empty and not value):
+                continue
+            if (field_spec.derive is not None and not field_spec.show_derived
+                    and value == field_spec.derive(values)):
+                continue  # a default that follows other fields stays implicit
+            key, file_value = _file_form(field_spec, value)
+            target = out.setdefault(field_spec.section, {}) if field_spec.section else out
+            target[key] = file_value
         return out
 
 
-FIELDS = (
-    "instance_id", "mac", "ip", "bridge", "port", "hostname", "local_hostname",
-    "availability_zone", "instance_type", "ami_id", "reservation_id", "launch_index",
-    "account_id", "public_ipv4", "public_hostname", "security_groups", "ssh_keys",
-    "user_data", "user_data_base64", "vendor_data", "openstack", "network_data", "iam",
-    "imdsv2_required",
-)
-_OPENSTACK_FIELDS = ("uuid", "project_id", "meta")
-_IAM_REQUIRED = ("role", "access_key_id", "secret_access_key", "token", "expiration")
+def record_specs() -> tuple[tuple[str, FieldSpec], ...]:
+    """(attribute, FieldSpec) of every Instance field, in declaration order."""
+    return _SPECS
+
+
+_SPECS = tuple((f.name, f.metadata[SPEC]) for f in dataclasses.fields(Instance))
+# Every key a record file may use: top-level keys, sections and aliases.
+FIELDS = tuple(dict.fromkeys(
+    key for _, s in _SPECS for key in (s.section or s.key, *s.aliases)))
+_SECTIONS = {s.section: tuple(x.member for _, x in _SPECS if x.section == s.section)
+             for _, s in _SPECS if s.section}
+
+
+def _file_form(field_spec: FieldSpec, value: Any) -> tuple[str, Any]:
+    """(key, value) as a file spells the field's value."""
+    check = field_spec.check
+    if check == "names":
+        return field_spec.member, list(value)
+    if check in ("ssh_keys", "text_pairs"):
+        return field_spec.member, dict(value)
+    if check == "iam":
+        return field_spec.member, asdict(value)
+    if check == "user_data":
+        try:
+            return field_spec.member, value.decode("utf-8")
+        except UnicodeDecodeError:
+            return field_spec.aliases[0], base64.b64encode(value).decode()
+    return field_spec.member, value
 
 
 def normalise_key(key: Any) -> Any:
@@ -148,10 +266,13 @@ def normalise_key(key: Any) -> Any:
     return key.replace("-", "_") if isinstance(key, str) else key
 
 
-def parse_record(raw: Any, label: str | None = None) -> Instance:
+def parse_record(raw: Any, label: str | None = None, *, stored: bool = False) -> Instance:
     """Validate one record mapping and build an `Instance`.
 
     `label` names the record in errors (e.g. "#3"); the instance id is added when known.
+    Every problem is collected; the RecordError raised lists them all. `stored` reads a
+    record already in the store: one written before the binding rule existed still
+    loads, so it can be listed, fixed or removed (the responder never serves it).
     """
     label = label or "?"
     if not isinstance(raw, Mapping):
@@ -160,247 +281,260 @@ def parse_record(raw: Any, label: str | None = None) -> Instance:
     instance_id = data.get("instance_id")
     if isinstance(instance_id, str) and instance_id:
         label = f"{label} ({instance_id})" if label != instance_id else label
-    return _Parser(label, data).build()
+    return _Parser(label, data).build(require_binding=not stored)
+
+
+def is_unbound(record: Any) -> bool:
+    """True for a record with neither MAC nor bridge/port: it would answer anywhere."""
+    return record.mac is None and record.bridge is None and record.port is None
+
+
+class _Problem(Exception):
+    """One field's problem, raised by a check and collected by `_Parser.build`."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(problem)
+        self.field = field
+        self.problem = problem
 
 
 class _Parser:
-    """Field-by-field checks; each failure raises with the field's name."""
+    """Field-by-field checks, each named by its FieldSpec's `check`."""
 
     def __init__(self, label: str, data: dict[str, Any]) -> None:
         self.label = label
         self.data = data
 
-    def fail(self, field_name: str | None, problem: str) -> RecordError:
-        return RecordError(self.label, field_name, problem)
+    def build(self, *, require_binding: bool) -> Instance:
+        problems: list[_Problem] = []
+        for key in self.data:
+            if key not in FIELDS:
+                problems.append(_Problem(str(key), "unknown field (known fields: "
+                                                   f"{', '.join(FIELDS)})"))
+        sections = {}
+        for section, members in _SECTIONS.items():
+            try:
+                sections[section] = self.section(section, members)
+            except _Problem as problem:
+                problems.append(problem)
+                sections[section] = {}
+        values: dict[str, Any] = {}
+        for name, field_spec in record_specs():
+            source = sections[field_spec.section] if field_spec.section else self.data
+            try:
+                value = self.field(field_spec, source)
+            except _Problem as problem:
+                problems.append(problem)
+                value = None
+            if value is None and field_spec.derive is not None:
+                value = field_spec.derive(values)
+            if value is not None:
+                values[name] = value
+        if values.get("mac") is None and values.get("ip") is None and not _named(
+                problems, "mac", "ip"):
+            problems.append(_Problem("mac", "a record needs a MAC, an IP or both to be found"))
+        elif (require_binding and not _named(problems, "mac", "bridge", "port")
+              and all(values.get(k) is None for k in ("mac", "bridge", "port"))):
+            problems.append(_Problem("mac", UNBOUND_PROBLEM))
+        if problems:
+            errors = [RecordError(self.label, p.field, p.problem) for p in problems]
+            raise RecordError(self.label, problems[0].field, problems[0].problem,
+                              tuple(errors[1:]))
+        return Instance(**values)
 
-    def build(self) -> Instance:
-        unknown = [k for k in self.data if k not in FIELDS]
-        if unknown:
-            raise self.fail(str(unknown[0]), f"unknown field (known fields: {', '.join(FIELDS)})")
-        instance_id = self.identifier("instance_id", required=True)
-        mac = self.mac()
-        ip = self.ipv4("ip")
-        if mac is None and ip is None:
-            raise self.fail("mac", "a record needs a MAC, an IP or both to be found")
-        hostname = self.hostname("hostname") or instance_id
-        zone = self.text("availability_zone") or DEFAULT_AVAILABILITY_ZONE
-        if len(zone) < 2 or not zone[-1].isalpha():
-            raise self.fail("availability_zone",
-                            f"{zone!r} must end with a zone letter (region = zone minus it)")
-        openstack = self.mapping("openstack", _OPENSTACK_FIELDS)
-        return Instance(
-            instance_id=instance_id,
-            mac=mac,
-            ip=ip,
-            bridge=self.ifname("bridge"),
-            port=self.ifname("port"),
-            hostname=hostname,
-            local_hostname=self.hostname("local_hostname") or hostname,
-            availability_zone=zone,
-            instance_type=self.text("instance_type") or DEFAULT_INSTANCE_TYPE,
-            ami_id=self.text("ami_id") or DEFAULT_AMI_ID,
-            reservation_id=self.text("reservation_id") or f"r-{instance_id}",
-            launch_index=self.launch_index(),
-            account_id=self.text("account_id") or DEFAULT_ACCOUNT_ID,
-            public_ipv4=self.ipv4("public_ipv4"),
-            public_hostname=self.hostname("public_hostname"),
-            security_groups=self.security_groups(),
-            ssh_keys=self.ssh_keys(),
-            user_data=self.user_data(),
-            vendor_data=self.data.get("vendor_data"),
-            openstack_uuid=self.openstack_uuid(openstack, instance_id),
-            openstack_project_id=self.nested_text(openstack, "openstack.project_id"),
-            openstack_meta=self.openstack_meta(openstack),
-            network_data=self.network_data(),
-            iam=self.iam(),
-            imdsv2_required=self.boolean("imdsv2_required"),
-        )
-
-    # -- scalar helpers -------------------------------------------------------------
-
-    def text(self, name: str) -> str | None:
-        value = self.data.get(name)
+    def field(self, field_spec: FieldSpec, source: Mapping[str, Any]) -> Any:
+        """The checked value of one field, None when absent."""
+        if field_spec.check == "user_data":
+            return self.user_data(source, field_spec.member, field_spec.aliases[0])
+        value = source.get(field_spec.member)
         if value is None:
+            if field_spec.required:
+                raise _Problem(field_spec.key, "is required")
             return None
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise self.fail(name, f"must be text, got {_kind(value)}")
-        value = str(value)
-        if not value or "\n" in value or "\r" in value or len(value) > 255:
-            raise self.fail(name, "must be one non-empty line of at most 255 characters")
-        return value
+        check = getattr(self, f"check_{field_spec.check}")
+        return check(field_spec.key, value)
 
-    def identifier(self, name: str, required: bool = False) -> str:
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                raise self.fail(name, "is required")
-            return ""
-        if not isinstance(value, str) or not _ID_RE.match(value) or len(value) > MAX_ID_LENGTH:
-            raise self.fail(name, f"{value!r} must be 1-{MAX_ID_LENGTH} letters, digits, "
-                                  "'.', '_', ':' or '-', starting with a letter or digit")
-        return value
-
-    def hostname(self, name: str) -> str | None:
-        value = self.text(name)
-        if value is not None and not _HOSTNAME_RE.match(value):
-            raise self.fail(name, f"{value!r} is not a host name")
-        return value
-
-    def mac(self) -> str | None:
-        value = self.data.get("mac")
-        if value is None:
-            return None
-        text = str(value).strip().lower().replace("-", ":")
-        if not _MAC_RE.match(text):
-            raise self.fail("mac", f"{value!r} is not a MAC address like 52:54:00:12:34:56")
-        return text
-
-    def ipv4(self, name: str) -> str | None:
-        value = self.data.get(name)
-        if value is None:
-            return None
-        try:
-            return str(ipaddress.IPv4Address(str(value)))
-        except ValueError:
-            raise self.fail(name, f"{value!r} is not a dotted IPv4 address") from None
-
-    def ifname(self, name: str) -> str | None:
-        value = self.data.get(name)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not _IFNAME_RE.match(value) or len(value) > MAX_IFNAME:
-            raise self.fail(name, f"{value!r} is not a Linux interface name "
-                                  f"(1-{MAX_IFNAME} characters, no '/', ':' or space)")
-        return value
-
-    def boolean(self, name: str) -> bool:
-        value = self.data.get(name, False)
-        if not isinstance(value, bool):
-            raise self.fail(name, f"must be true or false, got {value!r}")
-        return value
-
-    def launch_index(self) -> int:
-        value = self.data.get("launch_index", 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self.fail("launch_index", f"must be a whole number >= 0, got {value!r}")
-        return value
-
-    # -- structured fields ---------------------------------------------------------
-
-    def mapping(self, name: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    def section(self, name: str, allowed: tuple[str, ...]) -> dict[str, Any]:
         value = self.data.get(name)
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            raise self.fail(name, f"must be a mapping, got {_kind(value)}")
+            raise _Problem(name, f"must be a mapping, got {_kind(value)}")
         value = {normalise_key(k): v for k, v in value.items()}
         for key in value:
             if key not in allowed:
-                raise self.fail(f"{name}.{key}", f"unknown field (known: {', '.join(allowed)})")
+                raise _Problem(f"{name}.{key}", f"unknown field (known: {', '.join(allowed)})")
         return value
 
-    def nested_text(self, section: Mapping[str, Any], dotted: str) -> str:
-        value = section.get(dotted.split(".", 1)[1])
-        if value is None:
-            return ""
-        if not isinstance(value, str) or not value or "\n" in value:
-            raise self.fail(dotted, "must be one non-empty line of text")
+    # -- scalar checks: (key, value present) -> checked value ------------------------
+
+    def check_text(self, key: str, value: Any) -> str:
+        _refuse_number(key, value)
+        if not isinstance(value, str):
+            raise _Problem(key, f"must be text, got {_kind(value)}")
+        if not value or "\n" in value or "\r" in value or len(value) > MAX_TEXT_LENGTH:
+            raise _Problem(key, "must be one non-empty line of at most "
+                                f"{MAX_TEXT_LENGTH} characters")
         return value
 
-    def security_groups(self) -> tuple[str, ...]:
-        value = self.data.get("security_groups", [])
+    def check_identifier(self, key: str, value: Any) -> str:
+        _refuse_number(key, value)
+        if not isinstance(value, str) or not _ID_RE.match(value) or len(value) > MAX_ID_LENGTH:
+            raise _Problem(key, f"{value!r} must be 1-{MAX_ID_LENGTH} letters, digits, "
+                                "'.', '_', ':' or '-', starting with a letter or digit")
+        return value
+
+    def check_hostname(self, key: str, value: Any) -> str:
+        text = self.check_text(key, value)
+        if not _HOSTNAME_RE.match(text):
+            raise _Problem(key, f"{text!r} is not a host name")
+        return text
+
+    def check_zone(self, key: str, value: Any) -> str:
+        zone = self.check_text(key, value)
+        if len(zone) < 2 or not zone[-1].isalpha():
+            raise _Problem(key, f"{zone!r} must end with a zone letter (region = zone minus it)")
+        return zone
+
+    def check_mac(self, key: str, value: Any) -> str:
+        _refuse_number(key, value)
+        text = str(value).strip().lower().replace("-", ":")
+        if not _MAC_RE.match(text):
+            raise _Problem(key, f"{value!r} is not a MAC address like 52:54:00:12:34:56")
+        return text
+
+    def check_ipv4(self, key: str, value: Any) -> str:
+        _refuse_number(key, value)
+        try:
+            return str(ipaddress.IPv4Address(str(value)))
+        except ValueError:
+            raise _Problem(key, f"{value!r} is not a dotted IPv4 address") from None
+
+    def check_ifname(self, key: str, value: Any) -> str:
+        _refuse_number(key, value)
+        if not isinstance(value, str) or not _IFNAME_RE.match(value) or len(value) > MAX_IFNAME:
+            raise _Problem(key, f"{value!r} is not a Linux interface name "
+                                f"(1-{MAX_IFNAME} characters, no '/', ':' or space)")
+        return value
+
+    def check_uuid(self, key: str, value: Any) -> str:
+        _refuse_number(key, value)
+        try:
+            return str(uuid.UUID(str(value)))
+        except ValueError:
+            raise _Problem(key, f"{value!r} is not a UUID") from None
+
+    def check_boolean(self, key: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise _Problem(key, f"must be true or false, got {value!r}")
+        return value
+
+    def check_count(self, key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise _Problem(key, f"must be a whole number >= 0, got {value!r}")
+        return value
+
+    # -- structured checks ---------------------------------------------------------
+
+    def check_anything(self, key: str, value: Any) -> Any:
+        return value
+
+    def check_document(self, key: str, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise _Problem(key, "must be a mapping (OpenStack network_data.json)")
+        return value
+
+    def check_names(self, key: str, value: Any) -> tuple[str, ...]:
         if not isinstance(value, list) or not all(
             isinstance(g, str) and g and "\n" not in g for g in value
         ):
-            raise self.fail("security_groups", "must be a list of group names")
+            raise _Problem(key, "must be a list of group names")
         return tuple(value)
 
-    def ssh_keys(self) -> tuple[tuple[str, str], ...]:
-        value = self.data.get("ssh_keys", {})
+    def check_ssh_keys(self, key: str, value: Any) -> tuple[tuple[str, str], ...]:
         if not isinstance(value, Mapping):
-            raise self.fail("ssh_keys", "must be a mapping of key name to public key")
+            raise _Problem(key, "must be a mapping of key name to public key")
         keys = []
-        for name, key in value.items():
+        for name, text in value.items():
             if not isinstance(name, str) or not _KEY_NAME_RE.match(name):
-                raise self.fail(f"ssh_keys.{name}", "key name must have no space, '=' or '/'")
-            if not isinstance(key, str) or not key.strip() or "\n" in key.strip():
-                raise self.fail(f"ssh_keys.{name}", "must be one line of OpenSSH public key")
-            keys.append((name, key.strip()))
+                raise _Problem(f"{key}.{name}", "key name must have no space, '=' or '/'")
+            if not isinstance(text, str) or not text.strip() or "\n" in text.strip():
+                raise _Problem(f"{key}.{name}", "must be one line of OpenSSH public key")
+            keys.append((name, text.strip()))
         return tuple(keys)
 
-    def user_data(self) -> bytes | None:
-        text = self.data.get("user_data")
-        encoded = self.data.get("user_data_base64")
+    def check_text_pairs(self, key: str, value: Any) -> tuple[tuple[str, str], ...]:
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise _Problem(key, "must be a mapping of text to text")
+        return tuple(value.items())
+
+    def user_data(self, source: Mapping[str, Any], key: str, alias: str) -> bytes | None:
+        text = source.get(key)
+        encoded = source.get(alias)
         if text is not None and encoded is not None:
-            raise self.fail("user_data", "give user_data or user_data_base64, not both")
+            raise _Problem(key, f"give {key} or {alias}, not both")
         if text is not None:
             if isinstance(text, bytes):  # YAML !!binary
                 blob = text
             elif isinstance(text, str):
                 blob = text.encode("utf-8")
             else:
-                raise self.fail("user_data", f"must be text, got {_kind(text)}")
-            name = "user_data"
+                raise _Problem(key, f"must be text, got {_kind(text)}")
         elif encoded is not None:
+            key = alias
             try:
                 blob = base64.b64decode(str(encoded), validate=True)
             except ValueError:
-                raise self.fail("user_data_base64", "is not valid base64") from None
-            name = "user_data_base64"
+                raise _Problem(key, "is not valid base64") from None
         else:
             return None
         if len(blob) > MAX_USER_DATA_BYTES:
-            raise self.fail(name, f"is {len(blob)} bytes; user-data is limited to "
-                                  f"{MAX_USER_DATA_BYTES} bytes (16 KiB), as on EC2")
+            raise _Problem(key, f"is {len(blob)} bytes; user-data is limited to "
+                                f"{MAX_USER_DATA_BYTES} bytes (16 KiB), as on EC2")
         return blob
 
-    def openstack_uuid(self, section: Mapping[str, Any], instance_id: str) -> str:
-        value = section.get("uuid")
-        if value is None:
-            return str(uuid.uuid5(OPENSTACK_UUID_NAMESPACE, instance_id))
-        try:
-            return str(uuid.UUID(str(value)))
-        except ValueError:
-            raise self.fail("openstack.uuid", f"{value!r} is not a UUID") from None
-
-    def openstack_meta(self, section: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-        value = section.get("meta", {})
-        if not isinstance(value, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
-            raise self.fail("openstack.meta", "must be a mapping of text to text")
-        return tuple(value.items())
-
-    def network_data(self) -> Any:
-        value = self.data.get("network_data")
-        if value is not None and not isinstance(value, Mapping):
-            raise self.fail("network_data", "must be a mapping (OpenStack network_data.json)")
-        return value
-
-    def iam(self) -> IamRole | None:
-        section = self.mapping("iam", (*_IAM_REQUIRED, "last_updated"))
+    def check_iam(self, key: str, value: Any) -> IamRole | None:
+        if not isinstance(value, Mapping):
+            raise _Problem(key, f"must be a mapping, got {_kind(value)}")
+        section = {normalise_key(k): v for k, v in value.items()}
+        for member in section:
+            if member not in _IAM_KEYS:
+                raise _Problem(f"{key}.{member}", f"unknown field (known: {', '.join(_IAM_KEYS)})")
         if not section:
             return None
         values = {}
-        for key in _IAM_REQUIRED:
-            item = _timestamp_text(section.get(key))
+        for member in _IAM_KEYS:
+            item = _timestamp_text(section.get(member))
+            if item is None and member not in _IAM_REQUIRED:
+                continue
             if not isinstance(item, str) or not item or "\n" in item:
-                raise self.fail(f"iam.{key}", "is required and must be one line of text")
-            values[key] = item
-        if not re.match(r"^[\w+=,.@-]+$", values["role"]):
-            raise self.fail("iam.role", f"{values['role']!r} is not an IAM role name")
-        for key in ("expiration", "last_updated"):
-            stamp = _timestamp_text(section.get(key))
-            if stamp is None:
+                raise _Problem(f"{key}.{member}", "is required and must be one line of text")
+            values[member] = item
+        if not _IAM_ROLE_RE.match(values["role"]):
+            raise _Problem(f"{key}.role", f"{values['role']!r} is not an IAM role name")
+        for member in ("expiration", "last_updated"):
+            if member not in values:
                 continue
             try:
-                datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+                datetime.fromisoformat(values[member].replace("Z", "+00:00"))
             except ValueError:
-                raise self.fail(f"iam.{key}",
-                                f"{stamp!r} is not an ISO 8601 time like "
-                                "2030-01-01T00:00:00Z") from None
-            values[key] = str(stamp)
+                raise _Problem(f"{key}.{member}",
+                               f"{values[member]!r} is not an ISO 8601 time like "
+                               "2030-01-01T00:00:00Z") from None
         return IamRole(**values)
+
+
+def _named(problems: list[_Problem], *fields: str) -> bool:
+    return any(p.field in fields for p in problems)
+
+
+def _refuse_number(key: str, value: Any) -> None:
+    """YAML 1.1 turns some unquoted text into numbers (52:54:00:12:34:56 is base 60)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise _Problem(key, f"YAML read the unquoted value as the number {value!r}; "
+                            f"{QUOTE_IT}")
 
 
 def _timestamp_text(value: Any) -> Any:

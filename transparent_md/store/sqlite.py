@@ -1,26 +1,48 @@
 """The embedded store: one SQLite file, written by the CLI, read by the responder.
 
-Every change is one transaction, so an import either lands whole or not at all.
-Readers load a snapshot of bindings (who answers which guest) inside one read
-transaction (WAL mode lets them run while a writer commits); a guest's whole record
-is read lazily, in one SELECT of one row, so it is the old or the new, never a mix.
+Every change is one transaction, so an import either lands whole or not at all, and
+an update reads the record it changes inside its own write transaction, so concurrent
+updates of different fields all land. Readers load a snapshot of bindings (who
+answers which guest) inside one read transaction; a guest's whole record is read
+lazily, in one SELECT of one row, so it is the old or the new, never a mix.
+
+The file uses SQLite's rollback journal, not WAL: everything a connection sees is in
+the one file it has open, so an operator may replace the store by renaming another
+file over it (mv, rsync) and a reader that reopens it sees exactly the new file. (A WAL
+store keeps `-wal`/`-shm` files beside it, which a new file would be paired with.)
+Readers hold their lock for a snapshot load or one SELECT, so writers barely wait.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from transparent_md.errors import UserError
 from transparent_md.identity import Guest
 from transparent_md.store.cache import ENTRY_CACHE_SIZE, EntryCache
 from transparent_md.store.generation import GenerationFile
 from transparent_md.store.policy import Bound, find_conflict
-from transparent_md.store.record import Instance, RecordError, parse_record
+from transparent_md.store.private import (
+    create_private_file,
+    loose_mode_warning,
+    make_private_dir,
+)
+from transparent_md.store.record import (
+    UNBOUND_PROBLEM,
+    Instance,
+    RecordError,
+    is_unbound,
+    parse_record,
+)
 from transparent_md.store.schema import SELECT_BINDINGS, ensure_schema
 from transparent_md.store.snapshot import Binding, Entry, Snapshot
+from transparent_md.store.watch import CHECK_INTERVAL, FileState, FileWatch, identity
+
+log = logging.getLogger(__name__)
 
 # How long a writer waits for another writer before giving up (ms): a CLI call
 # should wait out an import running in parallel rather than fail.
@@ -36,33 +58,105 @@ class PasswordAlreadySet(Exception):
 class SqliteStore:
     """`Store` backed by one SQLite file; see `transparent_md.store.Store`."""
 
-    def __init__(self, path: str, *, cache_size: int = ENTRY_CACHE_SIZE) -> None:
+    def __init__(self, path: str, *, cache_size: int = ENTRY_CACHE_SIZE,
+                 check_interval: float = CHECK_INTERVAL) -> None:
         self.path = path
-        directory = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(directory, mode=0o750, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            ensure_schema(self._db)
-            self._generation = GenerationFile(path + ".generation")
-        except (OSError, sqlite3.Error) as exc:
-            raise UserError(f"cannot open the instance store {path}: {exc} "
-                            "(choose another file with --store PATH)") from exc
+        self._check_interval = check_interval
+        self._db, self._generation, self._watch, self._generation_watch = self._open()
+        warning = loose_mode_warning(path)
+        if warning:
+            log.warning(warning)
+        self._missing = False  # the file is gone; logged once, last snapshot kept
+        self._unbound: frozenset[str] = frozenset()  # unservable records, logged once
         self._seen_stamp: bytes | None = None
         self._snapshot = Snapshot({})
+        self._cache_size = cache_size
         # Whole records of guests that asked; read-only outside the store.
         self.cache = EntryCache(cache_size)
+
+    def _open(self) -> tuple[sqlite3.Connection, GenerationFile, FileWatch, FileWatch]:
+        """Connect to the file at self.path (creating it 0600 in a 0700 directory)."""
+        path = self.path
+        try:
+            make_private_dir(os.path.dirname(os.path.abspath(path)))
+            create_private_file(path)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                _use_rollback_journal(db)
+                ensure_schema(db)
+                opened = identity(path)
+                generation = GenerationFile(path + ".generation")
+            except BaseException:
+                db.close()
+                raise
+        except (OSError, sqlite3.Error, RecordError) as exc:
+            raise UserError(f"cannot open the instance store {path}: {exc} "
+                            "(choose another file with --store PATH)") from exc
+        watch = FileWatch(path, opened, self._check_interval)
+        generation_watch = FileWatch(generation.path, identity(generation.path),
+                                     self._check_interval)
+        return db, generation, watch, generation_watch
 
     # -- reading ------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        """The current committed state; reloads only when a writer stamped a change."""
+        """The current committed state; reloads only when a writer stamped a change.
+
+        At most once per check interval it also looks whether the file was replaced
+        (then reopens it) or removed (then keeps serving what it last loaded).
+        """
+        if self._watch.due():
+            self._check_files()
         stamp = self._generation.current()
         if stamp != self._seen_stamp:
             self._seen_stamp = stamp
             self._snapshot = self._load(self._snapshot)
         return self._snapshot
+
+    def _check_files(self) -> None:
+        state = self._watch.check()
+        if state is FileState.MISSING:
+            if not self._missing:
+                self._missing = True
+                log.error("the instance store %s was removed: still serving the %d records "
+                          "loaded before; put a store back at that path (or write a record "
+                          "with 'instance add/import') and it is read within %.0f s",
+                          self.path, len(self._snapshot.bindings), self._check_interval)
+            return
+        if self._missing:
+            self._missing = False
+            log.warning("the instance store %s is back", self.path)
+        if state is FileState.REPLACED:
+            self._reopen()
+        elif self._generation_watch.check() is not FileState.SAME:
+            # Writers stamp a new generation file; our map of the old one would never change.
+            old = self._generation
+            self._generation = GenerationFile(self.path + ".generation")
+            self._generation_watch = FileWatch(self._generation.path,
+                                               identity(self._generation.path),
+                                               self._check_interval)
+            old.close()
+            self._seen_stamp = None
+
+    def _reopen(self) -> None:
+        """Switch to the file now at self.path; on failure keep serving the old one."""
+        try:
+            opened = self._open()
+        except (UserError, OSError) as exc:
+            log.error("the instance store %s was replaced but cannot be opened (%s): still "
+                      "serving the records loaded before", self.path, exc)
+            return
+        old_db, old_generation = self._db, self._generation
+        self._db, self._generation, self._watch, self._generation_watch = opened
+        old_db.close()
+        old_generation.close()
+        # Revisions of another file mean nothing here: drop every carried-over object.
+        self.cache = EntryCache(self._cache_size)
+        self._seen_stamp = self._generation.current()
+        self._snapshot = self._load(Snapshot({}))
+        log.warning("the instance store %s was replaced: reopened it, %d records",
+                    self.path, len(self._snapshot.bindings))
 
     def refresh(self) -> Snapshot:
         """Reload now, even if no writer stamped the generation file (e.g. `sqlite3` edits)."""
@@ -83,14 +177,27 @@ class SqliteStore:
             # read bindings and the row in one transaction, where they must agree.
             with _ReadTransaction(self._db):
                 self._seen_stamp = self._generation.current()
-                self._snapshot = Snapshot(self._read_bindings(self._snapshot.bindings))
+                self._snapshot = self._servable(self._read_bindings(self._snapshot.bindings))
                 binding = self._snapshot.match(guest)
                 entry = self._fetch(binding) if binding is not None else None
         return entry
 
     def _load(self, previous: Snapshot) -> Snapshot:
         with _ReadTransaction(self._db):
-            return Snapshot(self._read_bindings(previous.bindings))
+            return self._servable(self._read_bindings(previous.bindings))
+
+    def _servable(self, bindings: dict[str, Binding]) -> Snapshot:
+        """A snapshot without records bound to nothing (stored before that was refused)."""
+        unbound = frozenset(i for i, b in bindings.items() if is_unbound(b))
+        if unbound != self._unbound:
+            self._unbound = unbound
+            if unbound:
+                log.error("not serving %d record(s) of %s bound to no MAC, bridge or port "
+                          "(%s): %s", len(unbound), self.path, ", ".join(sorted(unbound)[:10]),
+                          UNBOUND_PROBLEM)
+        if unbound:
+            bindings = {i: b for i, b in bindings.items() if i not in unbound}
+        return Snapshot(bindings)
 
     def _read_bindings(self, old: dict[str, Binding]) -> dict[str, Binding]:
         """All bindings; unchanged ones are carried over, so a reload allocates little."""
@@ -111,19 +218,20 @@ class SqliteStore:
         if row is None or row[1] != binding.revision:
             return None
         record, revision = row
-        entry = Entry(parse_record(json.loads(record), binding.instance_id), revision)
+        entry = Entry(parse_record(json.loads(record), binding.instance_id, stored=True),
+                      revision)
         self.cache.put(binding.instance_id, entry)
         return entry
 
     def get(self, instance_id: str) -> Instance | None:
         row = self._db.execute("SELECT record FROM instances WHERE instance_id = ?",
                                (instance_id,)).fetchone()
-        return parse_record(json.loads(row[0]), instance_id) if row else None
+        return parse_record(json.loads(row[0]), instance_id, stored=True) if row else None
 
     def list(self) -> list[Instance]:
         rows = self._db.execute("SELECT instance_id, record FROM instances "
                                 "ORDER BY instance_id").fetchall()
-        return [parse_record(json.loads(record), i) for i, record in rows]
+        return [parse_record(json.loads(record), i, stored=True) for i, record in rows]
 
     # -- writing ------------------------------------------------------------------
 
@@ -131,9 +239,30 @@ class SqliteStore:
         self.put_many([instance], replace=False)
 
     def update(self, instance: Instance) -> None:
-        if self.get(instance.instance_id) is None:
-            raise UserError(f"no instance {instance.instance_id!r} in {self.path}")
-        self.put_many([instance], replace=True)
+        """Replace an existing record (its posted password is kept)."""
+        self.modify(instance.instance_id, lambda _current: instance)
+
+    def modify(self, instance_id: str, change: Callable[[Instance], Instance], *,
+               clear_password: bool = False) -> Instance:
+        """Read, change and write one record in one write transaction; returns the new one.
+
+        `change` gets the stored record and returns the new one; as it runs inside the
+        transaction, two concurrent modifications of different fields both land.
+        """
+        with self._write() as db:
+            row = db.execute("SELECT record FROM instances WHERE instance_id = ?",
+                             (instance_id,)).fetchone()
+            if row is None:
+                raise UserError(f"no instance {instance_id!r} in {self.path} "
+                                "(use 'instance add' to create it)")
+            new = change(parse_record(json.loads(row[0]), instance_id, stored=True))
+            if new.instance_id != instance_id:
+                raise ValueError(f"a change of {instance_id!r} returned {new.instance_id!r}")
+            self._put(db, [new], replace=True, prune=False)
+            if clear_password:
+                db.execute("UPDATE instances SET password = NULL WHERE instance_id = ?",
+                           (instance_id,))
+        return new
 
     def put_many(self, instances: Iterable[Instance], *, replace: bool = True,
                  prune: bool = False) -> None:
@@ -142,43 +271,58 @@ class SqliteStore:
         `replace` lets records overwrite ones with the same id (a kept password stays);
         `prune` removes every record not in `instances`, so the store mirrors a file.
         """
-        instances = list(instances)
+        with self._write() as db:
+            self._put(db, list(instances), replace=replace, prune=prune)
+
+    def _put(self, db: sqlite3.Connection, instances: list[Instance], *, replace: bool,
+             prune: bool) -> None:
         seen: set[str] = set()
         for instance in instances:
             if instance.instance_id in seen:
                 raise UserError(f"record {instance.instance_id}: instance_id appears twice")
             seen.add(instance.instance_id)
-        with self._write() as db:
-            current = self._read_bindings({})
-            if not replace:
-                for instance in instances:
-                    if instance.instance_id in current:
-                        raise UserError(
-                            f"record {instance.instance_id}: an instance with this id exists "
-                            "(use 'instance update', or 'instance import' to replace)")
-            result: dict[str, Bound] = {} if prune else dict(current)
-            result.update({i.instance_id: i for i in instances})
-            _refuse_ambiguity(result.values())
-            if prune:
-                gone = [i for i in current if i not in result]
-                db.executemany("DELETE FROM instances WHERE instance_id = ?",
-                               [(i,) for i in gone])
+            if is_unbound(instance):
+                raise UserError(f"record {instance.instance_id}: {UNBOUND_PROBLEM}")
+        current = self._read_bindings({})
+        if not replace:
             for instance in instances:
-                db.execute(
-                    "INSERT INTO instances (instance_id, record, revision, mac, ip, bridge, "
-                    "port) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT(instance_id) DO UPDATE SET record = excluded.record, "
-                    "revision = excluded.revision, mac = excluded.mac, ip = excluded.ip, "
-                    "bridge = excluded.bridge, port = excluded.port",
-                    (instance.instance_id, json.dumps(instance.to_mapping()), _next(db),
-                     instance.mac, instance.ip, instance.bridge, instance.port),
-                )
+                if instance.instance_id in current:
+                    raise UserError(
+                        f"record {instance.instance_id}: an instance with this id exists "
+                        "(use 'instance update', or 'instance import' to replace)")
+        result: dict[str, Bound] = {} if prune else dict(current)
+        result.update({i.instance_id: i for i in instances})
+        _refuse_ambiguity(result.values())
+        if prune:
+            gone = [i for i in current if i not in result]
+            db.executemany("DELETE FROM instances WHERE instance_id = ?", [(i,) for i in gone])
+        for instance in instances:
+            db.execute(
+                "INSERT INTO instances (instance_id, record, revision, mac, ip, bridge, "
+                "port) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(instance_id) DO UPDATE SET record = excluded.record, "
+                "revision = excluded.revision, mac = excluded.mac, ip = excluded.ip, "
+                "bridge = excluded.bridge, port = excluded.port",
+                (instance.instance_id, json.dumps(instance.to_mapping()), _next(db),
+                 instance.mac, instance.ip, instance.bridge, instance.port),
+            )
 
-    def remove(self, instance_id: str) -> None:
+    def remove(self, *instance_ids: str, missing_ok: bool = False) -> list[str]:
+        """Remove records in one transaction; returns the ids removed.
+
+        Every id is checked first: unless `missing_ok`, one unknown id removes nothing.
+        """
         with self._write() as db:
-            if db.execute("DELETE FROM instances WHERE instance_id = ?",
-                          (instance_id,)).rowcount == 0:
-                raise UserError(f"no instance {instance_id!r} in {self.path}")
+            present = [i for i in dict.fromkeys(instance_ids) if db.execute(
+                "SELECT 1 FROM instances WHERE instance_id = ?", (i,)).fetchone()]
+            missing = [i for i in instance_ids if i not in present]
+            if missing and not missing_ok:
+                raise UserError(
+                    f"no instance {', '.join(repr(i) for i in missing)} in {self.path}; "
+                    "nothing removed (--missing-ok removes the others)")
+            db.executemany("DELETE FROM instances WHERE instance_id = ?",
+                           [(i,) for i in present])
+        return present
 
     # The password is read live on each GET (rare: once per boot), never cached with
     # the record, so setting it is a one-row UPDATE that neither bumps the revision nor
@@ -247,6 +391,24 @@ class _WriteTransaction:
                 self._generation.bump()
         else:
             self._db.execute("ROLLBACK")
+
+
+def _use_rollback_journal(db: sqlite3.Connection) -> None:
+    """Leave WAL mode if a store from an older version is in it (see the module doc).
+
+    Leaving WAL needs the file to ourselves; if another process has it open, it stays
+    WAL until something opens it alone (e.g. the daemon at its next start).
+    """
+    mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+    if mode.lower() != "wal":
+        return
+    db.execute("PRAGMA busy_timeout = 0")  # never wait for it: it is only a conversion
+    try:
+        db.execute("PRAGMA journal_mode = DELETE")
+    except sqlite3.OperationalError as exc:
+        log.info("the instance store stays in WAL mode for now: %s", exc)
+    finally:
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
 def _next(db: sqlite3.Connection) -> int:
