@@ -33,17 +33,21 @@ def pinned():
     pin_dir = PIN_ROOT / f"test-{secrets.token_hex(4)}"
     bpffs.pin_maps(pin_dir, {m: loaded.map_fd(m) for m in layout.ALL_MAPS})
     maps = {m: BpfMap(loaded.map_fd(m), owned=False) for m in layout.ALL_MAPS}
-    cfg = layout.Config(md_ifindex=4242, shadow_slots=100, flags=0, slot_hold_ns=300 * 10**9)
+    cfg = layout.Config(md_ifindex=4242, shadow_slots=100, flags=0,
+                        slot_reuse_delay_ns=15 * 10**9)
     cfg.shadow_net, cfg.shadow_mask = layout.be32("100.64.0.0"), layout.be32("255.192.0.0")
     maps[layout.MAP_CONFIG].update(ctypes.c_uint32(0), cfg)
     maps[layout.MAP_PORTS].update(ctypes.c_uint32(LOOPBACK), layout.Port(b"br0", b"tap7"))
+    # Fresh identity state: other tests' programs share no maps, but be explicit.
+    for name in (layout.MAP_BY_GUEST, layout.MAP_MAC_LOCKS):
+        loaded.table(name).clear()
     yield loaded, maps, pin_dir
     bpffs.unpin(pin_dir)
     loaded.bpf.cleanup()
 
 
-def syn(src: str) -> bytes:
-    return bytes(Ether(src=GUEST_MAC, dst="02:00:00:00:00:01") /
+def syn(src: str, mac: str = GUEST_MAC) -> bytes:
+    return bytes(Ether(src=mac, dst="02:00:00:00:00:01") /
                  IP(src=src, dst="169.254.169.254") / TCP(dport=80, flags="S"))
 
 
@@ -82,3 +86,16 @@ def test_cache_holds_within_its_ttl_and_rereads_after(pinned):
     maps[layout.MAP_SLOTS].update(ctypes.c_uint32(1), entry)
     assert cached("100.64.0.1").ip == "10.0.0.5"
     assert uncached("100.64.0.1").ip == "10.0.0.9"
+
+
+def test_a_mac_locked_to_another_port_resolves_flagged(pinned):
+    loaded, maps, pin_dir = pinned
+    prog_test_run(loaded.port_fd, syn("10.0.0.5"))
+    copied = "02:00:00:00:00:66"
+    maps[layout.MAP_MAC_LOCKS].update(layout.mac_key(copied), ctypes.c_uint32(LOOPBACK + 1))
+    prog_test_run(loaded.port_fd, syn("10.0.0.5", mac=copied))
+    resolve = ShadowResolver(pin_dir, SHADOW)
+    assert resolve("100.64.0.1").locked_elsewhere is False
+    forged = resolve("100.64.0.2")
+    assert (forged.mac, forged.ip, forged.locked_elsewhere) == (copied, "10.0.0.5", True)
+    resolve.close()

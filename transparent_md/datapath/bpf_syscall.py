@@ -24,10 +24,13 @@ _SYS_BPF = _SYS_BPF_BY_MACHINE.get(os.uname().machine)
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
+BPF_MAP_LOOKUP_BATCH = 24
 
 BPF_ANY = 0
+BPF_NOEXIST = 1
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -39,6 +42,19 @@ class _MapElemAttr(ctypes.Structure):
         ("pad", ctypes.c_uint32),
         ("key", ctypes.c_uint64),
         ("value", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+class _BatchAttr(ctypes.Structure):
+    _fields_ = [
+        ("in_batch", ctypes.c_uint64),
+        ("out_batch", ctypes.c_uint64),
+        ("keys", ctypes.c_uint64),
+        ("values", ctypes.c_uint64),
+        ("count", ctypes.c_uint32),
+        ("map_fd", ctypes.c_uint32),
+        ("elem_flags", ctypes.c_uint64),
         ("flags", ctypes.c_uint64),
     ]
 
@@ -56,17 +72,18 @@ _ATTR_SIZE = 128
 
 
 def _bpf(cmd: int, attr: ctypes.Structure) -> int:
-    """bpf(2) with `attr`; what the kernel writes back (e.g. a test run's verdict) is
-    copied into `attr`."""
+    """bpf(2) with `attr`; what the kernel writes back (e.g. a test run's verdict, a
+    batch's count) is copied into `attr`."""
     if _SYS_BPF is None:
         raise OSError(errno.ENOSYS, f"bpf(2) syscall number unknown on {os.uname().machine}")
     buf = ctypes.create_string_buffer(_ATTR_SIZE)
     ctypes.memmove(buf, ctypes.addressof(attr), ctypes.sizeof(attr))
     ret = _libc.syscall(_SYS_BPF, cmd, buf, _ATTR_SIZE)
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    err = ctypes.get_errno()
+    # Copied back on failure too: a batch lookup reports its count with ENOENT.
     ctypes.memmove(ctypes.addressof(attr), buf, ctypes.sizeof(attr))
+    if ret < 0:
+        raise OSError(err, os.strerror(err))
     return ret
 
 
@@ -135,6 +152,62 @@ class BpfMap:
                 return False
             raise
         return True
+
+    def keys(self, key_type: type) -> list:
+        """Every key of a hash map, read before the caller changes anything (deleting
+        while walking would restart the walk)."""
+        found = []
+        previous: ctypes._CData | None = None
+        while True:
+            following = key_type()
+            attr = _MapElemAttr(
+                map_fd=self.fd,
+                key=ctypes.addressof(previous) if previous is not None else 0,
+                value=ctypes.addressof(following),
+            )
+            try:
+                _bpf(BPF_MAP_GET_NEXT_KEY, attr)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    return found
+                raise
+            found.append(following)
+            previous = following
+
+    def items(self, key_type: type, value_type: type) -> list[tuple]:
+        """(key, value) pairs of a hash map; keys that vanish meanwhile are skipped."""
+        pairs = []
+        for key in self.keys(key_type):
+            value = value_type()
+            if self.lookup(key, value):
+                pairs.append((key, value))
+        return pairs
+
+    def array_values(self, value_type: type, count: int) -> ctypes.Array:
+        """Entries 0..count-1 of an array map in a few BPF_MAP_LOOKUP_BATCH calls (one
+        syscall per element would cost a second per 65,536-entry scan)."""
+        values = (value_type * count)()
+        keys = (ctypes.c_uint32 * count)()
+        start, done = ctypes.c_uint32(0), 0
+        cursor = ctypes.c_uint32(0)
+        while done < count:
+            attr = _BatchAttr(
+                in_batch=ctypes.addressof(start) if done else 0,
+                out_batch=ctypes.addressof(cursor),
+                keys=ctypes.addressof(keys) + done * ctypes.sizeof(ctypes.c_uint32),
+                values=ctypes.addressof(values) + done * ctypes.sizeof(value_type),
+                count=count - done, map_fd=self.fd,
+            )
+            try:
+                _bpf(BPF_MAP_LOOKUP_BATCH, attr)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:  # ENOENT: the map's end was reached
+                    raise
+                break
+            finally:
+                done += attr.count
+            start.value = cursor.value
+        return values
 
     def lookup_percpu_u64(self, index: int) -> list[int]:
         """One u64 per possible CPU from a per-CPU array (zeros when absent)."""

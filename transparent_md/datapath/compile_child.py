@@ -3,7 +3,8 @@
 bcc brings LLVM and clang into the process that uses it (about 200 MB of RSS). Doing
 the compile here keeps the long-running daemon small: it only opens the pins.
 Usage: python -m transparent_md.datapath.compile_child PIN_DIR [CFLAG ...]
-Exit 0 when pinned; exit 2 with the user-facing message on stderr otherwise.
+Exit 0 when pinned; exit 2 with the user-facing message on stderr otherwise (missing
+headers, no bpf(2), or layout.py disagreeing with the C: see contract.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from transparent_md.datapath import bpf_syscall, bpffs, layout, programs
+from transparent_md.datapath import bpf_syscall, bpffs, contract, layout, programs
 from transparent_md.errors import UserError
 
 
@@ -19,6 +20,9 @@ def main(argv: list[str]) -> int:
     pin_dir = Path(argv[0])
     try:
         loaded = programs.load_programs(tuple(argv[1:]))
+        # Before anything is pinned: a layout.py that disagrees with the C must never
+        # read or write a map (one line naming the map, struct and field).
+        contract.check(loaded.table)
         bpffs.pin_maps(pin_dir, {name: loaded.map_fd(name) for name in layout.ALL_MAPS})
         bpf_syscall.obj_pin(loaded.port_fd, str(pin_dir / programs.PORT_PROGRAM))
         bpf_syscall.obj_pin(loaded.md_fd, str(pin_dir / programs.MD_PROGRAM))

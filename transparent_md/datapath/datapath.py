@@ -26,16 +26,28 @@ from transparent_md.datapath import (
 )
 from transparent_md.datapath.bpf_syscall import BpfMap
 from transparent_md.datapath.filter_guard import FilterGuard
+from transparent_md.datapath.port_limits import PortLimits
 from transparent_md.datapath.ports import GatewayRule, PortAttacher
+from transparent_md.datapath.slot_release import DEFAULT_SLOT_REUSE_DELAY_S
 from transparent_md.errors import UserError
+from transparent_md.identity.shadow_map import DEFAULT_CACHE_TTL_S
 from transparent_md.names import DaemonNames
 
 log = logging.getLogger(__name__)
 
+NS_PER_S = 1_000_000_000
+
 DEFAULT_SHADOW_PREFIX = "100.64.0.0/10"
-# Longer than the responder's idle timeout and any keep-alive burst: a slot seen this
-# recently is never handed to another guest, so a late reply cannot reach the wrong one.
-DEFAULT_SLOT_HOLD_S = 300.0
+# Identities (port, MAC, IP) one port may hold at once: a guest with a few secondary
+# addresses, or a few containers with their own MACs, fits easily; a guest forging
+# random sources fills its own quota, not the host's table.
+DEFAULT_PORT_IDENTITY_QUOTA = 32
+# MACs one port may lock (a MAC is locked to the first port it asked from).
+DEFAULT_PORT_MAC_QUOTA = 8
+# SYNs to 169.254.169.254:80 per second per port, and the burst above that rate: a
+# cloud-init crawl opens about 40 connections, an SDK a handful.
+DEFAULT_PORT_SYN_RATE = 100
+DEFAULT_PORT_SYN_BURST = 200
 
 
 @dataclass
@@ -47,7 +59,14 @@ class DatapathConfig:
     gateways: list[GatewayRule] = field(default_factory=list)
     answer_metadata_arp: bool = True
     filter_position: tc.FilterPosition = field(default_factory=tc.FilterPosition)
-    slot_hold_s: float = DEFAULT_SLOT_HOLD_S
+    # Hostile-guest limits, per port; 0 disables each.
+    port_identity_quota: int = DEFAULT_PORT_IDENTITY_QUOTA
+    port_mac_quota: int = DEFAULT_PORT_MAC_QUOTA
+    port_syn_rate: int = DEFAULT_PORT_SYN_RATE
+    port_syn_burst: int = DEFAULT_PORT_SYN_BURST
+    # A released slot waits this long before another identity may take it (longer than
+    # the responder's identity cache: see slot_release).
+    slot_reuse_delay_s: float = DEFAULT_SLOT_REUSE_DELAY_S
 
 
 def shadow_network(prefix: str) -> ipaddress.IPv4Network:
@@ -91,6 +110,9 @@ class Datapath:
             raise UserError("must run as root: attaching tc programs and creating the "
                             "responder's devices needs CAP_NET_ADMIN and CAP_BPF")
         self._check_bridges()
+        # Before anything is built: another daemon's ports make this one refuse untouched.
+        ownership.refuse_claimed(self.names,
+                                 ownership.bridge_members(self.ipr, self.config.bridges))
         bpffs.ensure_mounted()
         bpffs.unpin(self.pin_dir)
         self.programs = programs.compile_and_pin(
@@ -106,11 +128,10 @@ class Datapath:
         self.attacher = PortAttacher(
             self.config.bridges, self.programs.port_fd, self._maps[layout.MAP_PORTS],
             self._maps[layout.MAP_ARP], self.config.gateways, self.config.filter_position,
+            limits=self._port_limits(),
         )
         state = self.names.ports_file
         recorded = port_state.load(state)
-        wanted = self.attacher.current_ports(self.ipr)
-        ownership.refuse_claimed(self.names, ((i, p.name) for i, p in wanted.items()))
         self.attacher.sync(self.ipr)
         current = {i: p.name for i, p in self.attacher.attached.items()}
         for name in port_state.detach_leftovers(self.ipr, recorded, current,
@@ -149,8 +170,21 @@ class Datapath:
         cfg.md_mac[:] = layout.mac_bytes(self.side.responder_mac)
         cfg.arp_mac[:] = layout.mac_bytes(self.side.host_mac)
         cfg.flags = layout.CFG_ANSWER_METADATA_ARP if self.config.answer_metadata_arp else 0
-        cfg.slot_hold_ns = int(self.config.slot_hold_s * 1e9)
+        limits = self.config
+        if limits.slot_reuse_delay_s <= DEFAULT_CACHE_TTL_S:
+            raise UserError(f"slot reuse delay {limits.slot_reuse_delay_s} s must exceed the "
+                            f"responder's identity cache ({DEFAULT_CACHE_TTL_S} s)")
+        cfg.port_identity_quota = limits.port_identity_quota
+        cfg.port_mac_quota = limits.port_mac_quota
+        if limits.port_syn_rate > 0 and limits.port_syn_burst > 0:
+            cfg.syn_cost_ns = NS_PER_S // limits.port_syn_rate
+            cfg.syn_burst_ns = cfg.syn_cost_ns * limits.port_syn_burst
+        cfg.slot_reuse_delay_ns = int(limits.slot_reuse_delay_s * NS_PER_S)
         self._maps[layout.MAP_CONFIG].update(ctypes.c_uint32(0), cfg)
+
+    def _port_limits(self) -> PortLimits:
+        return PortLimits(self._maps[layout.MAP_PORT_USAGE], self._maps[layout.MAP_PORT_RELEASED],
+                          self._maps[layout.MAP_MAC_LOCKS], self._maps[layout.MAP_BY_GUEST])
 
     def resync(self) -> None:
         """Re-read bridge membership now (the follower does this on events and every 30 s)."""
@@ -183,7 +217,16 @@ class Datapath:
             self.ipr = None
 
     # -- observation ----------------------------------------------------------------
-    def stats(self) -> dict[str, int]:
-        """Sum of the per-CPU counters, by name."""
-        counters = self._maps[layout.MAP_STATS]
-        return {s.name.lower(): sum(counters.lookup_percpu_u64(s.value)) for s in layout.Stat}
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Sums of the per-CPU counters by name: {"events": {...}, "drops": {reason: n}}."""
+        def totals(map_name: str, names: type) -> dict[str, int]:
+            counters = self._maps[map_name]
+            return {n.name.lower(): sum(counters.lookup_percpu_u64(n.value)) for n in names}
+
+        return {"events": totals(layout.MAP_EVENTS, layout.Event),
+                "drops": totals(layout.MAP_DROPS, layout.Drop)}
+
+    def slots_in_use(self) -> int:
+        """Shadow slots held by identities now (one map walk; for the gauge)."""
+        by_guest = self._maps.get(layout.MAP_BY_GUEST)
+        return len(by_guest.keys(layout.GuestKey)) if by_guest else 0

@@ -12,6 +12,10 @@ IFNAME_LEN = 16  # IFNAMSIZ
 
 # Config flags (TMD_CFG_*).
 CFG_ANSWER_METADATA_ARP = 0x1
+# Slot flags (TMD_SLOT_*): the identity's MAC is locked to another port.
+SLOT_LOCKED_ELSEWHERE = 0x1
+# Slot.free_since_ns of a taken slot (TMD_SLOT_TAKEN).
+SLOT_TAKEN = 2**64 - 1
 
 # Map names, as declared in the C; also the file names of their pins.
 MAP_CONFIG = "tmd_config"
@@ -20,23 +24,43 @@ MAP_ARP = "tmd_arp"
 MAP_BY_GUEST = "tmd_by_guest"
 MAP_SLOTS = "tmd_slots"
 MAP_NEXT_SLOT = "tmd_next_slot"
-MAP_STATS = "tmd_stats"
-ALL_MAPS = (MAP_CONFIG, MAP_PORTS, MAP_ARP, MAP_BY_GUEST, MAP_SLOTS, MAP_NEXT_SLOT, MAP_STATS)
+MAP_MAC_LOCKS = "tmd_mac_locks"
+MAP_PORT_USAGE = "tmd_port_usage"
+MAP_PORT_RELEASED = "tmd_port_released"
+MAP_EVENTS = "tmd_events"
+MAP_DROPS = "tmd_drops"
+ALL_MAPS = (MAP_CONFIG, MAP_PORTS, MAP_ARP, MAP_BY_GUEST, MAP_SLOTS, MAP_NEXT_SLOT,
+            MAP_MAC_LOCKS, MAP_PORT_USAGE, MAP_PORT_RELEASED, MAP_EVENTS, MAP_DROPS)
 
 # TMD_MAX_SLOTS: slot 0 means "none", so at most MAX_SLOTS - 1 identities at once.
 MAX_SLOTS = 65536
 
 
-class Stat(IntEnum):
-    """Counters in tmd_stats, in the order of enum tmd_stat."""
+class Event(IntEnum):
+    """Counters in tmd_events, in the order of enum tmd_event: what was done."""
 
     REQUEST_REDIRECTED = 0
     REPLY_REDIRECTED = 1
     ARP_ANSWERED = 2
-    METADATA_DROPPED = 3
-    REPLY_DROPPED = 4
-    NO_SLOT = 5
-    STRAY_DROPPED = 6
+    SLOT_ALLOCATED = 3
+    FORGED_FLAGGED = 4
+
+
+class Drop(IntEnum):
+    """Counters in tmd_drops, in the order of enum tmd_drop: one reason per drop."""
+
+    UNSERVED = 0
+    BAD_SOURCE = 1
+    NOT_SYN = 2
+    SYN_RATE = 3
+    PORT_QUOTA = 4
+    MAC_QUOTA = 5
+    NO_SLOT = 6
+    REWRITE_FAILED = 7
+    STRAY = 8
+    ARP_CLAIM = 9
+    REPLY_UNSERVED = 10
+    REPLY_NO_SLOT = 11
 
 
 class Config(ctypes.Structure):
@@ -48,18 +72,32 @@ class Config(ctypes.Structure):
         ("md_mac", ctypes.c_uint8 * MAC_LEN),
         ("arp_mac", ctypes.c_uint8 * MAC_LEN),
         ("flags", ctypes.c_uint32),
-        ("slot_hold_ns", ctypes.c_uint64),
+        ("port_identity_quota", ctypes.c_uint32),
+        ("port_mac_quota", ctypes.c_uint32),
+        ("syn_cost_ns", ctypes.c_uint64),
+        ("syn_burst_ns", ctypes.c_uint64),
+        ("slot_reuse_delay_ns", ctypes.c_uint64),
+    ]
+
+
+class GuestKey(ctypes.Structure):
+    _fields_ = [
+        ("ifindex", ctypes.c_uint32),
+        ("ip", ctypes.c_uint32),
+        ("mac", ctypes.c_uint8 * MAC_LEN),
+        ("pad", ctypes.c_uint8 * 2),
     ]
 
 
 class Slot(ctypes.Structure):
     _fields_ = [
-        ("ifindex", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),  # 0: free
         ("ip", ctypes.c_uint32),
         ("mac", ctypes.c_uint8 * MAC_LEN),
         ("gw_mac", ctypes.c_uint8 * MAC_LEN),
-        ("pad", ctypes.c_uint32),
-        ("last_seen_ns", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("last_seen_ns", ctypes.c_uint64),  # CLOCK_MONOTONIC, as bpf_ktime_get_ns()
+        ("free_since_ns", ctypes.c_uint64),  # SLOT_TAKEN, or when released (0: never used)
     ]
 
 
@@ -69,6 +107,55 @@ class Port(ctypes.Structure):
 
 class ArpKey(ctypes.Structure):
     _fields_ = [("ifindex", ctypes.c_uint32), ("ip", ctypes.c_uint32)]
+
+
+class MacKey(ctypes.Structure):
+    _fields_ = [("mac", ctypes.c_uint8 * MAC_LEN), ("pad", ctypes.c_uint8 * 2)]
+
+
+class PortUsage(ctypes.Structure):
+    """Written by the port program (user space only on attach)."""
+
+    _fields_ = [
+        ("identities_taken", ctypes.c_uint64),
+        ("macs_locked", ctypes.c_uint64),
+        ("syn_tat_ns", ctypes.c_uint64),
+    ]
+
+
+class PortReleased(ctypes.Structure):
+    """Written by user space only: in use = PortUsage's taken - these."""
+
+    _fields_ = [
+        ("identities_released", ctypes.c_uint64),
+        ("macs_unlocked", ctypes.c_uint64),
+    ]
+
+
+# What each map holds, as (key type, value type): the contract checked against what bcc
+# generated from the C (transparent_md/datapath/contract.py). Per-CPU values list one
+# element's type.
+MAP_TYPES: dict[str, tuple[type, type]] = {
+    MAP_CONFIG: (ctypes.c_uint32, Config),
+    MAP_PORTS: (ctypes.c_uint32, Port),
+    MAP_ARP: (ArpKey, ctypes.c_uint8),
+    MAP_BY_GUEST: (GuestKey, ctypes.c_uint32),
+    MAP_SLOTS: (ctypes.c_uint32, Slot),
+    MAP_NEXT_SLOT: (ctypes.c_uint32, ctypes.c_uint64),
+    MAP_MAC_LOCKS: (MacKey, ctypes.c_uint32),
+    MAP_PORT_USAGE: (ctypes.c_uint32, PortUsage),
+    MAP_PORT_RELEASED: (ctypes.c_uint32, PortReleased),
+    MAP_EVENTS: (ctypes.c_uint32, ctypes.c_uint64),
+    MAP_DROPS: (ctypes.c_uint32, ctypes.c_uint64),
+}
+# Counter maps and the enum that names their entries: max_entries must equal its length.
+COUNTER_ENUMS: dict[str, type[IntEnum]] = {MAP_EVENTS: Event, MAP_DROPS: Drop}
+
+
+def mac_key(mac: str) -> MacKey:
+    key = MacKey()
+    key.mac[:] = mac_bytes(mac)
+    return key
 
 
 def be32(address: str | ipaddress.IPv4Address) -> int:

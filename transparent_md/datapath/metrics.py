@@ -1,4 +1,5 @@
-"""Prometheus view of the datapath: the programs' per-CPU counters and attached ports."""
+"""Prometheus view of the datapath: what the tc programs did, what they dropped and why,
+slots in use and attached ports."""
 
 from __future__ import annotations
 
@@ -19,12 +20,25 @@ class DatapathCollector(Collector):
         self._datapath = datapath
 
     def collect(self) -> Iterator:
+        stats = self._datapath.stats()
         packets = CounterMetricFamily(
             "transparent_md_datapath_packets",
-            "packets the tc programs handled, by what they did", labels=["event"])
-        for event, count in self._datapath.stats().items():
+            "packets the tc programs kept, by what they did with them (redirected a "
+            "request or a reply, answered ARP, gave a new identity a slot, flagged a slot "
+            "whose MAC is locked to another port)", labels=["event"])
+        for event, count in stats["events"].items():
             packets.add_metric([event], count)
         yield packets
+        drops = CounterMetricFamily(
+            "transparent_md_datapath_drops",
+            "packets the tc programs dropped, each counted once under its reason",
+            labels=["reason"])
+        for reason, count in stats["drops"].items():
+            drops.add_metric([reason], count)
+        yield drops
+        yield GaugeMetricFamily("transparent_md_shadow_slots_in_use",
+                                "shadow slots held by guest identities (port, MAC, IP)",
+                                value=self._datapath.slots_in_use())
         attacher = self._datapath.attacher
         yield GaugeMetricFamily("transparent_md_attached_ports", "bridge ports with our filter",
                                 value=len(attacher.attached) if attacher else 0)

@@ -2,7 +2,9 @@
 
 A netlink listener sees ports join (a VM starting) and leave; a periodic full resync
 covers anything the event stream dropped. Each port gets our tc filter plus its entries
-in the maps (its bridge/name for identity, its proxy-ARP gateway addresses).
+in the maps (its bridge/name for identity, its proxy-ARP gateway addresses), and fresh
+per-port limits (identity and MAC-lock counts, SYN bucket); a port that goes releases
+its MAC locks.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from transparent_md.datapath import layout, programs, tc
 from transparent_md.datapath.bpf_syscall import BpfMap
+from transparent_md.datapath.port_limits import PortLimits
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class PortAttacher:
         arp_map: BpfMap,
         gateways: Iterable[GatewayRule],
         position: tc.FilterPosition,
+        limits: PortLimits | None = None,
     ) -> None:
         self.bridges = list(bridges)
         self.port_prog_fd = port_prog_fd
@@ -70,6 +74,7 @@ class PortAttacher:
         self.arp_map = arp_map
         self.gateways = list(gateways)
         self.position = position
+        self.limits = limits
         self.attached: dict[int, PortInfo] = {}
         # Called with {ifindex: name} whenever the attached set changed (for port_state).
         self.on_change: Callable[[dict[int, str]], None] | None = None
@@ -138,6 +143,8 @@ class PortAttacher:
         )
         for ip in self._gateway_ips(info):
             self.arp_map.update(layout.ArpKey(info.ifindex, layout.be32(ip)), ctypes.c_uint8(1))
+        if self.limits is not None:
+            self.limits.reset(info.ifindex)
         try:
             tc.attach(ipr, info.ifindex, self.port_prog_fd, programs.PORT_PROGRAM, self.position)
         except NetlinkError as exc:
@@ -166,6 +173,8 @@ class PortAttacher:
         self.ports_map.delete(ctypes.c_uint32(info.ifindex))
         for ip in self._gateway_ips(info):
             self.arp_map.delete(layout.ArpKey(info.ifindex, layout.be32(ip)))
+        if self.limits is not None:
+            self.limits.forget(info.ifindex)
 
     def restore_filter(self, ipr: IPRoute, ifindex: int) -> PortInfo | None:
         """Put our filter back on an attached port (someone deleted or replaced it)."""

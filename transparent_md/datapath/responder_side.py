@@ -29,6 +29,10 @@ METADATA_IP = "169.254.169.254"
 METADATA_PORT = 80
 # Room for a 1,000-guest boot storm's SYNs between two accept rounds.
 LISTEN_BACKLOG = 4096
+# SYN-ACK retries in our responder namespace (kernel default 5, about a minute): 1 s +
+# 2 s of retries, then the request sock of a SYN nobody completes (a spoofed source) is
+# gone, and the slot releaser can give its shadow slot back within seconds.
+RESPONDER_SYNACK_RETRIES = 2
 
 
 @dataclass
@@ -132,6 +136,7 @@ def create(ipr: IPRoute, names: DaemonNames, shadow_prefix: str) -> ResponderSid
         if side_ipr is not ipr:
             side_ipr.close()
     _disable_ipv6(responder_veth, netns_name)
+    shorten_synack_retries(netns_name)
     return ResponderSide(
         host_veth=names.host_veth,
         host_ifindex=host_ifindex,
@@ -147,3 +152,13 @@ def _disable_ipv6(ifname: str, netns_name: str | None) -> None:
         path = Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6")
         if path.exists():
             path.write_text("1\n")
+
+
+def shorten_synack_retries(netns_name: str | None) -> None:
+    """Lower net.ipv4.tcp_synack_retries in the responder's own namespace; never in the
+    host's (netns_name None): there it would change every service of the host."""
+    if netns_name is None:
+        return
+    with entered_netns(netns_name):
+        Path("/proc/sys/net/ipv4/tcp_synack_retries").write_text(
+            f"{RESPONDER_SYNACK_RETRIES}\n")

@@ -4,10 +4,13 @@ The responder sees every request coming from `<shadow prefix> | slot`; the port 
 wrote that slot (port ifindex, guest IP, guest MAC) before it let the SYN through, and
 the daemon wrote the port's bridge and name when it attached. No bcc here.
 
-Answers are cached per slot for `cache_ttl_s`. That is safe because the port program
-never hands a slot to another guest until it has been unused for the slot hold time
-(DatapathConfig.slot_hold_s): a slot seen at time T keeps its guest until at least
-T + hold, and the cache forgets it long before.
+Answers are cached per slot for `cache_ttl_s`. That is safe because a released slot is
+handed to another identity only after the slot reuse delay
+(transparent_md.datapath.slot_release.DEFAULT_SLOT_REUSE_DELAY_S), which is longer
+than this cache: a cached answer always expires before its slot can change hands.
+
+A slot whose MAC is locked to another port (a guest copying a neighbour's MAC) resolves
+to a Guest with `locked_elsewhere=True`: the responder answers it nothing of anyone's.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from transparent_md.datapath import layout
 from transparent_md.datapath.bpf_syscall import BpfMap
 from transparent_md.identity.guest import Guest
 
-# Far below the slot hold time (minutes) yet long enough that a booting guest's burst
+# Below the slot reuse delay (see above) yet long enough that a booting guest's burst
 # of connections costs one pair of map reads.
 DEFAULT_CACHE_TTL_S = 10.0
 
@@ -79,6 +82,7 @@ class ShadowResolver:
             ifindex=slot.ifindex,
             mac=layout.mac_str(slot.mac),
             ip=layout.ip_from_be32(slot.ip),
+            locked_elsewhere=bool(slot.flags & layout.SLOT_LOCKED_ELSEWHERE),
         )
 
     def close(self) -> None:

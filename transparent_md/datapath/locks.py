@@ -1,0 +1,67 @@
+"""MAC locks, for the operator: list them, release one early.
+
+A MAC that got a shadow slot from one port is locked to that port while the port is
+attached; from any other port it is answered nothing (a guest copying a neighbour's
+MAC). When a VM legitimately moves to another port while its old port still exists
+(a live migration within the host, a re-plugged NIC), the operator releases the lock:
+`transparent-md identity release --mac MAC`. Works from any process: only the pins.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from pathlib import Path
+
+from transparent_md.datapath import layout
+from transparent_md.datapath.bpf_syscall import BpfMap
+from transparent_md.datapath.port_limits import add_released
+
+
+@dataclass(frozen=True)
+class MacLock:
+    mac: str
+    ifindex: int
+    port: str     # "" when the port is no longer in the ports map
+    bridge: str
+
+
+def _open(pin_dir: Path, name: str) -> BpfMap:
+    return BpfMap.from_pin(str(Path(pin_dir) / name))
+
+
+def list_locks(pin_dir: str | Path) -> list[MacLock]:
+    """Every MAC lock of the daemon whose maps are pinned in `pin_dir`."""
+    locks, ports = _open(pin_dir, layout.MAP_MAC_LOCKS), _open(pin_dir, layout.MAP_PORTS)
+    try:
+        found = []
+        for key, ifindex in locks.items(layout.MacKey, ctypes.c_uint32):
+            port = layout.Port()
+            known = ports.lookup(ctypes.c_uint32(ifindex.value), port)
+            found.append(MacLock(
+                mac=layout.mac_str(key.mac), ifindex=ifindex.value,
+                port=port.name.decode() if known else "",
+                bridge=port.bridge.decode() if known else "",
+            ))
+        return sorted(found, key=lambda lock: (lock.port, lock.mac))
+    finally:
+        locks.close()
+        ports.close()
+
+
+def release_mac(pin_dir: str | Path, mac: str) -> bool:
+    """Remove `mac`'s lock; False when it had none. The next SYN from a port with no
+    slot for this MAC locks it there. Slots already flagged keep their flag until the
+    slot is released (seconds after their last connection closes)."""
+    locks = _open(pin_dir, layout.MAP_MAC_LOCKS)
+    released = _open(pin_dir, layout.MAP_PORT_RELEASED)
+    try:
+        key = layout.mac_key(mac.lower())
+        ifindex = ctypes.c_uint32()
+        if not locks.lookup(key, ifindex) or not locks.delete(key):
+            return False
+        add_released(released, ifindex.value, macs=1)
+        return True
+    finally:
+        locks.close()
+        released.close()

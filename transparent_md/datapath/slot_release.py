@@ -1,0 +1,140 @@
+"""Give shadow slots back as soon as no late reply can reach another guest.
+
+A slot may go to another identity only when nothing the responder still holds can send
+to its shadow address. The responder namespace is the only place replies come from, so
+the test is exact: no TCP socket there, in any state (a SYN_RECV request sock, an open
+connection, FIN_WAIT, TIME_WAIT), has the slot's shadow address as its peer, and the
+port program has not seen the identity for a short grace (a SYN in flight has no
+socket yet). Such a slot is released: its by_guest entry goes, the slot is marked free
+with the release time, and the port's released counter grows.
+
+The port program hands a released slot to another identity only after
+`slot_reuse_delay_s`, longer than the responder's per-slot identity cache, so a worker
+can never answer a new identity with the previous one's cached record.
+
+In the responder namespace (our own, never the host's) a SYN's request sock is given up
+after two SYN-ACK retries (responder_side.shorten_synack_retries), so the slot of a
+spoofed SYN comes back in seconds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import logging
+import threading
+import time
+from pathlib import Path
+
+from transparent_md.datapath import layout
+from transparent_md.datapath.bpf_syscall import BpfMap
+from transparent_md.datapath.port_limits import add_released
+from transparent_md.datapath.sock_diag import TcpPeers
+from transparent_md.identity.shadow_map import DEFAULT_CACHE_TTL_S
+
+log = logging.getLogger(__name__)
+
+# How often idle slots are looked for: a slot comes back within about a second of its
+# last socket closing.
+RELEASE_INTERVAL_S = 1.0
+# A slot seen this recently is kept even without a socket: a SYN can be on its way to
+# the responder (redirected, not yet a request sock). Longer than the port program's
+# last-seen refresh period (1 s), so a live identity always looks live.
+RELEASE_GRACE_S = 2.0
+# A released slot waits this long before another identity may take it: the responder
+# caches identity per slot for DEFAULT_CACHE_TTL_S, plus room for a slow worker.
+DEFAULT_SLOT_REUSE_DELAY_S = DEFAULT_CACHE_TTL_S + 5.0
+assert DEFAULT_SLOT_REUSE_DELAY_S > DEFAULT_CACHE_TTL_S, "reuse must outlast the identity cache"
+_NS_PER_S = 1_000_000_000
+
+
+class SlotReleaser:
+    """Releases idle slots every RELEASE_INTERVAL_S in a daemon thread; run_once() is
+    one round (what the thread does, and what tests call)."""
+
+    def __init__(self, pin_dir: str | Path, responder_netns_name: str | None,
+                 shadow_prefix: str, *, grace_s: float = RELEASE_GRACE_S,
+                 interval_s: float = RELEASE_INTERVAL_S) -> None:
+        pin_dir = Path(pin_dir)
+        self._slots = BpfMap.from_pin(str(pin_dir / layout.MAP_SLOTS))
+        self._by_guest = BpfMap.from_pin(str(pin_dir / layout.MAP_BY_GUEST))
+        self._released = BpfMap.from_pin(str(pin_dir / layout.MAP_PORT_RELEASED))
+        self._config = BpfMap.from_pin(str(pin_dir / layout.MAP_CONFIG))
+        self._peers = TcpPeers(responder_netns_name)
+        self._shadow_net = int(ipaddress.IPv4Network(shadow_prefix).network_address)
+        self._grace_ns = int(grace_s * _NS_PER_S)
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.in_use = 0          # slots taken after the last round (a gauge)
+        self.released_total = 0  # slots released since start
+
+    # -- one round ------------------------------------------------------------------
+    def run_once(self) -> int:
+        """Release every idle slot; returns how many were released."""
+        taken = self._taken_slots()
+        if not taken:
+            self.in_use = 0
+            return 0
+        # Sockets are listed before last-seen is judged: a SYN that arrives in between
+        # refreshes last-seen, so its slot is kept even though its socket was not seen.
+        peers = self._peers.peers()
+        released = 0
+        for index in taken:
+            if self._shadow_net | index in peers:
+                continue
+            if self._release_if_idle(index):
+                released += 1
+        self.in_use = len(taken) - released
+        self.released_total += released
+        return released
+
+    def _taken_slots(self) -> list[int]:
+        cfg = layout.Config()
+        if not self._config.lookup(ctypes.c_uint32(0), cfg) or cfg.shadow_slots == 0:
+            return []
+        slots = self._slots.array_values(layout.Slot, cfg.shadow_slots + 1)
+        # The ifindex of every slot at once (a Slot is 10 u32 words, ifindex first).
+        words = ctypes.sizeof(layout.Slot) // ctypes.sizeof(ctypes.c_uint32)
+        ifindexes = memoryview(slots).cast("B").cast("I")[::words]
+        return [i for i, ifindex in enumerate(ifindexes) if ifindex and i]
+
+    def _release_if_idle(self, index: int) -> bool:
+        key = ctypes.c_uint32(index)
+        slot = layout.Slot()
+        if not self._slots.lookup(key, slot) or slot.ifindex == 0:
+            return False
+        now = time.monotonic_ns()
+        if now - slot.last_seen_ns < self._grace_ns:
+            return False
+        guest = layout.GuestKey(ifindex=slot.ifindex, ip=slot.ip)
+        guest.mac[:] = bytes(slot.mac)
+        points_to = ctypes.c_uint32()
+        if self._by_guest.lookup(guest, points_to) and points_to.value == index:
+            self._by_guest.delete(guest)
+        self._slots.update(key, layout.Slot(free_since_ns=now))
+        add_released(self._released, slot.ifindex, identities=1)
+        log.debug("released slot %d (%s %s on ifindex %d)", index,
+                  layout.mac_str(slot.mac), layout.ip_from_be32(slot.ip), slot.ifindex)
+        return True
+
+    # -- the thread -----------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="slot-releaser", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+            self._thread = None
+        for handle in (self._slots, self._by_guest, self._released, self._config):
+            handle.close()
+        self._peers.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.run_once()
+            except Exception:  # keep releasing; a failed round only delays releases
+                log.exception("slot releaser round failed")
