@@ -98,6 +98,7 @@ def live_unthrottled(tmp_path) -> Iterator[Live]:
 
 def start_responder(store_path: str, idle_timeout: float,
                     listener_sndbuf: int | None = None,
+                    listener_rcvbuf: int | None = None,
                     limits: ResponderLimits | None = None,
                     resolver=None) -> Iterator[Live]:
     """Serve the three test records on 127.0.0.1 in a uvloop thread until closed."""
@@ -108,6 +109,8 @@ def start_responder(store_path: str, idle_timeout: float,
     listener = socket.socket()
     if listener_sndbuf is not None:  # accepted sockets inherit it (and no autotuning)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, listener_sndbuf)
+    if listener_rcvbuf is not None:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, listener_rcvbuf)
     listener.bind(("127.0.0.1", 0))
     listener.listen(128)
     loop = uvloop.new_event_loop()

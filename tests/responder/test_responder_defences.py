@@ -1,0 +1,207 @@
+"""The per-guest defences on a real loopback responder (no namespaces, no root).
+
+Attacks through the datapath in namespaces are acceptance tests elsewhere; these check
+what a real client sees: statuses rather than resets, caps closing at once, keep-alive
+and header time limits, the rate limit, and the responder surviving EMFILE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.responder.conftest import start_responder
+from tests.responder.fakes import GUEST, make_store
+from tests.responder.http_client import Conn
+from transparent_md.responder import Responder
+from transparent_md.responder.limits import ResponderLimits
+
+ID = "/latest/meta-data/instance-id"
+# Big enough to fill any socket buffer, so the server must read while we write.
+HUNDRED_KB_OF_HEADERS = "".join(f"X-Pad-{i:04d}: {'v' * 88}\r\n" for i in range(1000))
+ONE_MIB = 1 << 20
+
+
+# Small socket buffers on both ends, so a client cannot have sent a large request
+# before the server answers it: as over a real link, the server's close would meet
+# unread input and reset the connection.
+SMALL_BUFFER = 4096
+
+
+def live_with(tmp_path, **limits):
+    return start_responder(str(tmp_path / "i.db"), idle_timeout=30.0,
+                           listener_rcvbuf=SMALL_BUFFER, limits=ResponderLimits(**limits))
+
+
+def small_buffered_socket(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+    sock.settimeout(20)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes; a reset after data keeps the data."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            raise AssertionError(f"connection reset; read so far {data[:80]!r}") from None
+        if not chunk:
+            return data
+        data += chunk
+
+
+@pytest.mark.parametrize(("payload", "status"), [
+    ((f"GET {ID} HTTP/1.1\r\nHost: x\r\n" + HUNDRED_KB_OF_HEADERS + "\r\n").encode(), 431),
+    (b"POST /openstack/latest/password HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+     % ONE_MIB + b"p" * ONE_MIB, 413),
+])
+def test_oversized_requests_get_their_status_not_a_reset(tmp_path, payload, status):
+    for live in live_with(tmp_path):
+        sock = small_buffered_socket(live.port)
+        sock.sendall(payload)  # the server keeps reading (and dropping) after its reply
+        reply = read_all(sock)  # without our FIN: the server's own FIN ends the reply
+        assert reply.startswith(b"HTTP/1.1 %d " % status), reply[:80]
+        assert b"Connection: close" in reply
+        sock.close()
+        assert live.get(ID).status == 200
+
+
+def test_connections_over_the_identity_cap_are_closed_at_once(tmp_path):
+    for live in live_with(tmp_path, max_conns_per_identity=4):
+        held = [live.connect() for _ in range(4)]
+        assert all(c.request("GET", ID).status == 200 for c in held)
+        extra = live.socket()
+        extra.settimeout(10)
+        with contextlib.suppress(ConnectionResetError):  # aborted: a reset is expected
+            assert extra.recv(1) == b""
+        assert live.responder.stats.connections_refused["identity"] == 1
+        assert live.get(ID, source="127.0.0.3").status == 200  # another guest: served
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while live.responder.stats.open_connections >= 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert live.get(ID).status == 200  # a slot freed
+        for conn in held:
+            conn.close()
+
+
+def test_keepalive_request_limit_seen_by_a_client(tmp_path):
+    for live in live_with(tmp_path, keepalive_requests=5):
+        conn = live.connect()
+        replies = [conn.request("GET", ID) for _ in range(5)]
+        assert [r.headers.get("connection") for r in replies] == [None] * 4 + ["close"]
+        assert conn.at_eof()
+
+
+def test_slowloris_gets_408_after_the_header_timeout(tmp_path):
+    for live in start_responder(str(tmp_path / "i.db"), idle_timeout=30.0,
+                                limits=ResponderLimits(header_timeout_s=0.3)):
+        sock = live.socket()
+        sock.settimeout(20)
+        sock.sendall(b"GET /latest/meta-data/ HTTP/1.1\r\n")
+        reply = b""
+        for _ in range(200):  # a header byte every 50 ms: never completes
+            try:
+                sock.sendall(b"X")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.05)
+            if live.responder.stats.header_timeouts:
+                break
+        reply = read_all(sock)
+        assert reply.startswith(b"HTTP/1.1 408 "), reply
+        assert live.responder.stats.header_timeouts == 1
+
+
+def test_over_the_request_rate_is_429_and_others_are_served(tmp_path):
+    for live in live_with(tmp_path, request_rate=0.01, request_burst=10):
+        statuses = []
+        for _ in range(12):
+            statuses.append(live.get(ID).status)
+        assert statuses[:10] == [200] * 10
+        assert statuses[10:] == [429, 429]
+        conn = live.connect()
+        conn.send("GET", ID)
+        reply = conn.read()
+        assert reply.status == 429 and reply.headers["retry-after"] == "1"
+        assert live.get(ID, source="127.0.0.3").status == 200  # other identity
+
+
+def test_the_listener_pauses_on_an_emfile_reported_to_the_loop(tmp_path):
+    for live in live_with(tmp_path, accept_pause_s=0.2):
+        live.loop.call_soon_threadsafe(live.loop.call_exception_handler, {
+            "message": "error status in uv_stream_t.listen callback",
+            "exception": OSError(errno.EMFILE, "Too many open files")})
+        deadline = time.monotonic() + 10
+        while not live.responder.stats.accept_paused and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert live.responder.stats.accept_paused == 1
+        assert live.get(ID).status == 200  # waits in the backlog, then accepted
+
+
+def test_out_of_descriptors_pauses_accepting_and_keeps_serving(tmp_path):
+    """A responder with 96 descriptors and 150 clients: no traceback, no death."""
+    nofile = 96
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.responder.limited_server", str(tmp_path / "i.db"),
+         str(nofile)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        port = int(server.stdout.readline())
+        clients = []
+        for _ in range(150):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            clients.append(Conn(sock))
+        # the first ones were accepted: they are served while accepting is paused
+        assert clients[0].request("GET", ID).status == 200
+        assert clients[10].request("GET", ID).status == 200
+        for conn in clients[:100]:
+            conn.close()
+        # the ones that waited in the backlog are accepted once descriptors free up
+        assert clients[-1].request("GET", ID).status == 200
+        server.stdin.write(b"stats\n")
+        server.stdin.flush()
+        stats = json.loads(server.stdout.readline())
+        assert stats["accept_paused"] >= 1
+        for conn in clients[100:]:
+            conn.close()
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    log = err.decode()
+    assert "Traceback" not in log, log
+    assert 1 <= log.count("accepting paused") <= stats["accept_paused"], log
+
+
+def test_asyncio_loop_default_listener_works_too(tmp_path):
+    """The pause-by-duplicate trick relies only on the asyncio Server API."""
+    async def main() -> int:
+        store = make_store(str(tmp_path / "a.db"))
+        responder = Responder(store, lambda peer: GUEST)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        listener = await responder.start(sock)
+        listener.pause()
+        reader, writer = await asyncio.open_connection(*sock.getsockname())
+        writer.write(b"GET " + ID.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.close()
+        listener.close()
+        responder.close()
+        sock.close()
+        store.close()
+        return int(head.split()[1])
+
+    assert asyncio.run(main()) == 200
