@@ -8,12 +8,15 @@ detaching deletes that priority/handle only, so foreign filters on the port surv
 from __future__ import annotations
 
 import errno
+import struct
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-INGRESS_PARENT = 0xFFFFFFF2  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)
+INGRESS_PARENT = 0xFFFFFFF2
+TCA_BPF_ID = 11  # linux/pkt_cls.h: the attached program's id
+NLA_HEADER_LEN = 4  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)
 # "tmd" in spirit: any value no other tool is likely to pick.
 DEFAULT_HANDLE = 0x7D0
 DEFAULT_PRIORITY = 10
@@ -77,6 +80,24 @@ def our_filter_ids(ipr: IPRoute, ifindex: int, position: FilterPosition,
         # tcmsg.info packs (priority << 16 | protocol); the handle is the filter's own.
         if (msg.get_attr("TCA_KIND") == "bpf" and msg["handle"] == position.handle
                 and msg["info"] >> 16 == position.priority):
-            options = msg.get_attr("TCA_OPTIONS")
-            ids.append(options.get_attr("TCA_BPF_ID") if options is not None else 0)
+            ids.append(_bpf_prog_id(msg.get_attr("TCA_OPTIONS")))
     return ids
+
+
+def _bpf_prog_id(options) -> int:
+    """TCA_BPF_ID from a bpf filter's options; 0 if absent.
+
+    pyroute2 0.9 does not decode TCA_BPF_ID (it shows as UNKNOWN), so the attribute is
+    read from the raw netlink buffer: a 4-byte header (length, type), then the u32.
+    """
+    if options is None:
+        return 0
+    for attr in options["attrs"]:
+        raw = attr[1]
+        data = getattr(raw, "data", None)
+        if data is None:
+            continue
+        length, kind = struct.unpack_from("=HH", data, raw.offset)
+        if kind == TCA_BPF_ID and length >= NLA_HEADER_LEN + 4:
+            return struct.unpack_from("=I", data, raw.offset + NLA_HEADER_LEN)[0]
+    return 0
