@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -10,10 +11,13 @@ import sys
 import pytest
 
 from transparent_md.cli.demo import DEMO_GUESTS
+from transparent_md.lab.netns import NETNS_PREFIX_ENV
 
 pytestmark = pytest.mark.netns
 
 DEMO = [sys.executable, "-m", "transparent_md", "demo"]
+# Namespace name bases, one given through the environment and one through the option.
+ENV_PREFIX, OPTION_PREFIX = "tmdenv", "tmdopt"
 
 
 def namespaces() -> set[str]:
@@ -28,9 +32,11 @@ def demo_prefix(output: str) -> str:
 
 
 def test_demo_serves_every_guest_and_cleans_up():
-    res = subprocess.run(DEMO, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(DEMO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, NETNS_PREFIX_ENV: ENV_PREFIX})
     assert res.returncode == 0, res.stdout + res.stderr
     prefix = demo_prefix(res.stdout)
+    assert prefix.startswith(ENV_PREFIX) and prefix != ENV_PREFIX  # random part kept
     for guest in DEMO_GUESTS:
         row = next(line for line in res.stdout.splitlines() if f"{prefix}-{guest.role} " in line)
         assert row.split()[-1] == guest.instance_id, row
@@ -39,8 +45,9 @@ def test_demo_serves_every_guest_and_cleans_up():
 
 
 def test_demo_hold_stays_up_until_interrupted():
-    proc = subprocess.Popen(DEMO + ["--hold"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(DEMO + ["--hold", "--netns-prefix", OPTION_PREFIX],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, NETNS_PREFIX_ENV: ENV_PREFIX})
     try:
         seen = []
         for line in proc.stdout:
@@ -49,6 +56,7 @@ def test_demo_hold_stays_up_until_interrupted():
                 break
         output = "".join(seen)
         prefix = demo_prefix(output)
+        assert prefix.startswith(OPTION_PREFIX)  # the option wins over the environment
         alive = {ns for ns in namespaces() if ns.startswith(prefix)}
         assert {f"{prefix}-{g.role}" for g in DEMO_GUESTS} <= alive
         assert f"ip netns exec {prefix}-t1-web curl" in output

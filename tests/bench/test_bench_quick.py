@@ -22,6 +22,7 @@ MODES = {"keep-alive", "new connection"}
 # Whole quick run is ~20 s here; the rest is room for a busy machine.
 QUICK_TIMEOUT_S = 120
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NETNS_PREFIX = "tmdbq"  # the run's namespaces must start with it
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def quick_run(tmp_path_factory) -> dict:
     paths = {"json": out / "r.json", "markdown": out / "r.md", "chart": out / "r.png"}
     res = subprocess.run(
         [sys.executable, "-m", "transparent_md", "bench", "--quick",
+         "--netns-prefix", NETNS_PREFIX,
          *(a for k, p in paths.items() for a in (f"--{k}", str(p)))],
         capture_output=True, text=True, timeout=QUICK_TIMEOUT_S,
     )
@@ -79,7 +81,7 @@ def test_markdown_shows_targets_and_chart_is_png(quick_run):
 
 def test_no_namespace_left_behind(quick_run):
     ns = quick_run["report"]["namespaces"]
-    assert ns["prefix"] and ns["daemon_responder"]
+    assert ns["prefix"].startswith(NETNS_PREFIX) and ns["daemon_responder"]
     left = [p.name for p in Path("/run/netns").iterdir()
             if p.name.startswith(ns["prefix"]) or p.name == ns["daemon_responder"]]
     assert left == []

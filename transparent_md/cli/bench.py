@@ -10,6 +10,8 @@ import signal
 import sys
 
 from transparent_md.errors import UserError
+from transparent_md.lab.extra import require_lab_extra
+from transparent_md.lab.netns import DEFAULT_NETNS_PREFIX, NETNS_PREFIX_ENV, netns_prefix
 
 # --quick: enough to prove every section works, small enough for the test suite.
 QUICK_GUESTS = 2
@@ -21,10 +23,11 @@ NEEDED_PROGRAMS = {"wrk": "wrk", "nginx": "nginx-light", "nft": "nftables", "cur
 
 DESCRIPTION = """\
 Measure what a metadata request costs. Builds its own hypervisor in network
-namespaces (prefix tmdb<random>), starts `transparent-md run` on it, loads it and
-the usual alternatives with the same wrk load, drives a boot storm, and prints a
-markdown report with each figure beside its target. Everything it built is removed
-afterwards, also on failure or Ctrl-C. Needs root; nothing outside its own
+namespaces (named <prefix><random>-<role>, see --netns-prefix), starts
+`transparent-md run` on it, loads it and the usual alternatives with the same wrk
+load, drives a boot storm, and prints a markdown report with each figure beside its
+target. Everything it built is removed afterwards, also on failure or Ctrl-C. Needs
+root and the lab extra (pip install 'transparent-md[lab]'); nothing outside its own
 namespaces is touched."""
 
 EPILOG = """\
@@ -80,6 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="PATH", help="write the results as JSON ('-': stdout)")
     p.add_argument("--chart", metavar="PATH",
                    help="write a PNG of requests/s and CPU per request side by side")
+    p.add_argument("--netns-prefix", metavar="PREFIX",
+                   help=f"start of every namespace name it creates, before a random part "
+                   f"(default: ${NETNS_PREFIX_ENV}, else {DEFAULT_NETNS_PREFIX!r})")
     p.set_defaults(handler=bench_command)
 
 
@@ -92,6 +98,10 @@ def settings_from(args: argparse.Namespace):
                                 ("storm_guests", args.storm_guests),
                                 ("records", args.records), ("workers", args.workers))
               if v is not None}
+    try:
+        chosen["netns_prefix"] = netns_prefix(args.netns_prefix)
+    except ValueError as exc:
+        raise UserError(f"--netns-prefix: {exc}") from exc
     s = Settings(**{**base.__dict__, **chosen})
     if (s.guests < 1 or s.duration_s <= 0 or s.storm_guests < 0 or s.records < 0
             or s.workers < 1):
@@ -114,6 +124,8 @@ def _interrupt(_sig, _frame) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
+    # First: everything under lab.bench may import the extra's modules.
+    require_lab_extra("bench")
     from transparent_md.lab.bench import chart, report
     from transparent_md.lab.bench.runner import BenchRun
 

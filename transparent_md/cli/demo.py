@@ -13,11 +13,19 @@ import signal
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from transparent_md.errors import UserError
-from transparent_md.lab.hypervisor import GuestNs, Hypervisor
-from transparent_md.lab.netns import Topology
-from transparent_md.store import open_store, parse_record
+from transparent_md.lab.extra import require_lab_extra
+from transparent_md.lab.netns import (
+    DEFAULT_NETNS_PREFIX,
+    NETNS_PREFIX_ENV,
+    Topology,
+    netns_prefix,
+)
+
+if TYPE_CHECKING:  # the hypervisor (datapath, daemon) loads only once the demo runs
+    from transparent_md.lab.hypervisor import GuestNs, Hypervisor
 
 INSTANCE_ID_PATH = "/latest/meta-data/instance-id"
 
@@ -73,16 +81,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", metavar="PATH",
                    help="store file for the demo's records (default: a temporary file, "
                    "so your real store is never touched)")
+    p.add_argument("--netns-prefix", metavar="PREFIX",
+                   help=f"start of every namespace name it creates, before a random part "
+                   f"(default: ${NETNS_PREFIX_ENV}, else {DEFAULT_NETNS_PREFIX!r})")
     p.set_defaults(handler=demo_command)
 
 
 def demo_command(args: argparse.Namespace) -> int:
+    require_lab_extra("demo")
+    try:
+        prefix = netns_prefix(args.netns_prefix)
+    except ValueError as exc:
+        raise UserError(f"--netns-prefix: {exc}") from exc
     if os.geteuid() != 0:
         raise UserError("the demo must run as root: it creates network namespaces and "
                         "loads BPF programs")
     # SIGTERM unwinds like Ctrl-C, so cleanup runs either way.
     signal.signal(signal.SIGTERM, _interrupt)
-    with tempfile.TemporaryDirectory(prefix="tmd-demo-") as tmp, Topology() as topo:
+    with tempfile.TemporaryDirectory(prefix="tmd-demo-") as tmp, Topology(prefix) as topo:
         store_path = args.store or os.path.join(tmp, "instances.db")
         hv, guests = build(topo, store_path)
         print(f"hypervisor namespace {hv.ns}; starting transparent-md run ...", flush=True)
@@ -110,6 +126,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def build(topo: Topology, store_path: str) -> tuple[Hypervisor, list[tuple[DemoGuest, GuestNs]]]:
+    from transparent_md.lab.hypervisor import Hypervisor
+    from transparent_md.store import open_store, parse_record
+
     hv = Hypervisor(topo)
     for bridge in ("br-t1", "br-t2"):
         hv.bridge(bridge)

@@ -1,4 +1,9 @@
-"""`transparent-md` entry point: one sub-command per module, loaded on demand."""
+"""`transparent-md` entry point: one sub-command per module, loaded on demand.
+
+Only the chosen verb's module is imported, so `instance list` does not pay for the
+daemon's imports (pyroute2, asyncio, bcc) or the lab's; `--help` and a mistyped verb
+load every module so the listing stays complete.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ VERBS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The parser for `verb` alone, or for every verb when `verb` is None or unknown."""
     parser = argparse.ArgumentParser(
         prog="transparent-md",
         description=(
@@ -28,14 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
-    for module_name in VERBS.values():
+    chosen = [VERBS[verb]] if verb in VERBS else list(VERBS.values())
+    for module_name in chosen:
         module = importlib.import_module(f"transparent_md.cli.{module_name}")
         module.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    # The top-level parser has no options of its own: a verb, if any, comes first.
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)

@@ -3,12 +3,17 @@
 Every namespace carries a per-run prefix so two runs never collide, and only the
 namespaces this object created are ever deleted. Processes started through it are
 ended by PID before their namespace goes away.
+
+The prefix is `<base><6 random hex digits>`; the base comes from the caller (the
+demo's and bench's --netns-prefix), else $TMD_NETNS_PREFIX, else "tmd", so two
+projects or two users sharing a host can keep their namespaces apart by name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -20,14 +25,32 @@ from transparent_md.process import stop_process
 
 NETNS_DIR = Path("/run/netns")
 NAMESPACE_RESOLV_CONF = "nameserver 127.0.0.1\n"
+NETNS_PREFIX_ENV = "TMD_NETNS_PREFIX"
+DEFAULT_NETNS_PREFIX = "tmd"
+# Namespace names become file names under /run/netns and /etc/netns and appear in
+# shell commands we print: letters, digits, '-' and '_' only, starting with a letter.
+# 32 characters leaves the whole name (prefix + 6 hex + "-" + role) far below NAME_MAX.
+NETNS_PREFIX_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+
+
+def netns_prefix(chosen: str | None = None) -> str:
+    """The base of namespace names: `chosen`, else $TMD_NETNS_PREFIX, else "tmd".
+
+    Raises ValueError naming the rule when the base is not a safe name.
+    """
+    base = chosen or os.environ.get(NETNS_PREFIX_ENV) or DEFAULT_NETNS_PREFIX
+    if not NETNS_PREFIX_PATTERN.fullmatch(base):
+        raise ValueError(f"namespace prefix {base!r}: use 1-32 letters, digits, '-' or '_', "
+                         "starting with a letter")
+    return base
 
 
 class Topology:
     """Owner of a set of namespaces; use as a context manager so cleanup always runs."""
 
-    def __init__(self, tag: str = "tmd") -> None:
+    def __init__(self, prefix: str | None = None) -> None:
         # 6 hex digits: unique enough per machine, short enough for readable names.
-        self.prefix = f"{tag}{secrets.token_hex(3)}"
+        self.prefix = f"{netns_prefix(prefix)}{secrets.token_hex(3)}"
         self.namespaces: list[str] = []
         self.processes: list[subprocess.Popen] = []
 

@@ -49,6 +49,7 @@ class Settings:
     workers: int = 1  # the daemon's `run --workers`
     storm_window_s: float = 1.0
     records: int = records.DEFAULT_RECORDS
+    netns_prefix: str | None = None  # base of namespace names (lab.netns.netns_prefix)
 
 
 def machine() -> dict:
@@ -63,7 +64,7 @@ class BenchRun:
         self.s = settings
         self.say = progress
         self.workdir = Path(tempfile.mkdtemp(prefix="tmd-bench-"))
-        self.topo = Topology(tag="tmdb")
+        self.topo = Topology(settings.netns_prefix)
         self.daemon = None
         self.hv: Hypervisor | None = None
         self.responder_ns: str | None = None
