@@ -1,4 +1,9 @@
-"""A port that disappears while it is being attached is skipped and leaves nothing."""
+"""A port that disappears while it is being attached is skipped and leaves nothing.
+
+The race is made real: the kernel's own RTM_NEWLINK message for a bridge member is
+read, the member is deleted, and only then does the attacher receive the message, as
+it would when a VM's tap goes away between the event and the attach.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +14,41 @@ from pyroute2 import IPRoute
 
 from transparent_md.datapath import layout, programs, tc
 from transparent_md.datapath.bpf_syscall import BpfMap
-from transparent_md.datapath.ports import GatewayRule, PortAttacher, PortInfo
+from transparent_md.datapath.ports import GatewayRule, PortAttacher
 
 pytestmark = pytest.mark.netns
 
-GHOST_IFINDEX = 0x7FFF_0001  # no device has it: the kernel answers ENODEV
+BRIDGE, PORT, GATEWAY = "br0", "ghost", "10.0.0.1"
 
 
 @pytest.fixture()
 def attacher(topology):
     ns = topology.add_ns("vanish")
+    topology.ip(ns, f"link add {BRIDGE} type bridge", f"link set {BRIDGE} up")
     loaded = programs.load_programs()
     maps = {m: BpfMap(loaded.map_fd(m), owned=False) for m in (layout.MAP_PORTS, layout.MAP_ARP)}
     ipr = IPRoute(netns=ns)
-    yield PortAttacher(["br0"], loaded.port_fd, maps[layout.MAP_PORTS], maps[layout.MAP_ARP],
-                       [GatewayRule("br0", "10.0.0.1")], tc.FilterPosition()), ipr, maps
+    yield PortAttacher([BRIDGE], loaded.port_fd, maps[layout.MAP_PORTS], maps[layout.MAP_ARP],
+                       [GatewayRule(BRIDGE, GATEWAY)], tc.FilterPosition()), ipr, maps, ns
     ipr.close()
     loaded.bpf.cleanup()
 
 
-def test_vanished_port_is_skipped_and_its_map_entries_removed(attacher):
-    ports, ipr, maps = attacher
-    ports._attach(ipr, PortInfo(GHOST_IFINDEX, "ghost", "br0"))
+def test_vanished_port_is_skipped_and_its_map_entries_removed(attacher, topology):
+    ports, ipr, maps, ns = attacher
+    ports.sync(ipr)  # learns the bridge; no members yet
+    topology.ip(ns, f"link add {PORT} type veth peer name {PORT}-peer",
+                f"link set {PORT} master {BRIDGE}")
+    (ifindex,) = ipr.link_lookup(ifname=PORT)
+    (event,) = ipr.get_links(ifindex)
+    # A new member of our bridge: without the delete below, this attaches the port.
+    assert event["event"] == "RTM_NEWLINK"
+    assert event.get_attr("IFLA_MASTER") == ipr.link_lookup(ifname=BRIDGE)[0]
+    topology.ip(ns, f"link del {PORT}")
+
+    ports.on_link_event(ipr, event)
+
     assert ports.attached == {}
-    assert not maps[layout.MAP_PORTS].lookup(ctypes.c_uint32(GHOST_IFINDEX), layout.Port())
-    key = layout.ArpKey(GHOST_IFINDEX, layout.be32("10.0.0.1"))
+    assert not maps[layout.MAP_PORTS].lookup(ctypes.c_uint32(ifindex), layout.Port())
+    key = layout.ArpKey(ifindex, layout.be32(GATEWAY))
     assert not maps[layout.MAP_ARP].lookup(key, ctypes.c_uint8())
