@@ -25,17 +25,20 @@ def store(tmp_path):
 
 @pytest.mark.parametrize("raw,field,words", [
     ({"instance_id": "i-1"}, "mac", "needs a MAC"),
+    ({"instance_id": "i-1", "ip": "10.0.0.1"}, "mac", "--bridge/--port"),
     ({"instance_id": "i-1", "mac": "zz"}, "mac", "not a MAC"),
     ({"instance_id": "i-1", "ip": "10.0.0.300"}, "ip", "IPv4"),
-    ({"instance_id": "i-1", "ip": "10.0.0.1", "user_data": "x" * 16385}, "user_data", "16 KiB"),
-    ({"instance_id": "i-1", "ip": "10.0.0.1", "colour": "red"}, "colour", "unknown field"),
-    ({"instance_id": "i-1", "ip": "10.0.0.1", "availability_zone": "eu-west-1"},
+    ({"instance_id": "i-1", "mac": "52:54:00:00:00:01", "user_data": "x" * 16385},
+     "user_data", "16 KiB"),
+    ({"instance_id": "i-1", "ip": "10.0.0.1", "port": "tap1", "colour": "red"},
+     "colour", "unknown field"),
+    ({"instance_id": "i-1", "ip": "10.0.0.1", "port": "tap1", "availability_zone": "eu-west-1"},
      "availability_zone", "zone letter"),
-    ({"instance_id": "i-1", "ip": "10.0.0.1", "iam": {"role": "r"}}, "iam.access_key_id",
-     "required"),
+    ({"instance_id": "i-1", "ip": "10.0.0.1", "port": "tap1", "iam": {"role": "r"}},
+     "iam.access_key_id", "required"),
     ({"instance_id": "i-1", "ip": "10.0.0.1", "bridge": "a-very-long-bridge-name"}, "bridge",
      "interface name"),
-    ({"ip": "10.0.0.1"}, "instance_id", "required"),
+    ({"ip": "10.0.0.1", "bridge": "br0"}, "instance_id", "required"),
 ])
 def test_errors_name_record_field_and_problem(raw, field, words):
     with pytest.raises(RecordError) as caught:
@@ -46,7 +49,7 @@ def test_errors_name_record_field_and_problem(raw, field, words):
 
 
 def test_user_data_limit_is_exactly_16_kib():
-    assert len(parse_record({"instance_id": "i", "ip": "10.0.0.1",
+    assert len(parse_record({"instance_id": "i", "ip": "10.0.0.1", "bridge": "br0",
                              "user_data": "x" * 16384}).user_data) == 16384
 
 
@@ -83,10 +86,11 @@ def test_policy_mac_binding_ip_fallback_and_tenants(store):
 
 
 def test_ambiguous_records_are_refused(store):
-    store.add(parse_record({"instance_id": "a", "ip": "10.0.0.5"}))
+    store.add(parse_record({"instance_id": "a", "ip": "10.0.0.5", "bridge": "br0"}))
     with pytest.raises(UserError, match="same guest as record a"):
-        store.add(parse_record({"instance_id": "b", "ip": "10.0.0.5"}))
-    store.add(parse_record({"instance_id": "c", "ip": "10.0.0.5", "bridge": "br0"}))
+        store.add(parse_record({"instance_id": "b", "ip": "10.0.0.5", "bridge": "br0"}))
+    store.add(parse_record({"instance_id": "c", "ip": "10.0.0.5", "bridge": "br0",
+                            "port": "tap0"}))
     assert store.snapshot().match(guest(mac="02:00:00:00:00:01")).instance_id == "c"
 
 
@@ -97,11 +101,11 @@ def test_changes_from_another_connection_reach_a_reader(tmp_path):
     reader, writer = open_store(path), open_store(path)
     first = reader.snapshot()
     assert first.bindings == {}
-    writer.add(parse_record({"instance_id": "i-1", "ip": "10.0.0.5"}))
+    writer.add(parse_record({"instance_id": "i-1", "ip": "10.0.0.5", "bridge": "br0"}))
     second = reader.snapshot()
     assert set(second.bindings) == {"i-1"}
     assert reader.snapshot() is second  # unchanged: the same object, no reload
-    writer.add(parse_record({"instance_id": "i-2", "ip": "10.0.0.6"}))
+    writer.add(parse_record({"instance_id": "i-2", "ip": "10.0.0.6", "bridge": "br0"}))
     third = reader.snapshot()
     assert third.bindings["i-1"] is second.bindings["i-1"]  # untouched record reused
     writer.remove("i-1")
@@ -109,11 +113,12 @@ def test_changes_from_another_connection_reach_a_reader(tmp_path):
 
 
 def test_password_once_and_kept_across_update(store):
-    store.add(parse_record({"instance_id": "i-1", "ip": "10.0.0.5"}))
+    store.add(parse_record({"instance_id": "i-1", "ip": "10.0.0.5", "port": "tap0"}))
     store.set_password_once("i-1", "pw")
     with pytest.raises(PasswordAlreadySet):
         store.set_password_once("i-1", "again")
-    store.update(parse_record({"instance_id": "i-1", "ip": "10.0.0.5", "hostname": "h"}))
+    store.update(parse_record({"instance_id": "i-1", "ip": "10.0.0.5", "port": "tap0",
+                               "hostname": "h"}))
     assert store.password("i-1") == "pw"
     store.clear_password("i-1")
     store.set_password_once("i-1", "new")
@@ -121,9 +126,9 @@ def test_password_once_and_kept_across_update(store):
 
 
 def test_add_existing_and_remove_missing_are_user_errors(store):
-    store.add(parse_record({"instance_id": "i-1", "ip": "10.0.0.5"}))
+    store.add(parse_record({"instance_id": "i-1", "ip": "10.0.0.5", "bridge": "br0"}))
     with pytest.raises(UserError, match="exists"):
-        store.add(parse_record({"instance_id": "i-1", "ip": "10.0.0.6"}))
+        store.add(parse_record({"instance_id": "i-1", "ip": "10.0.0.6", "bridge": "br0"}))
     with pytest.raises(UserError, match="no instance"):
         store.remove("i-9")
 
@@ -154,10 +159,10 @@ def test_bad_yaml_names_line_and_key(tmp_path):
 
 
 def test_import_is_all_or_nothing(store, tmp_path):
-    store.add(parse_record({"instance_id": "keep", "ip": "10.0.0.1"}))
+    store.add(parse_record({"instance_id": "keep", "ip": "10.0.0.1", "bridge": "br0"}))
     conflicting = tmp_path / "c.json"
-    conflicting.write_text('[{"instance_id": "new-1", "ip": "10.0.0.2"},'
-                           ' {"instance_id": "new-2", "ip": "10.0.0.1"}]')
+    conflicting.write_text('[{"instance_id": "new-1", "ip": "10.0.0.2", "bridge": "br0"},'
+                           ' {"instance_id": "new-2", "ip": "10.0.0.1", "bridge": "br0"}]')
     with pytest.raises(UserError):
         store.put_many(read_records(str(conflicting)))
     assert [i.instance_id for i in store.list()] == ["keep"]
