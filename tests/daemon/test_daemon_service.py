@@ -136,3 +136,34 @@ def test_a_token_issued_before_a_restart_is_accepted_after_it(hv):
         assert hv.curl(guest, PATH, extra=["-H", "X-aws-ec2-metadata-token: forged"])[0] == 401
     finally:
         daemon.stop()
+
+
+def test_status_reports_ports_filters_and_records_and_json_logs_parse(hv):
+    daemon = hv.start_daemon(["br0"], hv.store, ["--log-format", "json"])
+    # An open connection keeps the guest's identity (shadow slot) in use meanwhile.
+    holder = subprocess.Popen(["ip", "netns", "exec", hv.guests["g0"].ns, sys.executable, "-c",
+                               "import socket, time; s = socket.create_connection("
+                               "('169.254.169.254', 80)); time.sleep(15)"])
+    try:
+        assert hv.curl(hv.guests["g0"].ns, PATH) == (200, "i-0")
+        deadline = time.monotonic() + 10
+        while True:
+            res = hv.topo.sh(hv.ns, [sys.executable, "-m", "transparent_md", "status", "--json"])
+            report = json.loads(res.stdout) if res.returncode == 0 else {}
+            if report.get("identities_in_use") or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        text = hv.topo.sh(hv.ns, [sys.executable, "-m", "transparent_md", "status"]).stdout
+    finally:
+        holder.kill()
+        holder.wait()
+        assert daemon.stop() == 0
+    assert report["pid"] == daemon.proc.pid
+    assert report["bridges"] == ["br0"]
+    assert [(p["name"], p["filter"]) for p in report["ports"]] == [("p0", "ok")]
+    assert report["records"] == 1 and report["identities_in_use"] >= 1
+    assert "p0" in text and "filter ok" in text
+    log_lines = [line for line in daemon.log().splitlines() if line.startswith("{")]
+    assert log_lines and all(json.loads(line)["message"] for line in log_lines)
+    gone = hv.topo.sh(hv.ns, [sys.executable, "-m", "transparent_md", "status"])
+    assert gone.returncode == 2 and "no transparent-md daemon" in gone.stderr

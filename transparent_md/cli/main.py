@@ -11,11 +11,13 @@ import argparse
 import importlib
 import sys
 
+from transparent_md import __version__
 from transparent_md.errors import UserError
 
 # verb -> module under transparent_md.cli; each module has register(subparsers).
 VERBS = {
     "run": "run",
+    "status": "status",
     "instance": "instance",
     "dhcp-option": "dhcp_option",
     "demo": "demo",
@@ -33,6 +35,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
             "network, no route in the guest."
         ),
     )
+    parser.add_argument("--version", action="version",
+                        version=f"transparent-md {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
     chosen = [VERBS[verb]] if verb in VERBS else list(VERBS.values())
     for module_name in chosen:
@@ -44,7 +48,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
-    # The top-level parser has no options of its own: a verb, if any, comes first.
+    # The top-level parser's only option is --version: a verb, if any, comes first.
     parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import logging
 
 from transparent_md.datapath import tc
 from transparent_md.datapath.datapath import DEFAULT_SHADOW_PREFIX, DatapathConfig
@@ -96,11 +95,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="responder processes sharing the port with SO_REUSEPORT "
                    "(default 1; more only help with spare cores and heavy boot storms)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="log lines on stderr as plain text (default) or one JSON object "
+                   "per line (journald and log pipelines take either as is)")
     p.set_defaults(handler=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    from transparent_md.daemon import logs
+
+    recent_problems = logs.configure(args.log_level, args.log_format)
     if not 1 <= args.token_hop_limit <= 255:
         raise UserError("--token-hop-limit must be 1..255")
     if not 1 <= args.tc_priority <= 0xFFFF:
@@ -125,5 +129,6 @@ def run_command(args: argparse.Namespace) -> int:
         token_hop_limit=args.token_hop_limit,
         workers=args.workers,
         metrics=args.metrics,
+        recent_problems=recent_problems,
     )
     return Daemon(config).run()

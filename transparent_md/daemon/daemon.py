@@ -14,9 +14,11 @@ import logging
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 
-from transparent_md.daemon import tokens_file
+from transparent_md.daemon import status, tokens_file
+from transparent_md.daemon.logs import RecentProblems
 from transparent_md.daemon.notify import Notifier
 from transparent_md.daemon.serving import READY_LINE, ServeHooks, ServeSpec, serve, worker_stats
 from transparent_md.daemon.workers import start_workers
@@ -36,7 +38,7 @@ class DaemonConfig:
     token_hop_limit: int = DEFAULT_TOKEN_HOP_LIMIT
     workers: int = 1
     metrics: tuple[str, int] | None = None
-    extra: dict = field(default_factory=dict)
+    recent_problems: RecentProblems | None = None
 
 
 class Daemon:
@@ -47,7 +49,10 @@ class Daemon:
         self.names = config.datapath.names
         self.datapath = Datapath(config.datapath)
         self.lock = DaemonLock(self.names)
+        self.started = time.time()
         self._metrics_server = None
+        self._responder = None
+        self._status = status.StatusWriter(self.names, self.status)
         self.workers: list[subprocess.Popen] = []
         self._stats_dir = (self.names.stats_dir
                            if config.workers > 1 and config.metrics else None)
@@ -65,7 +70,7 @@ class Daemon:
         )
         try:
             spec = self.start()
-            serve(spec, ready_line=READY_LINE, on_responder=self._start_metrics, hooks=hooks)
+            serve(spec, ready_line=READY_LINE, on_responder=self._on_responder, hooks=hooks)
         finally:
             notifier.stopping()
             self.stop()
@@ -109,6 +114,27 @@ class Daemon:
             log.info("%d responder processes share 169.254.169.254:80", self.config.workers)
         return spec
 
+    def status(self) -> dict:
+        """What `transparent-md status` shows (see daemon.status)."""
+        return status.collect(self.datapath, self.started, self._status_counts)
+
+    def _status_counts(self) -> dict:
+        running = self.datapath.attacher is not None
+        counts: dict = {"datapath": self.datapath.stats() if running else {},
+                        "identities_in_use": self.datapath.slots_in_use() if running else 0}
+        responder = self._responder
+        if responder is not None:
+            counts["records"] = len(responder.state.store.snapshot().bindings)
+            counts["open_connections"] = responder.stats.open_connections
+        recent = self.config.recent_problems
+        counts["recent_problems"] = list(recent.records) if recent else []
+        return counts
+
+    def _on_responder(self, responder) -> None:
+        self._responder = responder
+        self._status.start()
+        self._start_metrics(responder)
+
     def _start_metrics(self, responder) -> None:
         if not self.config.metrics:
             return
@@ -123,6 +149,7 @@ class Daemon:
             HealthCheck(self.datapath))
 
     def stop(self) -> None:
+        self._status.stop()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
