@@ -1,16 +1,15 @@
-"""Notice that a file was replaced (mv, rsync) or removed, at most one stat per interval.
+"""Notice that a file was replaced (mv, rsync) or removed.
 
 `snapshot()` runs on every request (75k/s on a keep-alive benchmark); an `os.stat`
-there would cost ~1.7 us, a quarter of the request. So the path is stat'ed at most once
-per CHECK_INTERVAL, behind a monotonic-clock compare (~45 ns); a replacement is picked
-up within that interval of the next request.
+there would cost ~1.7 us, a quarter of the request. So the store calls `check()` at
+most once per CHECK_INTERVAL, behind a monotonic-clock compare (~45 ns); a replacement
+is picked up within that interval of the next request.
 """
 
 from __future__ import annotations
 
 import enum
 import os
-import time
 
 # How stale a replaced store may be served: long against ~1.7 us per stat, short
 # against an operator who just moved a new file into place.
@@ -30,24 +29,13 @@ def identity(path: str) -> tuple[int, int]:
 
 
 class FileWatch:
-    """Compares the inode at `path` with the one we opened, at most once per interval."""
+    """Compares the inode at `path` with the one that was opened."""
 
-    __slots__ = ("path", "opened", "interval", "_next_check")
+    __slots__ = ("path", "opened")
 
-    def __init__(self, path: str, opened: tuple[int, int],
-                 interval: float = CHECK_INTERVAL) -> None:
+    def __init__(self, path: str, opened: tuple[int, int]) -> None:
         self.path = path
         self.opened = opened
-        self.interval = interval
-        self._next_check = time.monotonic() + interval
-
-    def due(self) -> bool:
-        """True once per interval: time to call `check()`."""
-        now = time.monotonic()
-        if now < self._next_check:
-            return False
-        self._next_check = now + self.interval
-        return True
 
     def check(self) -> FileState:
         try:
