@@ -14,6 +14,7 @@ from pyroute2 import IPRoute
 
 from transparent_md.datapath import layout, programs, tc
 from transparent_md.datapath.bpf_syscall import BpfMap
+from transparent_md.datapath.port_selection import PortSelection
 from transparent_md.datapath.ports import GatewayRule, PortAttacher
 
 pytestmark = pytest.mark.netns
@@ -28,8 +29,9 @@ def attacher(topology):
     loaded = programs.load_programs()
     maps = {m: BpfMap(loaded.map_fd(m), owned=False) for m in (layout.MAP_PORTS, layout.MAP_ARP)}
     ipr = IPRoute(netns=ns)
-    yield PortAttacher([BRIDGE], loaded.port_fd, maps[layout.MAP_PORTS], maps[layout.MAP_ARP],
-                       [GatewayRule(BRIDGE, GATEWAY)], tc.FilterPosition()), ipr, maps, ns
+    yield PortAttacher(PortSelection((BRIDGE,)), loaded.port_fd, maps[layout.MAP_PORTS],
+                       maps[layout.MAP_ARP], [GatewayRule(BRIDGE, GATEWAY)],
+                       tc.FilterPosition()), ipr, maps, ns
     ipr.close()
     loaded.bpf.cleanup()
 

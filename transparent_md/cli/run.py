@@ -65,7 +65,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--bridge", action="append", required=True, metavar="BR",
-                   help="bridge whose ports face guests (repeat for several)")
+                   help="bridge whose ports face guests (repeat for several); a glob such "
+                   "as 'qbr*' follows matching bridges as they come and go, an exact name "
+                   "must exist")
+    p.add_argument("--port", action="append", default=[], metavar="GLOB", dest="ports",
+                   help="attach only the bridge ports matching GLOB (repeatable), whatever "
+                   "their kind; default: every tap/tun and veth port, never a physical "
+                   "NIC, bond, VLAN or VXLAN/GRE uplink")
+    p.add_argument("--exclude-port", action="append", default=[], metavar="GLOB",
+                   help="never attach ports matching GLOB (repeatable)")
     p.add_argument("--store", metavar="PATH",
                    help=f"instance store (SQLite); default {DEFAULT_STORE_PATH}")
     p.add_argument("--gateway", action="append", type=_gateway, default=[],
@@ -119,6 +127,8 @@ def run_command(args: argparse.Namespace) -> int:
     config = DaemonConfig(
         datapath=DatapathConfig(
             bridges=args.bridge,
+            include_ports=args.ports,
+            exclude_ports=args.exclude_port,
             names=names,
             shadow_prefix=args.shadow_prefix,
             gateways=args.gateway,

@@ -27,6 +27,7 @@ from transparent_md.datapath import (
 from transparent_md.datapath.bpf_syscall import BpfMap
 from transparent_md.datapath.filter_guard import FilterGuard
 from transparent_md.datapath.port_limits import PortLimits
+from transparent_md.datapath.port_selection import PortSelection
 from transparent_md.datapath.ports import GatewayRule, PortAttacher
 from transparent_md.datapath.slot_release import DEFAULT_SLOT_REUSE_DELAY_S
 from transparent_md.errors import UserError
@@ -52,7 +53,10 @@ DEFAULT_PORT_SYN_BURST = 200
 
 @dataclass
 class DatapathConfig:
-    bridges: list[str]
+    bridges: list[str]  # names or globs
+    # --port / --exclude-port globs (see port_selection: default tap/tun and veth only).
+    include_ports: list[str] = field(default_factory=list)
+    exclude_ports: list[str] = field(default_factory=list)
     # Devices, namespaces and pins, all derived from --name (see transparent_md.names).
     names: DaemonNames = field(default_factory=DaemonNames.here)
     shadow_prefix: str = DEFAULT_SHADOW_PREFIX
@@ -112,7 +116,7 @@ class Datapath:
         self._check_bridges()
         # Before anything is built: another daemon's ports make this one refuse untouched.
         ownership.refuse_claimed(self.names,
-                                 ownership.bridge_members(self.ipr, self.config.bridges))
+                                 ownership.bridge_members(self.ipr, self.selection))
         bpffs.ensure_mounted()
         bpffs.unpin(self.pin_dir)
         self.programs = programs.compile_and_pin(
@@ -126,7 +130,7 @@ class Datapath:
         self._write_config()
 
         self.attacher = PortAttacher(
-            self.config.bridges, self.programs.port_fd, self._maps[layout.MAP_PORTS],
+            self.selection, self.programs.port_fd, self._maps[layout.MAP_PORTS],
             self._maps[layout.MAP_ARP], self.config.gateways, self.config.filter_position,
             limits=self._port_limits(),
         )
@@ -147,10 +151,15 @@ class Datapath:
                  ",".join(self.config.bridges), len(self.attacher.attached),
                  self.names.responder_netns)
 
+    @property
+    def selection(self) -> PortSelection:
+        return PortSelection(tuple(self.config.bridges), tuple(self.config.include_ports),
+                             tuple(self.config.exclude_ports))
+
     def _check_bridges(self) -> None:
         if not self.config.bridges:
             raise UserError("no --bridge given: name at least one bridge to serve")
-        for name in self.config.bridges:
+        for name in self.selection.exact_bridges():
             found = self.ipr.link_lookup(ifname=name)
             if not found:
                 raise UserError(

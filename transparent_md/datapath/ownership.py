@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 
 from transparent_md.datapath import port_state
+from transparent_md.datapath.port_selection import PortSelection, selected_ports
 from transparent_md.errors import UserError
 from transparent_md.lockfile import holder_pid, is_held
 from transparent_md.names import STATE_ROOT, DaemonNames
@@ -42,11 +43,9 @@ def other_daemons(names: DaemonNames) -> list[OtherDaemon]:
     return found
 
 
-def bridge_members(ipr: IPRoute, bridges: Iterable[str]) -> list[tuple[int, str]]:
-    """(ifindex, name) of every current member of `bridges`: what we would attach to."""
-    indexes = {found[0] for name in bridges if (found := ipr.link_lookup(ifname=name))}
-    return [(link["index"], link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()
-            if link.get_attr("IFLA_MASTER") in indexes]
+def bridge_members(ipr: IPRoute, selection: PortSelection) -> list[tuple[int, str]]:
+    """(ifindex, name) of every port the selection would attach to now."""
+    return [(i, name) for i, (name, _) in selected_ports(ipr, selection).items()]
 
 
 def refuse_claimed(names: DaemonNames, ports: Iterable[tuple[int, str]]) -> None:

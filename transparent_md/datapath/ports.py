@@ -28,6 +28,12 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from transparent_md.datapath import layout, programs, tc
 from transparent_md.datapath.bpf_syscall import BpfMap
 from transparent_md.datapath.port_limits import PortLimits
+from transparent_md.datapath.port_selection import (
+    PortSelection,
+    link_kind,
+    matching_bridges,
+    selected_ports,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +61,20 @@ class GatewayRule:
     ip: str
 
 
+def _kind_now(ipr: IPRoute, ifindex: int) -> str | None:
+    try:
+        links = ipr.get_links(ifindex)
+    except NetlinkError:
+        return None
+    return link_kind(links[0]) if links else None
+
+
 class PortAttacher:
     """Attaches the port program to bridge ports and keeps the per-port maps in step."""
 
     def __init__(
         self,
-        bridges: Iterable[str],
+        selection: PortSelection,
         port_prog_fd: int,
         ports_map: BpfMap,
         arp_map: BpfMap,
@@ -68,7 +82,7 @@ class PortAttacher:
         position: tc.FilterPosition,
         limits: PortLimits | None = None,
     ) -> None:
-        self.bridges = list(bridges)
+        self.selection = selection
         self.port_prog_fd = port_prog_fd
         self.ports_map = ports_map
         self.arp_map = arp_map
@@ -85,21 +99,10 @@ class PortAttacher:
 
     # -- membership ---------------------------------------------------------------
     def current_ports(self, ipr: IPRoute) -> dict[int, PortInfo]:
-        """Ports that are members of one of our bridges right now."""
-        bridge_index = {}
-        for name in self.bridges:
-            found = ipr.link_lookup(ifname=name)
-            if found:
-                bridge_index[found[0]] = name
-        self._bridge_names = bridge_index
-        ports = {}
-        for link in ipr.get_links():
-            master = link.get_attr("IFLA_MASTER")
-            if master in bridge_index:
-                ports[link["index"]] = PortInfo(
-                    link["index"], link.get_attr("IFLA_IFNAME"), bridge_index[master]
-                )
-        return ports
+        """Selected ports of our bridges right now (see port_selection)."""
+        self._bridge_names = matching_bridges(ipr, self.selection)
+        return {ifindex: PortInfo(ifindex, name, bridge) for ifindex, (name, bridge)
+                in selected_ports(ipr, self.selection, self._bridge_names).items()}
 
     def sync(self, ipr: IPRoute) -> None:
         """Attach new members, forget ports that left."""
@@ -115,13 +118,20 @@ class PortAttacher:
     def on_link_event(self, ipr: IPRoute, msg) -> None:
         """Act on one RTM_NEWLINK/RTM_DELLINK: attach a new member, forget a leaver."""
         name = msg.get_attr("IFLA_IFNAME")
-        if name in self.bridges:
+        ifindex = msg["index"]
+        if ifindex in self._bridge_names or (
+                self.selection.bridge_matches(name) and link_kind(msg) == "bridge"):
             self.sync(ipr)  # a bridge itself came, went or changed: re-read everything
             return
-        ifindex = msg["index"]
         with self._lock:
             known = self.attached.get(ifindex)
             bridge = self._bridge_names.get(msg.get_attr("IFLA_MASTER"))
+            if bridge is not None and msg["event"] != "RTM_DELLINK" and not known:
+                kind = link_kind(msg)
+                if kind is None and msg.get_attr("IFLA_LINKINFO") is None:
+                    kind = _kind_now(ipr, ifindex)  # a bridge-family event carries none
+                if not self.selection.wants_port(name, kind):
+                    bridge = None  # an uplink or an excluded port: not ours
             if msg["event"] == "RTM_DELLINK" or bridge is None:
                 # Deleted, or not (any longer) a member of one of our bridges. A DELLINK
                 # of the AF_BRIDGE family only means "left the bridge": same outcome.
