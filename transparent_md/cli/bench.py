@@ -78,6 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, metavar="N",
                    help="responder processes of the daemon under test (`run --workers`, "
                    "default 1); its CPU and memory figures cover all of them")
+    p.add_argument("--hostile", action="store_true",
+                   help="only the hostile-neighbour table, longer: 6 s per attack, up to "
+                   "20,000 connections per flood (the default run includes a short one)")
     p.add_argument("--markdown", metavar="PATH",
                    help="write the markdown report here (default: print it)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON ('-': stdout)")
@@ -90,10 +93,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from(args: argparse.Namespace):
+    from transparent_md.lab.bench import hostile
     from transparent_md.lab.bench.runner import Settings
 
     base = (Settings(guests=QUICK_GUESTS, duration_s=QUICK_DURATION_S,
-                     storm_guests=QUICK_STORM_GUESTS) if args.quick else Settings())
+                     storm_guests=QUICK_STORM_GUESTS, neighbour_attacks=hostile.QUICK)
+            if args.quick else Settings())
     chosen = {k: v for k, v in (("guests", args.guests), ("duration_s", args.duration),
                                 ("storm_guests", args.storm_guests),
                                 ("records", args.records), ("workers", args.workers))
@@ -123,6 +128,32 @@ def _interrupt(_sig, _frame) -> None:
     raise KeyboardInterrupt  # unwinds through the run's `finally`: namespaces go away
 
 
+def _progress(line: str) -> None:
+    print(f"bench: {line}", file=sys.stderr, flush=True)
+
+
+def hostile_only(args: argparse.Namespace, settings, say) -> int:
+    """`bench --hostile`: the hostile-neighbour table alone, with the long settings."""
+    from transparent_md.lab.bench import hostile
+
+    result = hostile.run(hostile.QUICK if args.quick else hostile.LONG, say,
+                         settings.netns_prefix)
+    text = hostile.markdown(result)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text)
+    else:
+        print(text, flush=True)
+    if args.json:
+        data = json.dumps({"hostile": result}, indent=2)
+        if args.json == "-":
+            print(data)
+        else:
+            with open(args.json, "w") as f:
+                f.write(data + "\n")
+    return 0
+
+
 def bench_command(args: argparse.Namespace) -> int:
     # First: everything under lab.bench may import the extra's modules.
     require_lab_extra("bench")
@@ -132,8 +163,9 @@ def bench_command(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     preflight()
     signal.signal(signal.SIGTERM, _interrupt)
-    raw = BenchRun(settings, lambda line: print(f"bench: {line}", file=sys.stderr,
-                                                flush=True)).execute()
+    if args.hostile:
+        return hostile_only(args, settings, _progress)
+    raw = BenchRun(settings, _progress).execute()
     text = report.markdown(raw)
     if args.markdown:
         with open(args.markdown, "w") as f:

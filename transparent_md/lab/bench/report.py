@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from transparent_md.lab.bench import hostile
 from transparent_md.lab.bench import targets as tg
 from transparent_md.lab.bench.measure import KEEP_ALIVE, NEW_CONNECTION, Measurement
 from transparent_md.lab.bench.targets import Check
@@ -52,6 +53,7 @@ def to_json(raw: dict) -> dict:
     return {
         **{k: raw[k] for k in ("machine", "settings", "namespaces", "started",
                                "elapsed_s", "storm", "memory")},
+        "hostile": raw.get("hostile"),
         "loads": [m.to_json() for m in raw["loads"]],
         "tc_over_loopback": {k: round(v, 3) for k, v in ratios(raw["loads"]).items()},
         "checks": [c.to_json() for c in checks(raw)],
@@ -115,4 +117,6 @@ def markdown(raw: dict) -> str:
     lines += ["", "| target | measured | goal | |", "|---|--:|---|---|"]
     for c in checks(raw):
         lines.append(f"| {c.name} | {c.value:,.2f} | {c.target_text} | {_mark(c.ok)} |")
+    if raw.get("hostile"):
+        lines += ["", hostile.markdown(raw["hostile"])]
     return "\n".join(lines) + "\n"

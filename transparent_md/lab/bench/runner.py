@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from transparent_md.datapath.responder_side import METADATA_IP
-from transparent_md.lab.bench import records, servers, topology, wrk
+from transparent_md.lab.bench import hostile, records, servers, topology, wrk
 from transparent_md.lab.bench.measure import MODES, Measurement, Target, measure, repeat
 from transparent_md.lab.bench.procstat import CpuWindow, peak_rss_mib, process_tree, rss_mib
 from transparent_md.lab.hypervisor import Hypervisor
@@ -50,6 +50,7 @@ class Settings:
     storm_window_s: float = 1.0
     records: int = records.DEFAULT_RECORDS
     netns_prefix: str | None = None  # base of namespace names (lab.netns.netns_prefix)
+    neighbour_attacks: hostile.HostileSettings | None = hostile.DEFAULT  # None: skip it
 
 
 def machine() -> dict:
@@ -181,6 +182,8 @@ class BenchRun:
             memory = self.memory(next(t.pid for t in targets if t.key == "loopback"))
         finally:
             self.close()
+        neighbours = (hostile.run(self.s.neighbour_attacks, self.say, self.s.netns_prefix)
+                      if self.s.neighbour_attacks else None)
         return {
             "machine": machine(),
             "settings": {**asdict(self.s), "connections_per_guest":
@@ -192,6 +195,7 @@ class BenchRun:
             "loads": loads,
             "storm": storm,
             "memory": memory,
+            "hostile": neighbours,
         }
 
     def close(self) -> None:
