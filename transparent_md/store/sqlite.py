@@ -20,11 +20,12 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from transparent_md.errors import UserError
 from transparent_md.identity import Guest
 from transparent_md.store.cache import ENTRY_CACHE_SIZE, EntryCache
+from transparent_md.store.errors import RecordConflict, StaleRevision
 from transparent_md.store.generation import GenerationFile
 from transparent_md.store.policy import Bound, find_conflict
 from transparent_md.store.private import (
@@ -237,6 +238,21 @@ class SqliteStore:
                                 "ORDER BY instance_id").fetchall()
         return [parse_record(json.loads(record), i, stored=True) for i, record in rows]
 
+    def entry(self, instance_id: str) -> Entry | None:
+        """One record with its revision, read together (what a writer's ETag names)."""
+        row = self._db.execute("SELECT record, revision FROM instances WHERE instance_id = ?",
+                               (instance_id,)).fetchone()
+        if row is None:
+            return None
+        return Entry(parse_record(json.loads(row[0]), instance_id, stored=True), row[1])
+
+    def entries(self) -> list[Entry]:
+        """Every record with its revision, by id, from one committed state."""
+        rows = self._db.execute("SELECT instance_id, record, revision FROM instances "
+                                "ORDER BY instance_id").fetchall()
+        return [Entry(parse_record(json.loads(record), i, stored=True), revision)
+                for i, record, revision in rows]
+
     # -- writing ------------------------------------------------------------------
 
     def add(self, instance: Instance) -> None:
@@ -269,21 +285,26 @@ class SqliteStore:
         return new
 
     def put_many(self, instances: Iterable[Instance], *, replace: bool = True,
-                 prune: bool = False) -> None:
-        """Write all records in one transaction (all or nothing).
+                 prune: bool = False,
+                 expect: Mapping[str, int | None] | None = None) -> dict[str, int]:
+        """Write all records in one transaction (all or nothing); returns id -> revision.
 
         `replace` lets records overwrite ones with the same id (a kept password stays);
         `prune` removes every record not in `instances`, so the store mirrors a file.
+        `expect` makes the write conditional: each id's current revision must be the one
+        given (None: the id must be absent), else StaleRevision and nothing is written.
         """
         with self._write() as db:
-            self._put(db, list(instances), replace=replace, prune=prune)
+            _check_expected(db, expect)
+            return self._put(db, list(instances), replace=replace, prune=prune)
 
     def _put(self, db: sqlite3.Connection, instances: list[Instance], *, replace: bool,
-             prune: bool) -> None:
+             prune: bool) -> dict[str, int]:
         seen: set[str] = set()
         for instance in instances:
             if instance.instance_id in seen:
-                raise UserError(f"record {instance.instance_id}: instance_id appears twice")
+                raise RecordConflict(f"record {instance.instance_id}: instance_id appears "
+                                     "twice", instance.instance_id, "instance_id")
             seen.add(instance.instance_id)
             if is_unbound(instance):
                 raise UserError(f"record {instance.instance_id}: {UNBOUND_PROBLEM}")
@@ -291,32 +312,39 @@ class SqliteStore:
         if not replace:
             for instance in instances:
                 if instance.instance_id in current:
-                    raise UserError(
+                    raise RecordConflict(
                         f"record {instance.instance_id}: an instance with this id exists "
-                        "(use 'instance update', or 'instance import' to replace)")
+                        "(use 'instance update', or 'instance import' to replace)",
+                        instance.instance_id, "instance_id")
         result: dict[str, Bound] = {} if prune else dict(current)
         result.update({i.instance_id: i for i in instances})
         _refuse_ambiguity(result.values())
         if prune:
             gone = [i for i in current if i not in result]
             db.executemany("DELETE FROM instances WHERE instance_id = ?", [(i,) for i in gone])
+        revisions: dict[str, int] = {}
         for instance in instances:
+            revisions[instance.instance_id] = revision = _next(db)
             db.execute(
                 "INSERT INTO instances (instance_id, record, revision, mac, ip, bridge, "
                 "port) VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(instance_id) DO UPDATE SET record = excluded.record, "
                 "revision = excluded.revision, mac = excluded.mac, ip = excluded.ip, "
                 "bridge = excluded.bridge, port = excluded.port",
-                (instance.instance_id, json.dumps(instance.to_mapping()), _next(db),
+                (instance.instance_id, json.dumps(instance.to_mapping()), revision,
                  instance.mac, instance.ip, instance.bridge, instance.port),
             )
+        return revisions
 
-    def remove(self, *instance_ids: str, missing_ok: bool = False) -> list[str]:
+    def remove(self, *instance_ids: str, missing_ok: bool = False,
+               expect: Mapping[str, int | None] | None = None) -> list[str]:
         """Remove records in one transaction; returns the ids removed.
 
         Every id is checked first: unless `missing_ok`, one unknown id removes nothing.
+        `expect` is as for put_many: a stale revision removes nothing.
         """
         with self._write() as db:
+            _check_expected(db, expect)
             present = [i for i in dict.fromkeys(instance_ids) if db.execute(
                 "SELECT 1 FROM instances WHERE instance_id = ?", (i,)).fetchone()]
             missing = [i for i in instance_ids if i not in present]
@@ -421,14 +449,25 @@ def _next(db: sqlite3.Connection) -> int:
     return db.execute("SELECT value FROM counters WHERE name = 'revision'").fetchone()[0]
 
 
+def _check_expected(db: sqlite3.Connection, expect: Mapping[str, int | None] | None) -> None:
+    """Raise StaleRevision unless every id is at the revision `expect` names."""
+    for instance_id, expected in (expect or {}).items():
+        row = db.execute("SELECT revision FROM instances WHERE instance_id = ?",
+                         (instance_id,)).fetchone()
+        actual = row[0] if row else None
+        if actual != expected:
+            raise StaleRevision(instance_id, expected, actual)
+
+
 def _refuse_ambiguity(records: Iterable[Bound]) -> None:
     pair = find_conflict(records)
     if pair:
         a, b = pair
-        raise UserError(
+        raise RecordConflict(
             f"record {b.instance_id}: would answer the same guest as record {a.instance_id} "
             f"(same MAC/IP and equally specific); bind one of them to a bridge or port, "
-            "or give it a MAC")
+            "or give it a MAC", b.instance_id)
 
 
-__all__ = ["SqliteStore", "PasswordAlreadySet", "RecordError", "MAX_PASSWORD_BYTES"]
+__all__ = ["SqliteStore", "PasswordAlreadySet", "RecordConflict", "RecordError",
+           "StaleRevision", "MAX_PASSWORD_BYTES"]
