@@ -58,7 +58,10 @@ class PortLimits:
 
 def add_released(released: BpfMap, ifindex: int, identities: int = 0, macs: int = 0) -> None:
     """User space is the only writer of tmd_port_released, so this plain read-modify-write
-    races with nothing in BPF. A port without an entry is not attached: nothing to count."""
+    races with nothing in BPF. Two user-space writers (the slot releaser and an operator's
+    release_mac) could meet on one port's entry; at worst one release goes uncounted and
+    the port's quota is one tighter until it is re-attached. A port without an entry is
+    not attached: nothing to count."""
     key = ctypes.c_uint32(ifindex)
     entry = layout.PortReleased()
     if not released.lookup(key, entry):
