@@ -167,3 +167,32 @@ def test_status_reports_ports_filters_and_records_and_json_logs_parse(hv):
     assert log_lines and all(json.loads(line)["message"] for line in log_lines)
     gone = hv.topo.sh(hv.ns, [sys.executable, "-m", "transparent_md", "status"])
     assert gone.returncode == 2 and "no transparent-md daemon" in gone.stderr
+
+
+def test_sighup_adds_a_bridge_from_the_config_file_without_a_failed_request(hv, tmp_path):
+    hv.bridge("br1")
+    newcomer = hv.guest("g1", bridge="br1", port="p1", addr="10.0.1.10/24",
+                        routes=["169.254.169.254/32 dev eth0"])
+    write_records(hv.store, [{"instance_id": "i-1", "mac": newcomer.mac}])
+    config = tmp_path / "run.yaml"
+    config.write_text("bridge: [br0]\n")
+    daemon = hv.start_daemon([], hv.store, ["--config", str(config)])
+    try:
+        assert hv.our_filters("p1") == []
+        looper = subprocess.Popen(["ip", "netns", "exec", hv.guests["g0"].ns, sys.executable,
+                                   "-c", LOOP, "5"], stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        config.write_text("bridge: [br0, br1]\n")
+        daemon.proc.send_signal(signal.SIGHUP)
+        tally = json.loads(looper.communicate(timeout=60)[0])
+        assert hv.curl(newcomer.ns, PATH) == (200, "i-1"), daemon.log()
+        assert len(hv.our_filters("p0")) == 1 and len(hv.our_filters("p1")) == 1
+        config.write_text("bridge: [br0, br1]\nbridges: oops\n")  # a bad edit is refused
+        daemon.proc.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert daemon.proc.poll() is None
+        assert hv.curl(newcomer.ns, PATH) == (200, "i-1")
+    finally:
+        assert daemon.stop() == 0
+    assert tally["failed"] == 0 and tally["ok"] > 30, tally
+    assert "line 2: key 'bridges'" in daemon.log()

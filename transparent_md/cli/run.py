@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 
 from transparent_md.datapath import tc
 from transparent_md.datapath.datapath import DEFAULT_SHADOW_PREFIX, DatapathConfig
@@ -11,6 +12,8 @@ from transparent_md.datapath.ports import GatewayRule
 from transparent_md.errors import UserError
 from transparent_md.names import DEFAULT_NAME, NAME_MAX, DaemonNames
 from transparent_md.store import DEFAULT_STORE_PATH
+
+log = logging.getLogger("transparent_md")
 
 # More processes than this only add memory: the kernel work per request stays.
 MAX_WORKERS = 64
@@ -64,7 +67,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--bridge", action="append", required=True, metavar="BR",
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML file of these same options (keys without the leading dashes, "
+                   "lists for repeatable ones); the command line wins; SIGHUP re-reads "
+                   "bridge, port, exclude-port and gateway from it without a restart")
+    p.add_argument("--bridge", action="append", default=[], metavar="BR",
                    help="bridge whose ports face guests (repeat for several); a glob such "
                    "as 'qbr*' follows matching bridges as they come and go, an exact name "
                    "must exist")
@@ -106,12 +113,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-format", default="text", choices=["text", "json"],
                    help="log lines on stderr as plain text (default) or one JSON object "
                    "per line (journald and log pipelines take either as is)")
-    p.set_defaults(handler=run_command)
+    p.set_defaults(handler=run_command, run_parser=p)
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run_command(cmdline: argparse.Namespace) -> int:
+    from transparent_md.cli import run_config
     from transparent_md.daemon import logs
 
+    parser = cmdline.run_parser
+    args = cmdline
+    if cmdline.config:
+        args = run_config.merge(cmdline, parser, run_config.read(cmdline.config, parser))
+    if not args.bridge:
+        raise UserError("no --bridge given (on the command line or in --config): name at "
+                        "least one bridge whose ports face guests")
     recent_problems = logs.configure(args.log_level, args.log_format)
     if not 1 <= args.token_hop_limit <= 255:
         raise UserError("--token-hop-limit must be 1..255")
@@ -121,7 +136,15 @@ def run_command(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be 1..{MAX_WORKERS}")
     if not args.name or len(args.name) > NAME_MAX or not args.name.replace("-", "").isalnum():
         raise UserError(f"--name {args.name!r}: 1..{NAME_MAX} letters, digits or '-'")
-    from transparent_md.daemon.daemon import Daemon, DaemonConfig
+    from transparent_md.daemon.daemon import Daemon, DaemonConfig, PortSettings
+
+    def reload_settings() -> PortSettings:
+        fresh = run_config.merge(cmdline, parser, run_config.read(cmdline.config, parser))
+        for dest, value in vars(fresh).items():
+            if dest not in run_config.RELOADABLE and value != getattr(args, dest, None):
+                log.warning("%s changed in %s: takes effect at the next restart",
+                            dest, cmdline.config)
+        return PortSettings(fresh.bridge, fresh.ports, fresh.exclude_port, fresh.gateway)
 
     names = DaemonNames.here(args.name, own_responder_netns=args.responder_netns == "auto")
     config = DaemonConfig(
@@ -140,5 +163,6 @@ def run_command(args: argparse.Namespace) -> int:
         workers=args.workers,
         metrics=args.metrics,
         recent_problems=recent_problems,
+        reload_settings=reload_settings if cmdline.config else None,
     )
     return Daemon(config).run()

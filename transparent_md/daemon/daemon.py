@@ -14,7 +14,9 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from transparent_md.daemon import status, tokens_file
@@ -23,6 +25,8 @@ from transparent_md.daemon.notify import Notifier
 from transparent_md.daemon.serving import READY_LINE, ServeHooks, ServeSpec, serve, worker_stats
 from transparent_md.daemon.workers import start_workers
 from transparent_md.datapath.datapath import Datapath, DatapathConfig
+from transparent_md.datapath.ports import GatewayRule
+from transparent_md.errors import UserError
 from transparent_md.lockfile import DaemonLock
 from transparent_md.process import raise_nofile_limit, stop_process
 
@@ -39,6 +43,18 @@ class DaemonConfig:
     workers: int = 1
     metrics: tuple[str, int] | None = None
     recent_problems: RecentProblems | None = None
+    # SIGHUP: returns the port settings to apply now (from `run --config`), or None.
+    reload_settings: Callable[[], PortSettings] | None = None
+
+
+@dataclass(frozen=True)
+class PortSettings:
+    """What a reload can change without a restart."""
+
+    bridges: list[str]
+    include_ports: list[str]
+    exclude_ports: list[str]
+    gateways: list[GatewayRule]
 
 
 class Daemon:
@@ -50,6 +66,7 @@ class Daemon:
         self.datapath = Datapath(config.datapath)
         self.lock = DaemonLock(self.names)
         self.started = time.time()
+        self._reload_lock = threading.Lock()
         self._metrics_server = None
         self._responder = None
         self._status = status.StatusWriter(self.names, self.status)
@@ -78,11 +95,39 @@ class Daemon:
         return 0
 
     def reload(self, notifier: Notifier) -> None:
-        """SIGHUP: re-read bridge membership now (ports that stay are never touched)."""
+        """SIGHUP: re-read the config file (if any) and bridge membership; ports that stay
+        are never touched. A bad file is logged and the running configuration kept.
+
+        Runs in a thread of its own: it talks netlink (pyroute2's synchronous API cannot
+        run inside the serving loop) and must not hold up guests' requests meanwhile.
+        """
+        threading.Thread(target=self._reload, args=(notifier,), name="reload",
+                         daemon=True).start()
+
+    def _reload(self, notifier: Notifier) -> None:
+        with self._reload_lock:
+            self._reload_locked(notifier)
+
+    def _reload_locked(self, notifier: Notifier) -> None:
         notifier.reloading()
-        log.info("reload (SIGHUP): re-reading bridge ports")
-        self.datapath.resync()
-        notifier.ready(self._status_line())
+        try:
+            if self.config.reload_settings is None:
+                log.info("reload (SIGHUP): re-reading bridge ports")
+                self.datapath.resync()
+            else:
+                settings = self.config.reload_settings()
+                log.info("reload (SIGHUP): bridges %s, ports %s, excluded %s, gateways %s",
+                         ",".join(settings.bridges), ",".join(settings.include_ports) or "-",
+                         ",".join(settings.exclude_ports) or "-",
+                         ",".join(f"{g.target}={g.ip}" for g in settings.gateways) or "-")
+                self.datapath.reconfigure(settings.bridges, settings.include_ports,
+                                          settings.exclude_ports, settings.gateways)
+        except UserError as exc:
+            log.error("reload refused, still serving with the previous configuration: %s", exc)
+        except Exception:
+            log.exception("reload failed; still serving with the previous configuration")
+        finally:
+            notifier.ready(self._status_line())
 
     def _status_line(self) -> str:
         attacher = self.datapath.attacher

@@ -195,6 +195,22 @@ class Datapath:
         return PortLimits(self._maps[layout.MAP_PORT_USAGE], self._maps[layout.MAP_PORT_RELEASED],
                           self._maps[layout.MAP_MAC_LOCKS], self._maps[layout.MAP_BY_GUEST])
 
+    def reconfigure(self, bridges: list[str], include_ports: list[str],
+                    exclude_ports: list[str], gateways: list[GatewayRule]) -> None:
+        """Apply a reload: ports that stay selected are never detached, not even briefly."""
+        previous = (self.config.bridges, self.config.include_ports,
+                    self.config.exclude_ports, self.config.gateways)
+        self.config.bridges, self.config.include_ports = bridges, include_ports
+        self.config.exclude_ports, self.config.gateways = exclude_ports, gateways
+        try:
+            self._check_bridges()
+        except UserError:
+            (self.config.bridges, self.config.include_ports,
+             self.config.exclude_ports, self.config.gateways) = previous
+            raise
+        if self.attacher and self.ipr:
+            self.attacher.reconfigure(self.ipr, self.selection, gateways)
+
     def resync(self) -> None:
         """Re-read bridge membership now (the follower does this on events and every 30 s)."""
         if self.attacher and self.ipr:

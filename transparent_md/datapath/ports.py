@@ -186,6 +186,24 @@ class PortAttacher:
         if self.limits is not None:
             self.limits.forget(info.ifindex)
 
+    def reconfigure(self, ipr: IPRoute, selection: PortSelection,
+                    gateways: Iterable[GatewayRule]) -> None:
+        """New bridges/port selection/gateways (a reload): ports that stay keep their
+        filter untouched; only their gateway ARP entries change, then membership syncs."""
+        gateways = list(gateways)
+        with self._lock:
+            for info in self.attached.values():
+                old = set(self._gateway_ips(info))
+                new = {g.ip for g in gateways if g.target in (info.bridge, info.name)}
+                for ip in new - old:
+                    self.arp_map.update(layout.ArpKey(info.ifindex, layout.be32(ip)),
+                                        ctypes.c_uint8(1))
+                for ip in old - new:
+                    self.arp_map.delete(layout.ArpKey(info.ifindex, layout.be32(ip)))
+            self.gateways = gateways
+            self.selection = selection
+        self.sync(ipr)
+
     def restore_filter(self, ipr: IPRoute, ifindex: int) -> PortInfo | None:
         """Put our filter back on an attached port (someone deleted or replaced it)."""
         with self._lock:
