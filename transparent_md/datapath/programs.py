@@ -19,7 +19,8 @@ from typing import Any
 from transparent_md.datapath import bpf_syscall
 from transparent_md.errors import UserError
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+# In a checkout this is a link to the top-level bpf/; an installed package carries a copy.
+BPF_DIR = Path(__file__).resolve().parent / "bpf"
 # Order matters: headers before the programs that use them.
 UNIT_FILES = ("include/tmd_maps.h", "include/tmd_packet.h", "port_ingress.c", "md_ingress.c")
 PORT_PROGRAM = "port_ingress"

@@ -38,10 +38,11 @@ class DaemonProcess:
     """`transparent-md run` started in the hypervisor namespace, with its output kept."""
 
     def __init__(self, topo: Topology, hv: str, argv: Sequence[str],
-                 env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> None:
+                 env: dict[str, str] | None = None, prefix: Sequence[str] = (),
+                 python: str = sys.executable) -> None:
         self.argv = list(argv)
         self.proc = topo.spawn(
-            hv, [*prefix, sys.executable, "-m", "transparent_md", "run", *argv],
+            hv, [*prefix, python, "-m", "transparent_md", "run", *argv],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, **env} if env else None,
         )
@@ -112,11 +113,12 @@ class Hypervisor:
         return self.guest(role, bridge=bridge, port=port, addr=addr)
 
     def start_daemon(self, bridges: Sequence[str], store: str, extra: Sequence[str] = (),
-                     env: dict[str, str] | None = None,
-                     prefix: Sequence[str] = ()) -> DaemonProcess:
-        """`run` in this hypervisor; `prefix` wraps it (e.g. `prlimit --nofile=...`)."""
+                     env: dict[str, str] | None = None, prefix: Sequence[str] = (),
+                     python: str = sys.executable) -> DaemonProcess:
+        """`run` in this hypervisor; `prefix` wraps it (e.g. `prlimit --nofile=...`),
+        `python` is the interpreter of the install under test."""
         argv = [a for br in bridges for a in ("--bridge", br)] + ["--store", store, *extra]
-        daemon = DaemonProcess(self.topo, self.ns, argv, env=env, prefix=prefix)
+        daemon = DaemonProcess(self.topo, self.ns, argv, env=env, prefix=prefix, python=python)
         daemon.wait_ready()
         return daemon
 
