@@ -72,16 +72,18 @@ class SlotReleaser:
     # -- one round ------------------------------------------------------------------
     def run_once(self) -> int:
         """Release every idle slot; returns how many were released."""
-        taken = self._taken_slots()
+        snapshot, taken = self._taken_slots()
         if not taken:
             self.in_use = 0
             return 0
-        # Sockets are listed before last-seen is judged: a SYN that arrives in between
-        # refreshes last-seen, so its slot is kept even though its socket was not seen.
+        # Sockets are listed before last-seen is judged (again, from a fresh read, right
+        # before a release): a SYN arriving in between refreshes last-seen, so its slot is
+        # kept even though its socket was not seen yet.
         peers = self._peers.peers()
+        recent = time.monotonic_ns() - self._grace_ns
         released = 0
         for index in taken:
-            if self._shadow_net | index in peers:
+            if self._shadow_net | index in peers or snapshot[index].last_seen_ns > recent:
                 continue
             if self._release_if_idle(index):
                 released += 1
@@ -89,15 +91,16 @@ class SlotReleaser:
         self.released_total += released
         return released
 
-    def _taken_slots(self) -> list[int]:
+    def _taken_slots(self) -> tuple[ctypes.Array, list[int]]:
+        """Every slot (read in a few batch calls) and the indexes of the taken ones."""
         cfg = layout.Config()
         if not self._config.lookup(ctypes.c_uint32(0), cfg) or cfg.shadow_slots == 0:
-            return []
+            return (layout.Slot * 0)(), []
         slots = self._slots.array_values(layout.Slot, cfg.shadow_slots + 1)
         # The ifindex of every slot at once (a Slot is 10 u32 words, ifindex first).
         words = ctypes.sizeof(layout.Slot) // ctypes.sizeof(ctypes.c_uint32)
         ifindexes = memoryview(slots).cast("B").cast("I")[::words]
-        return [i for i, ifindex in enumerate(ifindexes) if ifindex and i]
+        return slots, [i for i, ifindex in enumerate(ifindexes) if ifindex and i]
 
     def _release_if_idle(self, index: int) -> bool:
         key = ctypes.c_uint32(index)
