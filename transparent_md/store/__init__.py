@@ -12,6 +12,7 @@ from typing import Protocol
 
 from transparent_md.identity import Guest
 from transparent_md.store.errors import RecordConflict, StaleRevision
+from transparent_md.store.etcd_url import EtcdTls, is_etcd_url, parse_etcd_url
 from transparent_md.store.record import Instance, RecordError, parse_record
 from transparent_md.store.snapshot import Binding, Entry, Snapshot
 from transparent_md.store.sqlite import MAX_PASSWORD_BYTES, PasswordAlreadySet, SqliteStore
@@ -42,8 +43,8 @@ class Store(Protocol):
     def modify(self, instance_id: str, change: Callable[[Instance], Instance], *,
                clear_password: bool = False) -> Instance: ...
     def put_many(self, instances: Iterable[Instance], *, replace: bool = True,
-                 prune: bool = False,
-                 expect: Mapping[str, int | None] | None = None) -> dict[str, int]: ...
+                 prune: bool = False, expect: Mapping[str, int | None] | None = None,
+                 remove: Iterable[str] = ()) -> dict[str, int]: ...
     def remove(self, *instance_ids: str, missing_ok: bool = False,
                expect: Mapping[str, int | None] | None = None) -> list[str]: ...
     def set_password_once(self, instance_id: str, password: str) -> None: ...
@@ -52,13 +53,19 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(path: str | None) -> Store:
-    """Open (creating if needed) the store at `path`, or at DEFAULT_STORE_PATH."""
+def open_store(path: str | None, tls: EtcdTls | None = None) -> Store:
+    """Open the store `path` names: `etcd://HOST:PORT[,...]/PREFIX` (the fleet store,
+    with `tls` files if given), else a SQLite file (created if needed), by default
+    DEFAULT_STORE_PATH. The etcd client is imported only for an etcd URL."""
+    if is_etcd_url(path):
+        from transparent_md.store.etcd import EtcdStore
+
+        return EtcdStore(parse_etcd_url(path, tls))
     return SqliteStore(path or DEFAULT_STORE_PATH)
 
 
 __all__ = [
-    "Binding", "DEFAULT_STORE_PATH", "Entry", "Instance", "MAX_PASSWORD_BYTES",
+    "Binding", "DEFAULT_STORE_PATH", "EtcdTls", "Entry", "Instance", "MAX_PASSWORD_BYTES",
     "PasswordAlreadySet", "RecordConflict", "RecordError", "Snapshot", "SqliteStore",
     "StaleRevision", "Store", "open_store", "parse_record",
 ]

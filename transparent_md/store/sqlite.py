@@ -285,17 +285,21 @@ class SqliteStore:
         return new
 
     def put_many(self, instances: Iterable[Instance], *, replace: bool = True,
-                 prune: bool = False,
-                 expect: Mapping[str, int | None] | None = None) -> dict[str, int]:
+                 prune: bool = False, expect: Mapping[str, int | None] | None = None,
+                 remove: Iterable[str] = ()) -> dict[str, int]:
         """Write all records in one transaction (all or nothing); returns id -> revision.
 
         `replace` lets records overwrite ones with the same id (a kept password stays);
         `prune` removes every record not in `instances`, so the store mirrors a file.
         `expect` makes the write conditional: each id's current revision must be the one
         given (None: the id must be absent), else StaleRevision and nothing is written.
+        `remove` deletes these ids in the same transaction, before the new records are
+        checked (so a MAC may move from a removed record to a new one).
         """
         with self._write() as db:
             _check_expected(db, expect)
+            db.executemany("DELETE FROM instances WHERE instance_id = ?",
+                           [(i,) for i in remove])
             return self._put(db, list(instances), replace=replace, prune=prune)
 
     def _put(self, db: sqlite3.Connection, instances: list[Instance], *, replace: bool,
