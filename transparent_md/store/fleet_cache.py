@@ -1,0 +1,103 @@
+"""The daemon's local copy of a fleet's records: a SQLite store file plus the etcd
+revision it reflects.
+
+It is an ordinary store file (same schema, same generation stamp), so the responder
+processes open it like any SQLite store and see each applied change at their next
+request (one 8-byte stamp compare): guests never wait on etcd. Each row's revision is
+the record's etcd mod revision. The etcd revision, the cluster id and the prefix the
+rows came from are kept in a `fleet` table beside them, in the same transaction as the
+rows, so after a crash or an outage the cache says exactly where to resume the watch,
+and a cache filled from another cluster or prefix is refilled instead of trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+
+from transparent_md.store.etcd import parse_record_json
+from transparent_md.store.record import RecordError
+from transparent_md.store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+FLEET_TABLE = "CREATE TABLE IF NOT EXISTS fleet (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+UPSERT = (
+    "INSERT INTO instances (instance_id, record, revision, mac, ip, bridge, port) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(instance_id) DO UPDATE SET "
+    "record = excluded.record, revision = excluded.revision, mac = excluded.mac, "
+    "ip = excluded.ip, bridge = excluded.bridge, port = excluded.port")
+
+
+class FleetCache:
+    """Writer side of the cache (the follower); readers open `path` as a SqliteStore."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.store = SqliteStore(path)  # creates it private, with the schema
+        self._db = self.store._db
+        self._db.execute(FLEET_TABLE)
+
+    def meta(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM fleet WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    @property
+    def revision(self) -> int:
+        """The etcd revision the rows reflect; 0 for a cache never filled."""
+        return int(self.meta("revision") or 0)
+
+    def records(self) -> int:
+        return self._db.execute("SELECT count(*) FROM instances").fetchone()[0]
+
+    def matches(self, source: str, cluster_id: str) -> bool:
+        """Whether the rows came from this prefix of this cluster (else refill)."""
+        return self.meta("source") == source and self.meta("cluster_id") == cluster_id
+
+    def apply(self, changes: list[tuple[str, bytes | None, int]], revision: int) -> None:
+        """Apply watch events (id, value or None for a delete, mod revision) and move to
+        `revision`, in one transaction."""
+        with self.store._write() as db:
+            for instance_id, value, mod_revision in changes:
+                if value is None:
+                    db.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
+                else:
+                    _put(db, instance_id, value, mod_revision)
+            _set(db, "revision", str(revision))
+
+    def replace_all(self, records: dict[str, tuple[bytes, int]], revision: int, *,
+                    source: str, cluster_id: str) -> None:
+        """Make the rows exactly `records` (id -> (value, mod revision)), as of
+        `revision`: a full resynchronisation, in one transaction."""
+        with self.store._write() as db:
+            have = dict(db.execute("SELECT instance_id, revision FROM instances"))
+            gone = [(i,) for i in have if i not in records]
+            db.executemany("DELETE FROM instances WHERE instance_id = ?", gone)
+            for instance_id, (value, mod_revision) in records.items():
+                if have.get(instance_id) != mod_revision:
+                    _put(db, instance_id, value, mod_revision)
+            _set(db, "revision", str(revision))
+            _set(db, "source", source)
+            _set(db, "cluster_id", cluster_id)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _put(db: sqlite3.Connection, instance_id: str, value: bytes, mod_revision: int) -> None:
+    """One record from etcd, through the one validation path; an invalid one (written
+    around our tools, e.g. by etcdctl) is logged and not served."""
+    try:
+        record = parse_record_json(value, instance_id)
+    except RecordError as exc:
+        log.error("etcd record %s is not valid and is not served: %s", instance_id, exc)
+        db.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
+        return
+    db.execute(UPSERT, (instance_id, json.dumps(record.to_mapping()), mod_revision,
+                        record.mac, record.ip, record.bridge, record.port))
+
+
+def _set(db: sqlite3.Connection, name: str, value: str) -> None:
+    db.execute("INSERT INTO fleet (name, value) VALUES (?, ?) "
+               "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (name, value))
