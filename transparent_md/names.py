@@ -72,6 +72,13 @@ class DaemonNames:
         return STATE_ROOT / self.daemon_id
 
     @property
+    def api_socket(self) -> Path:
+        """The admin API's default unix socket (`run --api`). Named by `--name` alone, so
+        hooks and scripts find it without knowing the namespace; a second daemon with the
+        same name elsewhere finds it taken and must be given its own `--api PATH`."""
+        return STATE_ROOT / f"{self.name}.sock"
+
+    @property
     def ports_file(self) -> Path:
         return self.state_dir / "ports.json"
 

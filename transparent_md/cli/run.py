@@ -106,6 +106,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", type=_listen_address, metavar="HOST:PORT",
                    help="serve Prometheus metrics (responses, connections, datapath "
                    "counters, attached ports) on this address in the current namespace")
+    p.add_argument("--api", default=None, metavar="PATH",
+                   help="serve the local admin API (records over HTTP/JSON) on this unix "
+                   "socket, mode 0600; 'none' serves none (default "
+                   "/run/transparent-md/<name>.sock)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="responder processes sharing the port with SO_REUSEPORT "
                    "(default 1; more only help with spare cores and heavy boot storms)")
@@ -114,6 +118,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="log lines on stderr as plain text (default) or one JSON object "
                    "per line (journald and log pipelines take either as is)")
     p.set_defaults(handler=run_command, run_parser=p)
+
+
+def _api_socket(value: str | None, names: DaemonNames) -> str | None:
+    """`--api`: None (the default path from --name), 'none', or a path."""
+    if value is None:
+        return str(names.api_socket)
+    return None if value == "none" else value
 
 
 def run_command(cmdline: argparse.Namespace) -> int:
@@ -162,6 +173,7 @@ def run_command(cmdline: argparse.Namespace) -> int:
         token_hop_limit=args.token_hop_limit,
         workers=args.workers,
         metrics=args.metrics,
+        api_socket=_api_socket(args.api, names),
         recent_problems=recent_problems,
         reload_settings=reload_settings if cmdline.config else None,
     )

@@ -43,6 +43,8 @@ class DaemonConfig:
     workers: int = 1
     metrics: tuple[str, int] | None = None
     recent_problems: RecentProblems | None = None
+    # The admin API's unix socket (`run --api`), or None for no API.
+    api_socket: str | None = None
     # SIGHUP: returns the port settings to apply now (from `run --config`), or None.
     reload_settings: Callable[[], PortSettings] | None = None
 
@@ -68,6 +70,7 @@ class Daemon:
         self.started = time.time()
         self._reload_lock = threading.Lock()
         self._metrics_server = None
+        self._api = None
         self._responder = None
         self._status = status.StatusWriter(self.names, self.status)
         self.workers: list[subprocess.Popen] = []
@@ -139,6 +142,12 @@ class Daemon:
         from transparent_md.store import open_store
 
         open_store(self.config.store_path).close()
+        if self.config.api_socket:  # bound now: a path in use fails before anything else
+            from transparent_md.api.server import AdminServer
+
+            store_path = self.config.store_path
+            self._api = AdminServer(self.config.api_socket, lambda: open_store(store_path),
+                                    self.status)
         soft, _ = raise_nofile_limit()
         log.debug("open-file limit %d", soft)
         self.datapath.start()
@@ -179,6 +188,8 @@ class Daemon:
         self._responder = responder
         self._status.start()
         self._start_metrics(responder)
+        if self._api is not None:
+            self._api.start()
 
     def _start_metrics(self, responder) -> None:
         if not self.config.metrics:
@@ -194,6 +205,9 @@ class Daemon:
             HealthCheck(self.datapath))
 
     def stop(self) -> None:
+        if self._api is not None:
+            self._api.stop()
+            self._api = None
         self._status.stop()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
