@@ -196,3 +196,27 @@ def test_sighup_adds_a_bridge_from_the_config_file_without_a_failed_request(hv, 
         assert daemon.stop() == 0
     assert tally["failed"] == 0 and tally["ok"] > 30, tally
     assert "line 2: key 'bridges'" in daemon.log()
+
+
+def test_identity_locks_lists_the_guest_and_release_frees_it(hv):
+    daemon = hv.start_daemon(["br0"], hv.store)
+    try:
+        assert hv.curl(hv.guests["g0"].ns, PATH) == (200, "i-0")
+        # `ip netns exec` gave the daemon a /sys of its own: its pins are seen from its
+        # mount namespace (on a real host, /sys/fs/bpf is shared and nsenter is not needed).
+        cli = ["nsenter", "-t", str(daemon.proc.pid), "-m", "-n",
+               sys.executable, "-m", "transparent_md", "identity"]
+        listed = subprocess.run([*cli, "locks", "--json"], capture_output=True, text=True)
+        released = subprocess.run([*cli, "release", "--mac", hv.guests["g0"].mac],
+                                  capture_output=True, text=True)
+        again = subprocess.run([*cli, "release", "--mac", hv.guests["g0"].mac],
+                               capture_output=True, text=True)
+        after = subprocess.run([*cli, "locks", "--json"], capture_output=True, text=True)
+    finally:
+        daemon.stop()
+    assert listed.returncode == 0, listed.stderr
+    assert [(lock["mac"], lock["port"]) for lock in json.loads(listed.stdout)] == [
+        (hv.guests["g0"].mac, "p0")]
+    assert released.returncode == 0 and "released" in released.stdout
+    assert again.returncode == 2 and "holds no lock" in again.stderr
+    assert json.loads(after.stdout) == []

@@ -36,7 +36,7 @@ MD = "169.254.169.254"
 PORT_IFINDEX = 77  # a port that exists only in the maps: nothing is sent in part one
 # The daemon does not start a SlotReleaser yet (the lead wires it); until then the
 # daemon tests run one here against the daemon's pins. Set True once the daemon does.
-DAEMON_RUNS_RELEASER = False
+DAEMON_RUNS_RELEASER = True
 # How long a test waits for a release it expects: SYN-ACK retries (2: gone after about
 # 7 s) or TIME_WAIT of the guest's side, plus grace and rounds, with room for a busy host.
 RELEASE_WAIT_S = 30.0

@@ -18,6 +18,7 @@ from transparent_md.errors import UserError
 VERBS = {
     "run": "run",
     "status": "status",
+    "identity": "identity",
     "instance": "instance",
     "dhcp-option": "dhcp_option",
     "demo": "demo",

@@ -6,12 +6,20 @@ import argparse
 import ipaddress
 import logging
 
+from transparent_md.cli.store_options import add_store_options, etcd_tls
+from transparent_md.daemon.store_source import CACHE_DIR
 from transparent_md.datapath import tc
-from transparent_md.datapath.datapath import DEFAULT_SHADOW_PREFIX, DatapathConfig
+from transparent_md.datapath.datapath import (
+    DEFAULT_PORT_IDENTITY_QUOTA,
+    DEFAULT_PORT_MAC_QUOTA,
+    DEFAULT_PORT_SYN_BURST,
+    DEFAULT_PORT_SYN_RATE,
+    DEFAULT_SHADOW_PREFIX,
+    DatapathConfig,
+)
 from transparent_md.datapath.ports import GatewayRule
 from transparent_md.errors import UserError
 from transparent_md.names import DEFAULT_NAME, NAME_MAX, DaemonNames
-from transparent_md.store import DEFAULT_STORE_PATH
 
 log = logging.getLogger("transparent_md")
 
@@ -51,6 +59,12 @@ def _gateway(value: str) -> GatewayRule:
     return GatewayRule(target=target, ip=ip)
 
 
+def _count(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a whole number >= 0")
+    return int(value)
+
+
 def _listen_address(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
@@ -81,8 +95,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "NIC, bond, VLAN or VXLAN/GRE uplink")
     p.add_argument("--exclude-port", action="append", default=[], metavar="GLOB",
                    help="never attach ports matching GLOB (repeatable)")
-    p.add_argument("--store", metavar="PATH",
-                   help=f"instance store (SQLite); default {DEFAULT_STORE_PATH}")
+    add_store_options(p)  # --store PATH|etcd://..., --etcd-cacert/--etcd-cert/--etcd-key
+    p.add_argument("--cache", metavar="PATH",
+                   help="with an etcd:// store: the local SQLite copy served from, kept "
+                   "across restarts so a host serves while etcd is down (default "
+                   f"{CACHE_DIR}/cache-<name>-<netns inode>.db)")
     p.add_argument("--gateway", action="append", type=_gateway, default=[],
                    metavar="BRIDGE_OR_PORT=IP",
                    help="answer ARP for IP on that bridge's ports (or that one port): "
@@ -113,6 +130,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="responder processes sharing the port with SO_REUSEPORT "
                    "(default 1; more only help with spare cores and heavy boot storms)")
+    limits = p.add_argument_group(
+        "hostile guests, in the datapath (per port; 0 disables each; see README)")
+    limits.add_argument("--port-identity-quota", type=_count, metavar="N",
+                        default=DEFAULT_PORT_IDENTITY_QUOTA,
+                        help="identities (MAC, IP) one port may hold at once "
+                        f"(default {DEFAULT_PORT_IDENTITY_QUOTA})")
+    limits.add_argument("--port-syn-rate", type=_count, metavar="N",
+                        default=DEFAULT_PORT_SYN_RATE,
+                        help="SYNs to 169.254.169.254:80 per second per port "
+                        f"(default {DEFAULT_PORT_SYN_RATE})")
+    limits.add_argument("--port-syn-burst", type=_count, metavar="N",
+                        default=DEFAULT_PORT_SYN_BURST,
+                        help="SYNs a port may send at once above that rate "
+                        f"(default {DEFAULT_PORT_SYN_BURST})")
+    limits.add_argument("--port-mac-quota", type=_count, metavar="N",
+                        default=DEFAULT_PORT_MAC_QUOTA,
+                        help="MACs one port may lock to itself (a MAC is locked to the first "
+                        f"port it asked from; default {DEFAULT_PORT_MAC_QUOTA})")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     p.add_argument("--log-format", default="text", choices=["text", "json"],
                    help="log lines on stderr as plain text (default) or one JSON object "
@@ -168,8 +203,14 @@ def run_command(cmdline: argparse.Namespace) -> int:
             gateways=args.gateway,
             answer_metadata_arp=not args.no_metadata_arp,
             filter_position=tc.FilterPosition(priority=args.tc_priority),
+            port_identity_quota=args.port_identity_quota,
+            port_syn_rate=args.port_syn_rate,
+            port_syn_burst=args.port_syn_burst,
+            port_mac_quota=args.port_mac_quota,
         ),
         store_path=args.store,
+        etcd_tls=etcd_tls(args),
+        cache_path=args.cache,
         token_hop_limit=args.token_hop_limit,
         workers=args.workers,
         metrics=args.metrics,

@@ -1,8 +1,9 @@
 """The daemon `transparent-md run` starts: every part up in order, down in reverse.
 
-    store check -> datapath (programs, veth pair, ports, follower) -> workers
+    store check -> datapath (programs, veth pair, ports, follower, filter guard)
+                -> slot releaser -> workers
                 -> metrics -> serve in this process until SIGTERM/SIGINT
-    stop: workers -> datapath (filters detached, devices and pins removed)
+    stop: workers -> slot releaser -> datapath (filters detached, devices and pins removed)
 
 Each part is its own object; this module only orders them and guarantees the reverse
 order on any exit, so a failure half-way leaves nothing attached.
@@ -23,12 +24,15 @@ from transparent_md.daemon import status, tokens_file
 from transparent_md.daemon.logs import RecentProblems
 from transparent_md.daemon.notify import Notifier
 from transparent_md.daemon.serving import READY_LINE, ServeHooks, ServeSpec, serve, worker_stats
+from transparent_md.daemon.store_source import StoreSource
 from transparent_md.daemon.workers import start_workers
 from transparent_md.datapath.datapath import Datapath, DatapathConfig
 from transparent_md.datapath.ports import GatewayRule
+from transparent_md.datapath.slot_release import SlotReleaser
 from transparent_md.errors import UserError
 from transparent_md.lockfile import DaemonLock
 from transparent_md.process import raise_nofile_limit, stop_process
+from transparent_md.store.etcd_url import EtcdTls
 
 log = logging.getLogger("transparent_md")
 
@@ -39,6 +43,10 @@ DEFAULT_TOKEN_HOP_LIMIT = 1
 class DaemonConfig:
     datapath: DatapathConfig
     store_path: str | None = None
+    # Fleet store (--store etcd://...): TLS files, and the local cache (--cache; None:
+    # store_source.default_cache_path).
+    etcd_tls: EtcdTls | None = None
+    cache_path: str | None = None
     token_hop_limit: int = DEFAULT_TOKEN_HOP_LIMIT
     workers: int = 1
     metrics: tuple[str, int] | None = None
@@ -66,7 +74,10 @@ class Daemon:
         self.config = config
         self.names = config.datapath.names
         self.datapath = Datapath(config.datapath)
+        self.store_source = StoreSource(config.store_path, self.names, tls=config.etcd_tls,
+                                        cache_path=config.cache_path)
         self.lock = DaemonLock(self.names)
+        self.releaser: SlotReleaser | None = None
         self.started = time.time()
         self._reload_lock = threading.Lock()
         self._metrics_server = None
@@ -79,6 +90,9 @@ class Daemon:
 
     def run(self) -> int:
         """Start everything, serve until a stop signal, then stop everything."""
+        if os.geteuid() != 0:
+            raise UserError("must run as root: attaching tc programs and creating the "
+                            "responder's devices needs CAP_NET_ADMIN and CAP_BPF")
         self.lock.acquire()  # before anything is touched: a second daemon changes nothing
         notifier = Notifier()
         hooks = ServeHooks(
@@ -141,20 +155,23 @@ class Daemon:
         # Open the store first: a bad store path fails before anything is attached.
         from transparent_md.store import open_store
 
-        open_store(self.config.store_path).close()
+        serving_store = self.store_source.start()  # the fleet cache for an etcd store
         if self.config.api_socket:  # bound now: a path in use fails before anything else
             from transparent_md.api.server import AdminServer
 
-            store_path = self.config.store_path
-            self._api = AdminServer(self.config.api_socket, lambda: open_store(store_path),
+            store_path, tls = self.config.store_path, self.config.etcd_tls
+            self._api = AdminServer(self.config.api_socket, lambda: open_store(store_path, tls),
                                     self.status)
         soft, _ = raise_nofile_limit()
         log.debug("open-file limit %d", soft)
         self.datapath.start()
+        self.releaser = SlotReleaser(self.names.pin_dir, self.names.responder_netns,
+                                     self.config.datapath.shadow_prefix)
+        self.releaser.start()
         spec = ServeSpec(
             netns_name=self.names.responder_netns, pin_dir=str(self.names.pin_dir),
             shadow_prefix=self.config.datapath.shadow_prefix,
-            store_path=self.config.store_path, token_hop_limit=self.config.token_hop_limit,
+            store_path=serving_store, token_hop_limit=self.config.token_hop_limit,
             token_secret_hex=tokens_file.load_or_create(self.names.token_secret_file).hex(),
             reuse_port=self.config.workers > 1,
             stats_dir=str(self._stats_dir) if self._stats_dir else None,
@@ -180,6 +197,7 @@ class Daemon:
         if responder is not None:
             counts["records"] = len(responder.state.store.snapshot().bindings)
             counts["open_connections"] = responder.stats.open_connections
+        counts.update(self.store_source.status())
         recent = self.config.recent_problems
         counts["recent_problems"] = list(recent.records) if recent else []
         return counts
@@ -201,7 +219,8 @@ class Daemon:
         stats_dir = self._stats_dir
         others = (lambda: worker_stats(str(stats_dir))) if stats_dir else None
         self._metrics_server = start_metrics(
-            self.config.metrics, [responder.collector(others), DatapathCollector(self.datapath)],
+            self.config.metrics, [responder.collector(others), DatapathCollector(self.datapath),
+                                  *self.store_source.collectors()],
             HealthCheck(self.datapath))
 
     def stop(self) -> None:
@@ -218,6 +237,10 @@ class Daemon:
         self.workers = []
         if self._stats_dir:
             shutil.rmtree(self._stats_dir, ignore_errors=True)
+        if self.releaser is not None:
+            self.releaser.stop()
+            self.releaser = None
+        self.store_source.stop()
         started = self.datapath.attacher is not None
         self.datapath.stop()
         if started:

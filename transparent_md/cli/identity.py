@@ -1,0 +1,58 @@
+"""`transparent-md identity`: the running daemon's MAC locks (list, release one early)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+from transparent_md.errors import UserError
+from transparent_md.names import DEFAULT_NAME
+
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def _mac(value: str) -> str:
+    if not _MAC_RE.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
+    return value.lower()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "identity", help="list or release the MAC locks of a running daemon",
+        description="A MAC that asked from one bridge port is locked to that port while the "
+        "port exists: from any other port it gets nothing (a guest copying a neighbour's "
+        "MAC). Locks go when their port goes. Release one early when a VM legitimately "
+        "moves to another port while its old port still exists.")
+    verbs = p.add_subparsers(dest="identity_verb", metavar="ACTION", required=True)
+    locks = verbs.add_parser("locks", help="list MAC locks: MAC, port, bridge")
+    locks.add_argument("--json", action="store_true", help="print JSON")
+    release = verbs.add_parser("release", help="release one MAC's lock")
+    release.add_argument("--mac", required=True, type=_mac, help="the locked MAC")
+    for parser in (locks, release):
+        parser.add_argument("--name", default=DEFAULT_NAME,
+                            help=f"the daemon's --name (default {DEFAULT_NAME})")
+    p.set_defaults(handler=identity_command)
+
+
+def identity_command(args: argparse.Namespace) -> int:
+    from transparent_md.datapath import locks
+    from transparent_md.lockfile import is_held
+    from transparent_md.names import DaemonNames
+
+    names = DaemonNames.here(args.name)
+    if not is_held(names.lock_file) or not names.pin_dir.is_dir():
+        raise UserError(f"no transparent-md daemon named {args.name!r} runs in this network "
+                        f"namespace (or its pins under {names.pin_dir} are not visible here)")
+    if args.identity_verb == "locks":
+        found = locks.list_locks(names.pin_dir)
+        if args.json:
+            print(json.dumps([vars(lock) for lock in found], indent=2))
+        for lock in [] if args.json else found:
+            print(f"{lock.mac}  port {lock.port or '(gone)'}  bridge {lock.bridge or '-'}")
+        return 0
+    if not locks.release_mac(names.pin_dir, args.mac):
+        raise UserError(f"{args.mac} holds no lock")
+    print(f"released {args.mac}")
+    return 0
