@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from transparent_md.cli import instance_sync
 from transparent_md.errors import UserError
 from transparent_md.store import DEFAULT_STORE_PATH, Instance, RecordError, open_store
 from transparent_md.store.fields import clearable_fields
@@ -105,6 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="also remove stored records that are not in FILE")
     _add_store_flag(importer)
     importer.set_defaults(handler=_import)
+    instance_sync.register(verbs, _add_store_flag, lambda args: open_store(args.store))
 
 
 def _add_store_flag(parser: argparse.ArgumentParser) -> None:
