@@ -152,10 +152,12 @@ static __always_inline __u32 new_slot(struct tmd_config *cfg, struct tmd_guest_k
 	 * gets a slot, flagged, so the responder can refuse it by name and log it. */
 	struct tmd_mac_key mac_key = {};
 	tmd_mac_copy(mac_key.mac, key->mac);
-	__u32 *locked_to = tmd_mac_locks.lookup(&mac_key);
+	__u32 *locked_to = (cfg->flags & TMD_CFG_MAC_LOCK) ? tmd_mac_locks.lookup(&mac_key) : 0;
 	__u32 flags = 0;
 	int lock_it = 0;
-	if (locked_to) {
+	if (!(cfg->flags & TMD_CFG_MAC_LOCK)) {
+		/* --no-mac-lock: the operator relies on the hypervisor's own anti-spoofing. */
+	} else if (locked_to) {
 		if (*locked_to != ifindex)
 			flags = TMD_SLOT_LOCKED_ELSEWHERE;
 	} else {

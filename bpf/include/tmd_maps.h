@@ -23,6 +23,7 @@
 #define TMD_MAX_MAC_LOCKS 65536
 
 #define TMD_CFG_ANSWER_METADATA_ARP 0x1 /* answer who-has 169.254.169.254 on every port */
+#define TMD_CFG_MAC_LOCK 0x2            /* lock a MAC to the first port it asked from */
 
 struct tmd_config {
 	__be32 shadow_net;   /* shadow prefix, network order */

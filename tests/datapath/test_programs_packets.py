@@ -63,7 +63,7 @@ def maps(loaded):
     cfg.shadow_slots = 1000
     cfg.md_mac[:] = layout.mac_bytes(MD_PEER_MAC)
     cfg.arp_mac[:] = layout.mac_bytes(ARP_MAC)
-    cfg.flags = layout.CFG_ANSWER_METADATA_ARP
+    cfg.flags = layout.CFG_ANSWER_METADATA_ARP | layout.CFG_MAC_LOCK
     cfg.port_identity_quota = 32
     cfg.port_mac_quota = 8
     cfg.slot_reuse_delay_ns = REUSE_DELAY_S * 10**9
@@ -448,6 +448,17 @@ def test_mac_locked_to_another_port_gets_a_flagged_slot(loaded, maps):
     assert changed(before, counters(maps)) == {
         "event:slot_allocated": 1, "event:forged_flagged": 1, "event:request_redirected": 1}
     assert port_usage(maps).macs_locked == 0
+
+
+def test_without_mac_lock_a_mac_locks_nothing_and_is_never_flagged(loaded, maps):
+    configure(maps, flags=layout.CFG_ANSWER_METADATA_ARP)  # --no-mac-lock
+    victim_mac = "02:00:00:00:00:78"
+    maps[layout.MAP_MAC_LOCKS].update(layout.mac_key(victim_mac),
+                                      ctypes.c_uint32(OTHER_PORT_IFINDEX))
+    assert run_port(loaded, request(mac=victim_mac))[0] == TC_ACT_REDIRECT
+    assert read_slot(maps, 1).flags == 0
+    assert run_port(loaded, request(mac="02:00:00:00:00:79"))[0] == TC_ACT_REDIRECT
+    assert lock_of(maps, "02:00:00:00:00:79") is None
 
 
 def test_mac_quota_drops_a_new_mac_but_not_a_locked_one(loaded, maps):

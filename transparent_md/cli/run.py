@@ -148,6 +148,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         default=DEFAULT_PORT_MAC_QUOTA,
                         help="MACs one port may lock to itself (a MAC is locked to the first "
                         f"port it asked from; default {DEFAULT_PORT_MAC_QUOTA})")
+    limits.add_argument("--no-mac-lock", action="store_true",
+                        help="do not lock a MAC to the first port it asked from; only for "
+                        "hosts whose hypervisor already stops MAC spoofing (libvirt "
+                        "clean-traffic, ebtables): without either, a guest copying a "
+                        "neighbour's MAC and IP gets the neighbour's data")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     p.add_argument("--log-format", default="text", choices=["text", "json"],
                    help="log lines on stderr as plain text (default) or one JSON object "
@@ -207,6 +212,7 @@ def run_command(cmdline: argparse.Namespace) -> int:
             port_syn_rate=args.port_syn_rate,
             port_syn_burst=args.port_syn_burst,
             port_mac_quota=args.port_mac_quota,
+            mac_lock=not args.no_mac_lock,
         ),
         store_path=args.store,
         etcd_tls=etcd_tls(args),

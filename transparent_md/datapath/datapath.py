@@ -62,6 +62,8 @@ class DatapathConfig:
     shadow_prefix: str = DEFAULT_SHADOW_PREFIX
     gateways: list[GatewayRule] = field(default_factory=list)
     answer_metadata_arp: bool = True
+    # Lock a MAC to the first port it asked from (see bpf/port_ingress.c).
+    mac_lock: bool = True
     filter_position: tc.FilterPosition = field(default_factory=tc.FilterPosition)
     # Hostile-guest limits, per port; 0 disables each.
     port_identity_quota: int = DEFAULT_PORT_IDENTITY_QUOTA
@@ -178,7 +180,8 @@ class Datapath:
         cfg.shadow_slots = self.shadow_slots
         cfg.md_mac[:] = layout.mac_bytes(self.side.responder_mac)
         cfg.arp_mac[:] = layout.mac_bytes(self.side.host_mac)
-        cfg.flags = layout.CFG_ANSWER_METADATA_ARP if self.config.answer_metadata_arp else 0
+        cfg.flags = ((layout.CFG_ANSWER_METADATA_ARP if self.config.answer_metadata_arp else 0)
+                     | (layout.CFG_MAC_LOCK if self.config.mac_lock else 0))
         limits = self.config
         if limits.slot_reuse_delay_s <= DEFAULT_CACHE_TTL_S:
             raise UserError(f"slot reuse delay {limits.slot_reuse_delay_s} s must exceed the "

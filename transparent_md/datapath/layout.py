@@ -12,6 +12,7 @@ IFNAME_LEN = 16  # IFNAMSIZ
 
 # Config flags (TMD_CFG_*).
 CFG_ANSWER_METADATA_ARP = 0x1
+CFG_MAC_LOCK = 0x2
 # Slot flags (TMD_SLOT_*): the identity's MAC is locked to another port.
 SLOT_LOCKED_ELSEWHERE = 0x1
 # Slot.free_since_ns of a taken slot (TMD_SLOT_TAKEN).
