@@ -15,8 +15,9 @@ from typing import Any
 import yaml
 
 from transparent_md.cli import instance_sync
+from transparent_md.cli.store_options import add_store_options, etcd_tls
 from transparent_md.errors import UserError
-from transparent_md.store import DEFAULT_STORE_PATH, Instance, RecordError, open_store
+from transparent_md.store import Instance, RecordError, open_store
 from transparent_md.store.fields import clearable_fields
 from transparent_md.store.fieldspec import FieldSpec, Flag
 from transparent_md.store.importfile import STDIN, read_records
@@ -106,12 +107,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="also remove stored records that are not in FILE")
     _add_store_flag(importer)
     importer.set_defaults(handler=_import)
-    instance_sync.register(verbs, _add_store_flag, lambda args: open_store(args.store))
+
+
+    instance_sync.register(verbs, _add_store_flag,
+                           lambda args: open_store(args.store, etcd_tls(args)))
 
 
 def _add_store_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", metavar="PATH", default=None,
-                        help=f"instance store (SQLite file; default {DEFAULT_STORE_PATH})")
+    add_store_options(parser)  # a SQLite file or etcd://..., with --etcd-cacert/cert/key
 
 
 def _add_field_flags(parser: argparse.ArgumentParser) -> None:
@@ -213,7 +216,7 @@ def _build(raw: dict[str, Any]) -> Instance:
 
 def _add(args: argparse.Namespace) -> int:
     record = _build(_apply({"instance_id": args.instance_id}, _fields_from_flags(args)))
-    open_store(args.store).add(record)
+    open_store(args.store, etcd_tls(args)).add(record)
     _warn_exposed([record])
     return 0
 
@@ -227,14 +230,14 @@ def _update(args: argparse.Namespace) -> int:
             _clear(raw, key)
         return _build(raw)
 
-    record = open_store(args.store).modify(args.instance_id, change,
+    record = open_store(args.store, etcd_tls(args)).modify(args.instance_id, change,
                                            clear_password=args.clear_password)
     _warn_exposed([record])
     return 0
 
 
 def _remove(args: argparse.Namespace) -> int:
-    store = open_store(args.store)
+    store = open_store(args.store, etcd_tls(args))
     removed = store.remove(*args.instance_ids, missing_ok=args.missing_ok)
     skipped = [i for i in args.instance_ids if i not in removed]
     if skipped:
@@ -243,7 +246,7 @@ def _remove(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    instances = open_store(args.store).list()
+    instances = open_store(args.store, etcd_tls(args)).list()
     if args.json:
         json.dump([i.to_mapping() for i in instances], sys.stdout, indent=2)
         print()
@@ -258,7 +261,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    store = open_store(args.store)
+    store = open_store(args.store, etcd_tls(args))
     instance = store.get(args.instance_id)
     if instance is None:
         raise UserError(f"no instance {args.instance_id!r} in {store.path}")
@@ -274,7 +277,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     records = read_records(args.file)
-    store = open_store(args.store)
+    store = open_store(args.store, etcd_tls(args))
     store.put_many(records, replace=True, prune=args.prune)
     print(f"imported {len(records)} instance(s) into {store.path}", file=sys.stderr)
     _warn_exposed(records)

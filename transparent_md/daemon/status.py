@@ -104,6 +104,8 @@ def read(names: DaemonNames) -> dict | None:
 
 def render(status: dict) -> str:
     """The human form `transparent-md status` prints."""
+    from transparent_md.daemon.store_source import render_store_line
+
     lines = [
         f"transparent-md {status.get('version', '?')}, daemon {status.get('name', '?')!r} "
         f"(pid {status.get('pid', '?')}), up {status.get('uptime_s', 0):.0f} s",
@@ -113,6 +115,9 @@ def render(status: dict) -> str:
         f"{status.get('open_connections', '?')}",
         f"ports ({len(status.get('ports', []))}):",
     ]
+    store_line = render_store_line(status)  # fleet store: connected, revision, lag
+    if store_line:
+        lines.insert(3, store_line)
     for port in status.get("ports", []):
         lines.append(f"  {port['name']:<15} bridge {port['bridge']:<15} filter {port['filter']}")
     problems = status.get("recent_problems", [])
