@@ -5,14 +5,16 @@ needed, what an unknown guest sees (404 for everything: it learns nothing).
 
 A GET's route (which prepared reply, and whether IMDSv2 rules apply to it) depends only
 on the instance's prepared replies and the URL, so it is memoised on the `Prepared`
-(see `prepared.Routes`); only the token check runs per request.
+(see `prepared.Routes`) under the raw URL; only the token check runs per request. The
+URL is put in canonical form (`paths`: slashes collapsed, absolute form accepted, as AWS
+and nova match paths) only when a route is computed, so a known URL costs nothing more.
 """
 
 from __future__ import annotations
 
 import logging
 
-from transparent_md.responder import ec2, openstack
+from transparent_md.responder import ec2, openstack, paths
 from transparent_md.responder.http import (
     BAD_REQUEST,
     CONFLICT,
@@ -55,9 +57,10 @@ class Dispatcher:
                 return NOT_FOUND, False
             route = prepared.routes.get(url)
             if route is None:
-                if _is_password(url):  # written by the guest: read live, never memoised
+                path = paths.canonical_path(url)
+                if _is_password(path):  # written by the guest: read live, never memoised
                     return self._get_password(prepared), False
-                route = prepared.routes.remember(url, self._route(prepared, url))
+                route = prepared.routes.remember(url, self._route(prepared, path))
             reply, guarded = route
             if guarded:
                 if token is not None:
@@ -66,18 +69,17 @@ class Dispatcher:
                 elif prepared.imdsv2_required:
                     return UNAUTHORIZED, False
             return reply, False
-        query = url.find(b"?")
-        path = url if query < 0 else url[:query]
+        path = paths.canonical_path(url)
         if method == PUT and path == TOKEN_PATH:
             return self._issue_token(prepared, ttl, forwarded)
-        if method == POST and path.startswith(OPENSTACK_PREFIX):
+        if method == POST and path is not None and path.startswith(OPENSTACK_PREFIX):
             return self._post_password(prepared, path, body), False
         return METHOD_NOT_ALLOWED, False
 
-    def _route(self, prepared: Prepared, url: bytes) -> Route:
-        """The reply for a GET of `url`, and whether the IMDSv2 token rules guard it."""
-        query = url.find(b"?")
-        path = url if query < 0 else url[:query]
+    def _route(self, prepared: Prepared, path: bytes | None) -> Route:
+        """The reply for a GET of canonical `path`, and whether IMDSv2 token rules guard it."""
+        if path is None:
+            return NOT_FOUND, False
         if path.startswith(OPENSTACK_PREFIX):
             return self._openstack(prepared, path), False
         if path == TOKEN_PATH:
@@ -86,12 +88,12 @@ class Dispatcher:
 
     @staticmethod
     def _ec2(prepared: Prepared, path: bytes) -> Route:
-        if path == b"/":
+        if path == paths.ROOT:
             return ec2.ROOT_LISTING, True
         version, _, rest = path[1:].partition(b"/")
         if version not in ec2.VERSION_SET:
             return NOT_FOUND, False
-        return prepared.ec2.get(rest.rstrip(b"/"), NOT_FOUND), True
+        return prepared.ec2.get(rest, NOT_FOUND), True
 
     def _openstack(self, prepared: Prepared, path: bytes) -> Reply:
         version, file = _openstack_parts(path)
@@ -140,22 +142,21 @@ class Dispatcher:
         return _PASSWORD_OK
 
 
-def _is_password(url: bytes) -> bool:
-    if not url.startswith(OPENSTACK_PREFIX):
+def _is_password(path: bytes | None) -> bool:
+    if path is None or not path.startswith(OPENSTACK_PREFIX):
         return False
-    query = url.find(b"?")
-    version, file = _openstack_parts(url if query < 0 else url[:query])
+    version, file = _openstack_parts(path)
     return version is not None and file == openstack.PASSWORD_FILE
 
 
 def _openstack_parts(path: bytes) -> tuple[bytes | None, bytes | None]:
-    """(version, file) for /openstack/<version>/<file>; (None, b"") for the root."""
+    """(version, file) for canonical /openstack/<version>/<file>; (None, b"") for the root."""
     rest = path[len(OPENSTACK_PREFIX):]
-    if rest in (b"", b"/"):
+    if rest == b"":
         return None, b""
     if rest[:1] != b"/":
         return None, None
     version, _, file = rest[1:].partition(b"/")
     if version not in openstack.VERSION_SET:
         return None, None
-    return version, file.rstrip(b"/")
+    return version, file

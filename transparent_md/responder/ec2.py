@@ -62,9 +62,14 @@ def render(instance: Instance, mac: str, ip: str) -> dict[bytes, Reply]:
     t.text(md + "services/domain", "amazonaws.com")
     t.text(md + "services/partition", "aws")
     _iam(t, instance)
+    top = ["dynamic", "meta-data"]
     if instance.user_data is not None:
         t.raw("user-data", Reply(200, instance.user_data, OCTETS))
+        top.append("user-data")
     t.json("dynamic/instance-identity/document", identity_document(instance, ip))
+    # The version level (`/latest/`) is the one listing whose directories AWS names
+    # without a trailing slash (user guide, "Retrieve instance metadata").
+    t.listing("", top)
     return t.build()
 
 

@@ -38,7 +38,17 @@ def render(instance: Instance, mac: str, ip: str) -> dict[bytes, Reply]:
     vendor = instance.vendor_data
     t.json("vendor_data.json", _dumps(vendor if vendor is not None else {}))
     t.json("vendor_data2.json", _dumps({"static": vendor} if vendor is not None else {}))
+    t.listing("", version_listing(instance))
     return t.build()
+
+
+def version_listing(instance: Instance) -> list[str]:
+    """`/openstack/<version>/` in nova's order (`InstanceMetadata._handle_version`)."""
+    names = ["meta_data.json"]
+    if instance.user_data is not None:
+        names.append("user_data")
+    names += ["password", "vendor_data.json", "network_data.json", "vendor_data2.json"]
+    return names
 
 
 def meta_data(instance: Instance) -> dict:

@@ -2,7 +2,13 @@
 
 Both metadata flavours are "a set of leaf documents plus directories that list their
 children"; this builds the flat `{path: Reply}` table the dispatcher looks up, with
-paths stored without leading or trailing slashes (b"meta-data/placement/region").
+paths stored without leading or trailing slashes (b"meta-data/placement/region"), the
+tree's own root under b"".
+
+A derived listing names a subdirectory with a trailing `/` and a leaf without, one per
+line, no final newline, in byte order of the names: what AWS's IMDS answers for
+`meta-data/` and below (the user guide's listings, and amazon-ec2-metadata-mock, which
+sorts its routes). A flavour whose service lists otherwise sets its own with `listing`.
 """
 
 from __future__ import annotations
@@ -41,6 +47,13 @@ class TreeBuilder:
                 children.setdefault(parent, {})[name] = None
         table = {path.encode(): reply for path, reply in self._leaves.items()}
         for directory, names in children.items():
-            lines = self._listing_overrides.get(directory, list(names))
+            lines = self._listing_overrides.get(directory)
+            if lines is None:
+                lines = sorted(names, key=_name_order)
             table[directory.encode()] = Reply(200, "\n".join(lines).encode(), TEXT)
         return table
+
+
+def _name_order(entry: str) -> str:
+    """Sort key of a listing line: the name itself, a directory's `/` left out."""
+    return entry.rstrip("/")
