@@ -20,6 +20,7 @@ VERBS = {
     "status": "status",
     "identity": "identity",
     "instance": "instance",
+    "libvirt-hook": "libvirt_hook",
     "dhcp-option": "dhcp_option",
     "demo": "demo",
     "bench": "bench",

@@ -1,0 +1,25 @@
+#!/usr/bin/perl
+# Proxmox VE hookscript: bind VM VMID's metadata record to its tap at start, unbind at stop.
+#
+# Install:  cp examples/proxmox/transparent-md-hook.pl /var/lib/vz/snippets/
+#           chmod +x /var/lib/vz/snippets/transparent-md-hook.pl
+#           qm set VMID --hookscript local:snippets/transparent-md-hook.pl
+# The record's id is "pve-VMID" (create it with `transparent-md instance add` or the admin
+# API, with the VM's MAC and bridge). Proxmox names the first NIC's tap "tap<VMID>i0".
+# A failing post-start leaves the VM running; the message lands in the task log.
+use strict;
+use warnings;
+
+my $api = $ENV{TMD_API} // '/run/transparent-md/tmd.sock';
+my ($vmid, $phase) = @ARGV;
+my $id = "pve-$vmid";
+
+if ($phase eq 'post-start') {
+    system('transparent-md', 'instance', 'bind', $id, '--port', "tap${vmid}i0",
+           '--api', $api) == 0
+        or die "transparent-md: could not bind $id to tap${vmid}i0\n";
+} elsif ($phase eq 'pre-stop') {
+    system('transparent-md', 'instance', 'unbind', $id, '--api', $api) == 0
+        or warn "transparent-md: could not unbind $id\n";
+}
+exit(0);

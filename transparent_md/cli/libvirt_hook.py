@@ -1,0 +1,99 @@
+"""`transparent-md libvirt-hook`: libvirt's `/etc/libvirt/hooks/qemu`, binding each guest's
+record to its tap at VM start and dropping the binding at stop.
+
+libvirtd calls the hook as `qemu DOMAIN OPERATION SUBOP EXTRA` with the domain XML on
+stdin and shows a non-zero exit's stderr to the operator (a failing `prepare` or
+`start` hook stops the VM from starting). So this verb prints nothing on stdout (for
+`migrate`/`restore` libvirt would take it as new XML), never calls back into libvirt,
+writes all of a domain's records in one transaction or none, and on failure prints one
+line and exits 1. Operations it has nothing to do for exit 0 at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from transparent_md.errors import UserError
+
+# libvirt shows the hook's exit status; 1 is "the hook failed".
+EXIT_FAILED = 1
+DEFAULT_ON_STOP = "unbind"
+
+
+def _network(value: str) -> tuple[str, str]:
+    name, sep, bridge = value.partition("=")
+    if not sep or not name or not bridge:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected NETWORK=BRIDGE")
+    return name, bridge
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from transparent_md.integrations.libvirt import METADATA_NS, ON_STOP_CHOICES
+
+    p = sub.add_parser(
+        "libvirt-hook", help="libvirt's qemu hook: bind records to their taps at VM start",
+        description="Run as /etc/libvirt/hooks/qemu (see examples/libvirt/qemu). On "
+        "prepare/start/started/reconnect, each <interface> on a served bridge becomes a "
+        "record (MAC, bridge, <target dev> port, <uuid>, the domain name as hostname, and "
+        f"the fields in <metadata> under {METADATA_NS}, YAML or JSON); on "
+        "stopped/release the port binding is dropped. Other operations do nothing.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--store", metavar="PATH", help="write the store file directly")
+    target.add_argument("--api", metavar="SOCKET",
+                        help="write through a running daemon's admin API, e.g. "
+                        "/run/transparent-md/tmd.sock")
+    p.add_argument("--bridge", action="append", default=[], metavar="GLOB",
+                   help="only interfaces on bridges matching GLOB (repeatable; default: "
+                   "every bridge; give the daemon's --bridge values)")
+    p.add_argument("--network", action="append", default=[], type=_network,
+                   metavar="NETWORK=BRIDGE",
+                   help="bridge of a libvirt network, for type='network' interfaces whose "
+                   "XML names none (repeatable)")
+    p.add_argument("--on-stop", choices=ON_STOP_CHOICES, default=DEFAULT_ON_STOP,
+                   help="at stopped/release: drop the port binding (default; the record "
+                   "stays for the next start), remove the records, or keep them bound")
+    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("operation", metavar="OPERATION")
+    p.add_argument("subop", metavar="SUBOP", nargs="?", default="-")
+    p.add_argument("extra", metavar="EXTRA", nargs="?", default="-")
+    p.set_defaults(handler=hook_command)
+
+
+def hook_command(args: argparse.Namespace) -> int:
+    from transparent_md.integrations import libvirt
+
+    if args.operation not in libvirt.START_OPERATIONS | libvirt.STOP_OPERATIONS:
+        return 0
+    if args.operation in libvirt.STOP_OPERATIONS and args.on_stop == "keep":
+        return 0
+    try:
+        xml = sys.stdin.buffer.read(libvirt.MAX_XML_BYTES + 1)
+        domain = libvirt.parse_domain(xml, bridges=tuple(args.bridge),
+                                      networks=dict(args.network))
+        if domain.name != args.domain:
+            raise libvirt.DomainError(f"the XML on stdin is domain {domain.name!r}, the "
+                                      f"arguments say {args.domain!r}")
+        for reason in domain.skipped:
+            print(f"transparent-md libvirt-hook: {args.domain}: skipped {reason}",
+                  file=sys.stderr)
+        if not domain.nics:
+            return 0
+        writer = _writer(args)
+        if args.operation in libvirt.START_OPERATIONS:
+            writer.upsert(domain.patches())
+        else:
+            writer.stop(domain.record_ids(), remove=args.on_stop == "remove")
+    except (UserError, libvirt.DomainError, ValueError, OSError) as exc:
+        message = " ".join(str(exc).split())  # one line: libvirt shows it as is
+        print(f"transparent-md libvirt-hook: {args.domain} {args.operation}: {message}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _writer(args: argparse.Namespace):
+    from transparent_md.integrations.writers import ApiWriter, StoreWriter
+
+    return ApiWriter(args.api) if args.api else StoreWriter(args.store)

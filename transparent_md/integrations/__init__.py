@@ -1,0 +1,1 @@
+"""Glue to VM managers: turn what they know about a guest into records and bindings."""
