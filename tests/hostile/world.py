@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tests.conftest import write_records
-from transparent_md.lab.attacks.launch import LimitedDaemon, start_limited_daemon
-from transparent_md.lab.hypervisor import GuestNs, Hypervisor
+from transparent_md.lab.attacks.launch import start_limited_daemon
+from transparent_md.lab.hypervisor import DaemonProcess, GuestNs, Hypervisor
 from transparent_md.lab.netns import Topology
 
 BRIDGES = ("br0", "br1")
@@ -33,7 +33,7 @@ FIRST_HOST = 10
 class World:
     hv: Hypervisor
     store: str
-    daemon: LimitedDaemon | None = None
+    daemon: DaemonProcess | None = None
     guests: dict[str, GuestNs] = field(default_factory=dict)
     _serial: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BRIDGES, FIRST_HOST))
 

@@ -8,12 +8,10 @@ JSON result line is read when it ends.
 from __future__ import annotations
 
 import json
-import queue
 import re
 import resource
 import subprocess
 import sys
-import threading
 from collections.abc import Sequence
 
 from transparent_md.lab.hypervisor import DaemonProcess, Hypervisor
@@ -53,22 +51,6 @@ def run_tool(topo: Topology, ns: str, module: str, args: Sequence[str],
     return Tool(topo, ns, module, args).result(timeout)
 
 
-class LimitedDaemon(DaemonProcess):
-    """`transparent-md run` under `prlimit --nofile=SOFT:HARD`, as a systemd unit
-    without LimitNOFILE starts it (the daemon must raise its own soft limit)."""
-
-    def __init__(self, topo: Topology, hv: str, argv: Sequence[str],
-                 nofile: tuple[int, int]) -> None:
-        self.argv = list(argv)
-        self.proc = topo.spawn(
-            hv, ["prlimit", f"--nofile={nofile[0]}:{nofile[1]}", sys.executable, "-m",
-                 "transparent_md", "run", *argv],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.output: list[str] = []
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-
 def systemd_nofile() -> tuple[int, int]:
     """systemd's (soft, hard) descriptor limits, the hard one capped at what this
     process may grant (a container may not allow raising it)."""
@@ -80,11 +62,11 @@ def systemd_nofile() -> tuple[int, int]:
 
 def start_limited_daemon(hv: Hypervisor, bridges: Sequence[str], store: str,
                          extra: Sequence[str] = (),
-                         nofile: tuple[int, int] | None = None) -> LimitedDaemon:
-    argv = [a for br in bridges for a in ("--bridge", br)] + ["--store", store, *extra]
-    daemon = LimitedDaemon(hv.topo, hv.ns, argv, nofile or systemd_nofile())
-    daemon.wait_ready()
-    return daemon
+                         nofile: tuple[int, int] | None = None) -> DaemonProcess:
+    """`transparent-md run` under `prlimit --nofile=SOFT:HARD`, as a systemd unit
+    without LimitNOFILE starts it (the daemon must raise its own soft limit)."""
+    soft, hard = nofile or systemd_nofile()
+    return hv.start_daemon(bridges, store, extra, prefix=["prlimit", f"--nofile={soft}:{hard}"])
 
 
 def run_flags() -> set[str]:
