@@ -10,8 +10,9 @@ says where it comes from:
   [JS]   AWS SDK for JavaScript v3, @aws-sdk/ec2-metadata-service `MetadataService.request`:
          path = endpoint pathname "/" + "/latest/...", so it sends `//latest/...`.
   [E2U]  Amazon's `ec2-metadata` (amazon-ec2-utils): `-r`/`-e` read `/latest//meta-data/...`.
-  [BOTO] botocore `IMDSRegionFetcher` reads `latest/meta-data/placement/availability-zone/`
-         (a leaf with a trailing slash); `InstanceMetadataFetcher` lists
+  [BOTO] botocore `InstanceMetadataRegionFetcher` reads
+         `latest/meta-data/placement/availability-zone/` (a leaf with a trailing slash);
+         `InstanceMetadataFetcher` lists
          `iam/security-credentials/` then reads the role.
   [CGU]  Canonical's `ec2metadata` (cloud-guest-utils): version 2009-04-04, lists
          `meta-data/public-keys` with no trailing slash.
