@@ -75,6 +75,18 @@ def bind_socket(path: str) -> socket.socket:
     return sock
 
 
+def in_use(path: str) -> bool:
+    """Whether a live server answers on the unix socket at `path`."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 def _clear_stale(path: str) -> None:
     try:
         mode = os.lstat(path).st_mode
@@ -271,4 +283,4 @@ def _too_large() -> ApiError:
                          "several requests")
 
 
-__all__ = ["AdminServer", "MAX_BODY_BYTES", "SOCKET_MODE", "bind_socket"]
+__all__ = ["AdminServer", "MAX_BODY_BYTES", "SOCKET_MODE", "bind_socket", "in_use"]

@@ -161,10 +161,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _api_socket(value: str | None, names: DaemonNames) -> str | None:
-    """`--api`: None (the default path from --name), 'none', or a path."""
-    if value is None:
-        return str(names.api_socket)
-    return None if value == "none" else value
+    """`--api`: None (the default path from --name), 'none', or a path.
+
+    The default path is named by --name alone; when a daemon of the same name in another
+    network namespace already serves it, this one serves no API (and says so) rather than
+    refusing to start. A path given with --api that is in use is an error.
+    """
+    if value is not None:
+        return None if value == "none" else value
+    from transparent_md.api.server import in_use
+
+    default = str(names.api_socket)
+    if in_use(default):
+        log.warning("the admin API's default socket %s is served by another daemon (same "
+                    "--name in another network namespace?): this one serves no admin API; "
+                    "give it --api PATH", default)
+        return None
+    return default
 
 
 def run_command(cmdline: argparse.Namespace) -> int:
