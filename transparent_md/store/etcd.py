@@ -194,8 +194,7 @@ class EtcdStore:
             gone += [i for i in removing if i in view and i not in seen and i not in gone]
             return instances, gone
 
-        revision = self._commit(plan)
-        return {i.instance_id: revision for i in instances}
+        return self._commit(plan)
 
     def remove(self, *instance_ids: str, missing_ok: bool = False,
                expect: Mapping[str, int | None] | None = None) -> list[str]:
@@ -215,32 +214,54 @@ class EtcdStore:
         return present
 
     def _commit(self, plan: Callable[[dict[str, tuple[int, Instance]]],
-                                     tuple[list[Instance], list[str]]]) -> int:
+                                     tuple[list[Instance], list[str]]]) -> dict[str, int]:
         """Validate `plan`'s writes against every record, then commit them if nothing
         changed since; on a lost race read again and re-plan. Returns the revision of
-        the (last) transaction, which is every written record's mod revision."""
+        written record's new mod revision."""
+        fresh = self._view is None  # a kept view is tried first: the compares catch it
         for _attempt in range(MAX_WRITE_ATTEMPTS):
-            revision = self.catch_up()
+            revision = self.catch_up() if fresh else self._revision
             view = self._view
             assert view is not None
-            puts, deletes = plan(view)
-            result: dict[str, Bound] = {i: r for i, (_, r) in view.items()}
-            for gone in deletes:
-                result.pop(gone, None)
-            result.update({i.instance_id: i for i in puts})
-            _refuse_ambiguity(result.values())
+            try:
+                puts, deletes = plan(view)
+                result: dict[str, Bound] = {i: r for i, (_, r) in view.items()}
+                for gone in deletes:
+                    result.pop(gone, None)
+                result.update({i.instance_id: i for i in puts})
+                _refuse_ambiguity(result.values())
+            except UserError:
+                if fresh:
+                    raise
+                fresh = True  # refused by an old view: judge again on the current one
+                continue
             writes = [("put", i.instance_id, i) for i in puts]
             writes += [("delete", i, None) for i in deletes]
             written = self._write_batches(writes, revision, view)
             if written is not None:
-                return written
+                self._remember(puts, deletes, written)
+                return {i.instance_id: written[i.instance_id] for i in puts}
+            fresh = True
         raise UserError(f"{self.path}: other writers kept changing the records; "
                         f"gave up after {MAX_WRITE_ATTEMPTS} attempts")
 
+    def _remember(self, puts: list[Instance], deletes: list[str],
+                  revisions: dict[str, int]) -> None:
+        """Our own write, applied to the view: the compares proved nothing else under the
+        prefix changed, so the view is current at `revision` without a read."""
+        assert self._view is not None
+        for gone in deletes:
+            self._view.pop(gone, None)
+        for record in puts:
+            self._view[record.instance_id] = (revisions[record.instance_id], record)
+        # Deleted ids are in `revisions` too: the last transaction is the view's revision.
+        self._revision = max(revisions.values(), default=self._revision)
+
     def _write_batches(self, writes: list[tuple[str, str, Instance | None]], revision: int,
-                       view: dict[str, tuple[int, Instance]]) -> int | None:
+                       view: dict[str, tuple[int, Instance]]) -> dict[str, int] | None:
         """Commit `writes` in batches; None if the first lost a race (nothing written),
-        else the revision of the last transaction."""
+        else each written id's new mod revision (its batch's transaction revision)."""
+        revisions: dict[str, int] = {}
         prefix, end = self._records_prefix, prefix_end(self._records_prefix)
         for start in range(0, max(len(writes), 1), WRITE_BATCH):
             batch = writes[start:start + WRITE_BATCH]
@@ -270,7 +291,8 @@ class EtcdStore:
                                 f"import; {start} of {len(writes)} changes landed; run it "
                                 "again")
             revision = int(reply["header"]["revision"])
-        return revision
+            revisions.update((instance_id, revision) for _, instance_id, _ in batch)
+        return revisions
 
     # -- passwords: PREFIX/passwords/<id>, created once (nova's 409 fleet-wide) ---------
 
