@@ -23,6 +23,7 @@ import socket
 import stat
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import httptools
 
@@ -44,6 +45,8 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_CONNECTIONS = 64
 # An idle keep-alive connection is closed after this long.
 IDLE_TIMEOUT_S = 60.0
+# GET /v1/status waits this long for the daemon's status (a netlink dump per port).
+STATUS_TIMEOUT_S = 10.0
 # How long start() waits for the thread to be serving, and stop() for it to end.
 THREAD_START_TIMEOUT_S = 10.0
 THREAD_STOP_TIMEOUT_S = 10.0
@@ -118,13 +121,22 @@ class AdminServer:
                  status: Callable[[], dict] | None = None) -> None:
         self.path = path
         self._open_store = open_store
-        self._status = status
+        # The daemon's status is gathered with pyroute2's synchronous IPRoute, which runs
+        # an asyncio loop of its own and cannot inside ours: it runs on a helper thread.
+        self._status_thread = ThreadPoolExecutor(1, thread_name_prefix="admin-api-status")
+        self._status = status and self._status_elsewhere(status)
         self._sock = bind_socket(path)
         self._inode = os.stat(path).st_ino
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._failure: BaseException | None = None
+
+    def _status_elsewhere(self, status: Callable[[], dict]) -> Callable[[], dict]:
+        def run() -> dict:
+            return self._status_thread.submit(status).result(STATUS_TIMEOUT_S)
+
+        return run
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="admin-api", daemon=True)
@@ -161,6 +173,7 @@ class AdminServer:
         if loop is not None and thread is not None and thread.is_alive():
             loop.call_soon_threadsafe(loop.stop)
             thread.join(THREAD_STOP_TIMEOUT_S)
+        self._status_thread.shutdown(wait=False)
         self._sock.close()
         with contextlib.suppress(OSError):
             if os.stat(self.path).st_ino == self._inode:  # still ours, not a successor's
