@@ -151,7 +151,7 @@ class MetadataProtocol(asyncio.Protocol):
             state.reclaimer.peak = stats.open_connections
         if guest is None:
             stats.connections_unknown_guest += 1
-        elif guest.locked_elsewhere:
+        elif guest.locked_elsewhere and not _bound_to_this_port(state.store, guest):
             self._forged = True
         self._bucket = state.buckets.bucket_for(guest)
         if state.listener is not None:
@@ -401,3 +401,16 @@ class MetadataProtocol(asyncio.Protocol):
     def guest(self):
         """The guest behind this connection (None if unknown)."""
         return self._guest
+
+
+def _bound_to_this_port(store, guest) -> bool:
+    """A MAC locked to another port is still served where the VM manager bound its record.
+
+    The lock goes to the port a MAC first asked from; a neighbour copying the MAC and
+    asking first would otherwise lock the real guest out. A record bound to a port
+    (`instance bind`, the libvirt hook) says where the guest is: on that port, it is
+    answered; anywhere else the lock and the binding both refuse. Rare path: only guests
+    whose MAC is locked elsewhere pay this lookup.
+    """
+    binding = store.snapshot().match(guest)
+    return binding is not None and binding.port is not None
