@@ -175,7 +175,7 @@ class Daemon:
             token_secret_hex=tokens_file.load_or_create(self.names.token_secret_file).hex(),
             reuse_port=self.config.workers > 1,
             stats_dir=str(self._stats_dir) if self._stats_dir else None,
-            parent_pid=os.getpid(),
+            parent_pid=os.getpid(), **self.store_source.serving_fields(),
         )
         if self._stats_dir:
             shutil.rmtree(self._stats_dir, ignore_errors=True)

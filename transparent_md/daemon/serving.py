@@ -37,6 +37,10 @@ class ServeSpec:
     reuse_port: bool
     stats_dir: str | None = None  # where workers leave their counts for --metrics
     parent_pid: int = 0  # a worker dies with this process (the daemon)
+    # A fleet store (etcd URL, TLS files): store_path is then its local cache, and a
+    # guest's posted password is written through to etcd (store_source).
+    fleet_store: str | None = None
+    etcd_tls: list[str | None] | None = None
 
 
 @dataclass
@@ -56,12 +60,12 @@ def serve(spec: ServeSpec, *, ready_line: str,
     """Serve on uvloop until SIGTERM or SIGINT; print `ready_line` once listening."""
     import uvloop
 
+    from transparent_md.daemon.store_source import open_serving_store
     from transparent_md.datapath.responder_side import listening_socket
     from transparent_md.identity.shadow_map import ShadowResolver
     from transparent_md.responder.server import Responder
-    from transparent_md.store import open_store
 
-    store = open_store(spec.store_path)
+    store = open_serving_store(spec.store_path, spec.fleet_store, spec.etcd_tls)
     sock = listening_socket(spec.netns_name, reuse_port=spec.reuse_port)
     resolver = ShadowResolver(spec.pin_dir, spec.shadow_prefix)
     responder = Responder(store, resolver, token_hop_limit=spec.token_hop_limit,

@@ -9,9 +9,13 @@ needs to know about the difference.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from transparent_md.names import DaemonNames
 from transparent_md.store.etcd_url import EtcdTls, is_etcd_url, parse_etcd_url
+
+if TYPE_CHECKING:
+    from transparent_md.store import Store
 
 # Beside the default SQLite store, on disk: the cache must outlive a reboot, so a host
 # that boots while etcd is down still serves its guests (/run is tmpfs and would not).
@@ -50,6 +54,15 @@ class StoreSource:
         self.follower.start()
         return self.cache_path
 
+    def serving_fields(self) -> dict:
+        """ServeSpec fields that let every serving process write a guest's posted
+        password to the fleet (see `open_serving_store`); none for SQLite."""
+        if not self.fleet:
+            return {}
+        tls = self._tls
+        return {"fleet_store": self.store,
+                "etcd_tls": [tls.cacert, tls.cert, tls.key] if tls else None}
+
     def status(self) -> dict:
         """store_connected, store_revision_lag... for `status`; empty for SQLite."""
         return self.follower.status() if self.follower else {}
@@ -61,6 +74,21 @@ class StoreSource:
         if self.follower is not None:
             self.follower.stop()
             self.follower = None
+
+
+def open_serving_store(store_path: str | None, fleet_store: str | None = None,
+                       etcd_tls: list[str | None] | None = None) -> Store:
+    """The store a serving process answers from: `store_path` (SQLite, or the fleet
+    cache), and for a fleet the cache with guest passwords written through to etcd."""
+    if fleet_store is None:
+        from transparent_md.store import open_store
+
+        return open_store(store_path)
+    from transparent_md.store.fleet_serving import FleetCacheStore
+
+    assert store_path is not None  # the cache path StoreSource.start() returned
+    tls = EtcdTls(*etcd_tls) if etcd_tls else None
+    return FleetCacheStore(store_path, parse_etcd_url(fleet_store, tls))
 
 
 class FleetCollector:

@@ -24,10 +24,12 @@ from transparent_md.responder.http import (
     SERVER_ERROR,
     UNAUTHORIZED,
     Reply,
+    error_reply,
 )
 from transparent_md.responder.prepared import Prepared, Route
 from transparent_md.responder.tokens import TokenAuthority
 from transparent_md.store import MAX_PASSWORD_BYTES, PasswordAlreadySet, Store
+from transparent_md.store.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,10 @@ TOKEN_PATH = b"/latest/api/token"
 OPENSTACK_PREFIX = b"/openstack"
 _PASSWORD_OK = Reply(200, b"")
 _NO_PASSWORD = Reply(200, b"")  # nova answers an unset password with an empty 200
+# A fleet store (etcd) that cannot be reached takes no password: the guest may retry
+# (cloudbase-init does at its next run); the Retry-After matches the store's back-off.
+STORE_UNAVAILABLE_RETRY_S = 5
+_STORE_UNAVAILABLE = error_reply(503, b"Retry-After: %d\r\n" % STORE_UNAVAILABLE_RETRY_S)
 
 
 class Dispatcher:
@@ -136,6 +142,8 @@ class Dispatcher:
             return BAD_REQUEST
         except PasswordAlreadySet:
             return CONFLICT
+        except StoreUnavailable:
+            return _STORE_UNAVAILABLE
         except Exception:
             log.exception("storing the password of %s failed", prepared.instance_id)
             return SERVER_ERROR

@@ -33,4 +33,9 @@ class StaleRevision(UserError):
         self.actual = actual
 
 
-__all__ = ["RecordConflict", "StaleRevision"]
+class StoreUnavailable(UserError):
+    """The store could not be reached (an etcd outage): nothing was read or written.
+    A guest posting its OpenStack password is answered 503 (try again later)."""
+
+
+__all__ = ["RecordConflict", "StaleRevision", "StoreUnavailable"]

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from transparent_md.errors import UserError
 from transparent_md.identity import Guest
-from transparent_md.store.errors import RecordConflict, StaleRevision
+from transparent_md.store.errors import RecordConflict, StaleRevision, StoreUnavailable
 from transparent_md.store.etcd_client import EtcdClient, b64, prefix_end, unb64
 from transparent_md.store.etcd_url import EtcdTarget
 from transparent_md.store.policy import Bound, find_conflict
@@ -53,7 +53,7 @@ class EtcdStore:
         self.path = target.describe()
         self.client = client or EtcdClient(target)
         self._records_prefix = target.instances_prefix
-        self._passwords_prefix = f"{target.prefix}/passwords/"
+        self._passwords_prefix = target.passwords_prefix
         # What this process last read: id -> (mod revision, record); None until read.
         self._view: dict[str, tuple[int, Instance]] | None = None
         self._revision = 0  # the etcd revision the view reflects
@@ -240,6 +240,7 @@ class EtcdStore:
             written = self._write_batches(writes, revision, view)
             if written is not None:
                 self._remember(puts, deletes, written)
+                self._forget_passwords(deletes)
                 return {i.instance_id: written[i.instance_id] for i in puts}
             fresh = True
         raise UserError(f"{self.path}: other writers kept changing the records; "
@@ -296,7 +297,9 @@ class EtcdStore:
 
     # -- passwords: PREFIX/passwords/<id>, created once (nova's 409 fleet-wide) ---------
 
-    def set_password_once(self, instance_id: str, password: str) -> None:
+    def set_password_once(self, instance_id: str, password: str) -> int:
+        """Create PREFIX/passwords/<id> unless it exists (then PasswordAlreadySet: nova's
+        409, fleet-wide); returns the revision that wrote it."""
         from transparent_md.store.sqlite import PasswordAlreadySet
 
         if len(password.encode()) > MAX_PASSWORD_BYTES:
@@ -307,6 +310,21 @@ class EtcdStore:
             [{"request_put": {"key": key, "value": b64(password)}}])
         if not reply.get("succeeded"):
             raise PasswordAlreadySet(instance_id)
+        return int(reply["header"]["revision"])
+
+    def _forget_passwords(self, instance_ids: list[str]) -> None:
+        """Delete the passwords of removed records (as SQLite drops them with the row),
+        so a record created again under the same id starts without one. After the
+        records' own transaction (a delete per key would overflow --max-txn-ops);
+        a password left behind by an outage in between answers no guest."""
+        for start in range(0, len(instance_ids), WRITE_BATCH):
+            batch = instance_ids[start:start + WRITE_BATCH]
+            try:
+                self.client.txn([], [{"request_delete_range": {
+                    "key": b64(self._passwords_prefix + i)}} for i in batch])
+            except StoreUnavailable as exc:
+                log.warning("passwords of removed records kept in etcd: %s", exc)
+                return
 
     def clear_password(self, instance_id: str) -> None:
         self.client.txn([], [{"request_delete_range": {

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from transparent_md.errors import UserError
+from transparent_md.store.errors import StoreUnavailable
 from transparent_md.store.etcd_url import EtcdTarget
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ WATCH_CONNECT_TIMEOUT_S = REQUEST_TIMEOUT_S
 API_PATH = "/v3/"
 
 
-class EtcdUnavailable(UserError):
+class EtcdUnavailable(StoreUnavailable):
     """No member answered: one clear line for the CLI, a state for the daemon."""
 
 

@@ -40,6 +40,16 @@ class EtcdTarget:
         """Records are JSON values under PREFIX/instances/<id>."""
         return f"{self.prefix}/instances/"
 
+    @property
+    def passwords_prefix(self) -> str:
+        """OpenStack passwords guests posted, at PREFIX/passwords/<id>."""
+        return f"{self.prefix}/passwords/"
+
+    @property
+    def root(self) -> str:
+        """Everything of this fleet (records and passwords): what a daemon follows."""
+        return f"{self.prefix}/"
+
     def describe(self) -> str:
         hosts = ",".join(_join(h, p) for h, p in self.endpoints)
         return f"{SCHEME_TLS if self.secure else SCHEME}{hosts}{self.prefix}"

@@ -1,10 +1,11 @@
 """Keeps a daemon's local cache (`FleetCache`) following the fleet's records in etcd.
 
 Two threads in the daemon process, never on a guest's path:
-- the watcher resumes a watch on PREFIX/instances/ from the revision after the cache's
-  and applies each response in one cache transaction (guests see it at their next
-  request). A watch canceled for compaction, a cluster id that changed, or a cache
-  filled from elsewhere triggers a full resynchronisation (a paged read at one
+- the watcher resumes a watch on PREFIX/ (records under instances/, the passwords guests
+  posted under passwords/) from the revision after the cache's and applies each
+  response in one cache transaction (guests see it at their next request). A watch
+  canceled for compaction, a cluster id that changed, or a cache filled from elsewhere
+  triggers a full resynchronisation (a paged read at one
   revision, applied in one transaction).
 - the poller asks every POLL_INTERVAL_S for the newest mod revision under the prefix:
   that gives `store_connected` and `store_revision_lag`, and it ends a watch that has
@@ -71,8 +72,11 @@ class FleetFollower:
         self.cache = FleetCache(cache_path)
         self.client = EtcdClient(target)
         self._poll_interval_s = poll_interval_s
-        self._prefix = target.instances_prefix
-        self._end = prefix_end(self._prefix)
+        # One watch and one paged read cover records and passwords alike.
+        self._root = target.root
+        self._end = prefix_end(self._root)
+        self._records = target.instances_prefix
+        self._passwords = target.passwords_prefix
         self.state = FleetState(revision=self.cache.revision, records=self.cache.records())
         self._stop = threading.Event()
         self._synced = threading.Event()
@@ -137,11 +141,11 @@ class FleetFollower:
     def _resync_if_needed(self) -> None:
         """Refill the cache unless it came from this cluster and prefix and its revision
         is still in etcd's history (checked by the watch that follows)."""
-        reply = self.client.range(self._prefix, self._end, count_only=True)
+        reply = self.client.range(self._root, self._end, count_only=True)
         header = reply["header"]
         cluster_id, revision = str(header.get("cluster_id", "")), int(header["revision"])
         cache = self.cache
-        if cache.matches(self._prefix, cluster_id) and cache.revision <= revision:
+        if cache.matches(self._root, cluster_id) and cache.revision <= revision:
             self._connected()
             return
         self._resync(cluster_id)
@@ -150,7 +154,8 @@ class FleetFollower:
         """Read every record at one revision (paged) and make the cache exactly that."""
         started = time.monotonic()
         records: dict[str, tuple[bytes, int]] = {}
-        key, revision = self._prefix, 0
+        passwords: dict[str, tuple[bytes, int]] = {}
+        key, revision = self._root, 0
         while True:
             options = {"limit": RESYNC_PAGE}
             if revision:
@@ -161,14 +166,15 @@ class FleetFollower:
                 cluster_id = str(reply["header"].get("cluster_id", cluster_id or ""))
             kvs = reply.get("kvs", [])
             for kv in kvs:
-                name = unb64(kv["key"]).decode()
-                records[name[len(self._prefix):]] = (unb64(kv.get("value", "")),
-                                                     int(kv["mod_revision"]))
+                kind, name = self._kind(unb64(kv["key"]).decode())
+                if kind is not None:
+                    kind_of = records if kind == self._records else passwords
+                    kind_of[name] = (unb64(kv.get("value", "")), int(kv["mod_revision"]))
             if not reply.get("more") or not kvs:
                 break
             key = unb64(kvs[-1]["key"]).decode() + "\0"
-        self.cache.replace_all(records, revision, source=self._prefix,
-                               cluster_id=cluster_id or "")
+        self.cache.replace_all(records, revision, source=self._root,
+                               cluster_id=cluster_id or "", passwords=passwords)
         self.state.resyncs += 1
         self.state.records = len(records)
         self._advanced(revision)
@@ -178,7 +184,7 @@ class FleetFollower:
 
     def _follow(self) -> bool:
         """Apply watch responses until the stream ends; True if a resync is needed."""
-        for result in self.client.watch(self._prefix, self._end, self.state.revision + 1):
+        for result in self.client.watch(self._root, self._end, self.state.revision + 1):
             if self._stop.is_set():
                 return False
             if result.get("compact_revision") and result.get("canceled"):
@@ -190,27 +196,38 @@ class FleetFollower:
             if result.get("created"):
                 self._connected()
                 continue
-            changes = []
+            changes, passwords, revision = [], [], 0
             for event in result.get("events", []):
                 kv = event["kv"]
-                name = unb64(kv["key"]).decode()[len(self._prefix):]
+                kind, name = self._kind(unb64(kv["key"]).decode())
+                revision = max(revision, int(kv["mod_revision"]))
+                if kind is None:
+                    continue
                 deleted = event.get("type") == "DELETE"
-                changes.append((name, None if deleted else unb64(kv.get("value", "")),
-                                int(kv["mod_revision"])))
-            if changes:
-                revision = max(change[2] for change in changes)
-                self.cache.apply(changes, revision)
-                self.state.records = self.cache.records()
+                (changes if kind == self._records else passwords).append(
+                    (name, None if deleted else unb64(kv.get("value", "")),
+                     int(kv["mod_revision"])))
+            if revision:
+                self.cache.apply(changes, revision, passwords)
+                if changes:
+                    self.state.records = self.cache.records()
                 self._advanced(revision)
             self._connected()
         return False
+
+    def _kind(self, key: str) -> tuple[str | None, str]:
+        """(the sub-prefix `key` is under, or None for a key of neither kind; the id)."""
+        for kind in (self._records, self._passwords):
+            if key.startswith(kind):
+                return kind, key[len(kind):]
+        return None, key
 
     # -- poller -------------------------------------------------------------------
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self._poll_interval_s):
             try:
-                reply = self.client.range(self._prefix, self._end, limit=1, keys_only=True,
+                reply = self.client.range(self._root, self._end, limit=1, keys_only=True,
                                           sort_order="DESCEND", sort_target="MOD")
             except (EtcdUnavailable, EtcdError) as exc:
                 if self.state.connected:
