@@ -1,4 +1,5 @@
-"""`transparent-md demo` as a user runs it: the table, the exit code, and no leftovers."""
+"""`transparent-md demo` as a user runs it: the table, the exit code, and no leftovers;
+also `demo --fleet`, with the records in an etcd the demo starts itself."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.netns
 
 DEMO = [sys.executable, "-m", "transparent_md", "demo"]
 # Namespace name bases, one given through the environment and one through the option.
-ENV_PREFIX, OPTION_PREFIX = "tmdenv", "tmdopt"
+ENV_PREFIX, OPTION_PREFIX, FLEET_PREFIX = "tmdenv", "tmdopt", "tmdfleet"
 
 
 def namespaces() -> set[str]:
@@ -68,3 +69,64 @@ def test_demo_hold_stays_up_until_interrupted():
             proc.wait()
     assert proc.returncode == 0, output + rest
     assert not {ns for ns in namespaces() if ns.startswith(prefix)}
+
+
+def processes_naming(text: str) -> list[int]:
+    """PIDs whose command line contains `text` (read from /proc, nothing signalled)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_demo_fleet_serves_every_guest_from_its_own_etcd_and_cleans_up_on_ctrl_c():
+    proc = subprocess.Popen(DEMO + ["--fleet", "--hold"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, NETNS_PREFIX_ENV: FLEET_PREFIX})
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "Ctrl-C to clean up" in line:
+                break
+        output = "".join(seen)
+        prefix = demo_prefix(output)
+        for guest in DEMO_GUESTS:
+            row = next(line for line in output.splitlines()
+                       if f"{prefix}-{guest.role} " in line)
+            assert row.split()[-1] == guest.instance_id, row
+        assert "every guest got its own instance-id" in output
+        url = re.search(r"records in etcd at (etcd://\S+) ", output).group(1)
+        assert f"--store {url}" in output  # the hold hint names the fleet store
+        # The records really are in the demo's etcd, read with the CLI from the hypervisor.
+        listed = subprocess.run(["ip", "netns", "exec", f"{prefix}-hv", sys.executable, "-m",
+                                 "transparent_md", "instance", "list", "--store", url],
+                                capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert all(g.instance_id in listed.stdout for g in DEMO_GUESTS), listed.stdout
+        etcd_token = f"tmd-{prefix}"  # lab.etcd names its cluster token after the topology
+        assert processes_naming(etcd_token)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, output + rest
+    assert not {ns for ns in namespaces() if ns.startswith(prefix)}
+    assert not processes_naming(etcd_token)
+
+
+def test_demo_fleet_refuses_a_store_path():
+    res = subprocess.run(DEMO + ["--fleet", "--store", "/nonexistent/x.db"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert "leave out --store" in res.stderr

@@ -3,6 +3,7 @@
 Two tenants on two bridges, both using 10.0.0.5; a guest whose only route is
 169.254.169.254/32 on-link; a segment with no router. Every guest fetches its
 instance-id with curl through the tc datapath. Everything is removed afterwards.
+With --fleet the records live in an etcd the demo starts itself (lab.demo_fleet).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transparent_md.errors import UserError
@@ -26,6 +28,7 @@ from transparent_md.lab.netns import (
 
 if TYPE_CHECKING:  # the hypervisor (datapath, daemon) loads only once the demo runs
     from transparent_md.lab.hypervisor import GuestNs, Hypervisor
+    from transparent_md.store import Instance
 
 INSTANCE_ID_PATH = "/latest/meta-data/instance-id"
 
@@ -66,6 +69,10 @@ what you see:
 Each guest runs curl http://169.254.169.254/latest/meta-data/instance-id and must get
 its own instance-id. With --hold the topology stays up until Ctrl-C; the table lists
 the namespaces, e.g.  ip netns exec <guest-ns> curl http://169.254.169.254/latest/meta-data/
+With --fleet the same guests are served from a fleet store: an etcd started by the demo
+in a namespace of its own, the records imported into it with `instance import --store
+etcd://...`, and the daemon run with that --store (and a cache in the demo's temporary
+directory). etcd, its data and the cache are removed with everything else.
 """
 
 
@@ -81,6 +88,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", metavar="PATH",
                    help="store file for the demo's records (default: a temporary file, "
                    "so your real store is never touched)")
+    p.add_argument("--fleet", action="store_true",
+                   help="keep the records in an etcd the demo starts in a namespace of its "
+                   "own (needs Debian's etcd-server and the etcd extra) and run the daemon "
+                   "with --store etcd://...; removed afterwards like everything else")
     p.add_argument("--netns-prefix", metavar="PREFIX",
                    help=f"start of every namespace name it creates, before a random part "
                    f"(default: ${NETNS_PREFIX_ENV}, else {DEFAULT_NETNS_PREFIX!r})")
@@ -89,6 +100,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def demo_command(args: argparse.Namespace) -> int:
     require_lab_extra("demo")
+    if args.fleet:
+        if args.store:
+            raise UserError("--fleet keeps the demo's records in its own etcd: leave out "
+                            "--store")
+        from transparent_md.lab.demo_fleet import require_fleet_tools
+
+        require_fleet_tools()
     try:
         prefix = netns_prefix(args.netns_prefix)
     except ValueError as exc:
@@ -99,10 +117,11 @@ def demo_command(args: argparse.Namespace) -> int:
     # SIGTERM unwinds like Ctrl-C, so cleanup runs either way.
     signal.signal(signal.SIGTERM, _interrupt)
     with tempfile.TemporaryDirectory(prefix="tmd-demo-") as tmp, Topology(prefix) as topo:
-        store_path = args.store or os.path.join(tmp, "instances.db")
-        hv, guests = build(topo, store_path)
+        hv, guests, records = build(topo)
+        store, store_args = put_records(args, topo, hv, records, Path(tmp))
         print(f"hypervisor namespace {hv.ns}; starting transparent-md run ...", flush=True)
-        daemon = hv.start_daemon(["br-t1", "br-t2"], store_path, ["--gateway", GATEWAY_RULE])
+        daemon = hv.start_daemon(["br-t1", "br-t2"], store,
+                                 ["--gateway", GATEWAY_RULE, *store_args])
         served = False
         try:
             rows = [(demo, guest, *hv.curl(guest.ns, INSTANCE_ID_PATH)) for demo, guest in guests]
@@ -112,7 +131,7 @@ def demo_command(args: argparse.Namespace) -> int:
             print("every guest got its own instance-id" if served
                   else "SOME GUESTS WERE NOT SERVED (see the table)")
             if args.hold:
-                hold(hv, guests)
+                hold(hv, guests, store if args.fleet else None)
         except KeyboardInterrupt:
             pass
         finally:
@@ -125,9 +144,10 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def build(topo: Topology, store_path: str) -> tuple[Hypervisor, list[tuple[DemoGuest, GuestNs]]]:
+def build(topo: Topology) -> tuple[Hypervisor, list[tuple[DemoGuest, GuestNs]], list[Instance]]:
+    """The hypervisor, its guests and the records that answer them (not stored yet)."""
     from transparent_md.lab.hypervisor import Hypervisor
-    from transparent_md.store import open_store, parse_record
+    from transparent_md.store import parse_record
 
     hv = Hypervisor(topo)
     for bridge in ("br-t1", "br-t2"):
@@ -146,12 +166,28 @@ def build(topo: Topology, store_path: str) -> tuple[Hypervisor, list[tuple[DemoG
         else:
             record.update(ip=guest.ip, bridge=guest.bridge)
         records.append(parse_record(record))
+    return hv, guests, records
+
+
+def put_records(args: argparse.Namespace, topo: Topology, hv: Hypervisor,
+                records: list[Instance], tmp: Path) -> tuple[str, list[str]]:
+    """Store the records; returns the daemon's --store and its other store options."""
+    if args.fleet:
+        from transparent_md.lab.demo_fleet import start_fleet
+
+        fleet = start_fleet(topo, hv, records, tmp)
+        print(f"records in etcd at {fleet.url} (namespace {fleet.etcd.ns}); the daemon "
+              f"serves them from its cache {fleet.cache_path}", flush=True)
+        return fleet.url, fleet.daemon_args()
+    from transparent_md.store import open_store
+
+    store_path = args.store or str(tmp / "instances.db")
     store = open_store(store_path)
     try:
         store.put_many(records)
     finally:
         store.close()
-    return hv, guests
+    return store_path, []
 
 
 def print_table(rows: list[tuple[DemoGuest, GuestNs, int, str]]) -> None:
@@ -168,8 +204,11 @@ def print_table(rows: list[tuple[DemoGuest, GuestNs, int, str]]) -> None:
     sys.stdout.flush()
 
 
-def hold(hv: Hypervisor, guests: list[tuple[DemoGuest, GuestNs]]) -> None:
+def hold(hv: Hypervisor, guests: list[tuple[DemoGuest, GuestNs]],
+         fleet_url: str | None = None) -> None:
     print(f"\nholding; hypervisor: ip netns exec {hv.ns} bash")
+    if fleet_url:
+        print(f"  ip netns exec {hv.ns} transparent-md instance list --store {fleet_url}")
     for _, guest in guests:
         print(f"  ip netns exec {guest.ns} curl http://169.254.169.254/latest/meta-data/")
     print("Ctrl-C to clean up.", flush=True)
