@@ -54,7 +54,8 @@ class FleetCacheStore(SqliteStore):
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(cache_path)
         self._db.execute(PASSWORDS_TABLE)  # the follower created it; a no-op then
-        per_member = PASSWORD_WRITE_BUDGET_S / len(target.endpoints)
+        # requests times the connect and the reply separately: half the share each.
+        per_member = PASSWORD_WRITE_BUDGET_S / len(target.endpoints) / 2
         self.fleet = EtcdStore(target, client or EtcdClient(target, timeout=per_member))
         self._clock = clock
         self._refused_until = 0.0
