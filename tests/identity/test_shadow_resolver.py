@@ -33,7 +33,7 @@ def pinned():
     pin_dir = PIN_ROOT / f"test-{secrets.token_hex(4)}"
     bpffs.pin_maps(pin_dir, {m: loaded.map_fd(m) for m in layout.ALL_MAPS})
     maps = {m: BpfMap(loaded.map_fd(m), owned=False) for m in layout.ALL_MAPS}
-    cfg = layout.Config(md_ifindex=4242, shadow_slots=100, flags=0,
+    cfg = layout.Config(md_ifindex=4242, shadow_slots=100, flags=layout.CFG_MAC_LOCK,
                         slot_reuse_delay_ns=15 * 10**9)
     cfg.shadow_net, cfg.shadow_mask = layout.be32("100.64.0.0"), layout.be32("255.192.0.0")
     maps[layout.MAP_CONFIG].update(ctypes.c_uint32(0), cfg)

@@ -160,24 +160,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_command, run_parser=p)
 
 
-def _api_socket(value: str | None, names: DaemonNames) -> str | None:
-    """`--api`: None (the default path from --name), 'none', or a path.
+def api_socket_choice(value: str | None, names: DaemonNames) -> tuple[str | None, bool]:
+    """`--api`: (socket path or None for no API, whether it is the default path).
 
-    The default path is named by --name alone; when a daemon of the same name in another
-    network namespace already serves it, this one serves no API (and says so) rather than
+    The default path is named by --name alone; the daemon serves no API (and says so)
+    when a same-named daemon in another network namespace already serves it, rather than
     refusing to start. A path given with --api that is in use is an error.
     """
-    if value is not None:
-        return None if value == "none" else value
-    from transparent_md.api.server import in_use
-
-    default = str(names.api_socket)
-    if in_use(default):
-        log.warning("the admin API's default socket %s is served by another daemon (same "
-                    "--name in another network namespace?): this one serves no admin API; "
-                    "give it --api PATH", default)
-        return None
-    return default
+    if value is None:
+        return str(names.api_socket), True
+    return (None if value == "none" else value), False
 
 
 def run_command(cmdline: argparse.Namespace) -> int:
@@ -233,7 +225,8 @@ def run_command(cmdline: argparse.Namespace) -> int:
         token_hop_limit=args.token_hop_limit,
         workers=args.workers,
         metrics=args.metrics,
-        api_socket=_api_socket(args.api, names),
+        **dict(zip(("api_socket", "api_socket_is_default"), api_socket_choice(args.api, names),
+                   strict=True)),
         recent_problems=recent_problems,
         reload_settings=reload_settings if cmdline.config else None,
     )

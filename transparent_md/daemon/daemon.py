@@ -53,6 +53,9 @@ class DaemonConfig:
     recent_problems: RecentProblems | None = None
     # The admin API's unix socket (`run --api`), or None for no API.
     api_socket: str | None = None
+    # The default path is shared by same-named daemons in other network namespaces: if
+    # one of them serves it, this daemon serves no API instead of failing to start.
+    api_socket_is_default: bool = False
     # SIGHUP: returns the port settings to apply now (from `run --config`), or None.
     reload_settings: Callable[[], PortSettings] | None = None
 
@@ -65,6 +68,19 @@ class PortSettings:
     include_ports: list[str]
     exclude_ports: list[str]
     gateways: list[GatewayRule]
+
+
+def usable_api_socket(path: str | None, is_default: bool) -> str | None:
+    """The admin API socket to bind: None when there is none, or when the default path
+    is already served by a same-named daemon in another network namespace (warned)."""
+    from transparent_md.api.server import in_use
+
+    if path and is_default and in_use(path):
+        log.warning("the admin API's default socket %s is served by another daemon (same "
+                    "--name in another network namespace?): this one serves no admin API; "
+                    "give it --api PATH", path)
+        return None
+    return path
 
 
 class Daemon:
@@ -156,9 +172,11 @@ class Daemon:
         from transparent_md.store import open_store
 
         serving_store = self.store_source.start()  # the fleet cache for an etcd store
-        if self.config.api_socket:  # bound now: a path in use fails before anything else
-            from transparent_md.api.server import AdminServer
+        from transparent_md.api.server import AdminServer
 
+        self.config.api_socket = usable_api_socket(self.config.api_socket,
+                                                   self.config.api_socket_is_default)
+        if self.config.api_socket:  # bound now: a path in use fails before anything else
             store_path, tls = self.config.store_path, self.config.etcd_tls
             self._api = AdminServer(self.config.api_socket, lambda: open_store(store_path, tls),
                                     self.status)

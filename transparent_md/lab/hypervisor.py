@@ -118,6 +118,10 @@ class Hypervisor:
         """`run` in this hypervisor; `prefix` wraps it (e.g. `prlimit --nofile=...`),
         `python` is the interpreter of the install under test."""
         argv = [a for br in bridges for a in ("--bridge", br)] + ["--store", store, *extra]
+        if "--api" not in extra:
+            # The default socket is named by --name alone, in the host's /run: a lab
+            # daemon must never take (or meet) a real daemon's admin API there.
+            argv += ["--api", "none"]
         daemon = DaemonProcess(self.topo, self.ns, argv, env=env, prefix=prefix, python=python)
         daemon.wait_ready()
         return daemon
