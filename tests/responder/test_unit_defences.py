@@ -9,7 +9,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.responder.fakes import GUEST, GUEST_SECOND_IP, STRICT, make_store
 from transparent_md.identity import Guest
-from transparent_md.responder.admission import ConnectionCaps, RequestBuckets, TokenBucket
+from transparent_md.responder.admission import (
+    ConnectionCaps,
+    RequestBuckets,
+    TokenBucket,
+    identity_of,
+)
 from transparent_md.responder.limits import ResponderLimits
 from transparent_md.responder.memory import FLOOD_MIN_CONNECTIONS, MemoryReclaimer
 from transparent_md.responder.metrics import ResponderStats, StatsCollector
@@ -38,14 +43,17 @@ def test_limits_refuse_nonsense():
 def test_caps_count_and_release():
     caps = ConnectionCaps(ResponderLimits(max_conns_per_identity=2, max_conns_per_port=3,
                                           max_conns_unknown=1))
-    assert caps.admit(GUEST) is None and caps.admit(GUEST) is None
-    assert caps.admit(GUEST) == "identity"
-    assert caps.admit(GUEST_SECOND_IP) is None
-    assert caps.admit(GUEST_SECOND_IP) == "port"
-    assert caps.admit(STRICT) is None
-    assert caps.admit(None) is None and caps.admit(None) == "unknown"
+    def admit(guest):
+        return caps.admit(guest, identity_of(guest))
+
+    assert admit(GUEST) is None and admit(GUEST) is None
+    assert admit(GUEST) == "identity"
+    assert admit(GUEST_SECOND_IP) is None
+    assert admit(GUEST_SECOND_IP) == "port"
+    assert admit(STRICT) is None
+    assert admit(None) is None and admit(None) == "unknown"
     for guest in (GUEST, GUEST, GUEST_SECOND_IP, STRICT, None):
-        caps.release(guest)
+        caps.release(guest, identity_of(guest))
     assert caps.per_identity == {} and caps.per_port == {} and caps.unknown == 0
 
 
@@ -63,9 +71,9 @@ def test_token_bucket_refills_at_its_rate_up_to_its_burst():
 def test_buckets_are_per_identity_and_swept_when_full_and_unused():
     clock = Clock()
     buckets = RequestBuckets(ResponderLimits(request_rate=1.0, request_burst=2), clock)
-    bucket = buckets.bucket_for(GUEST)
-    assert buckets.bucket_for(GUEST) is bucket
-    assert buckets.bucket_for(GUEST_SECOND_IP) is not bucket
+    bucket = buckets.bucket_for(identity_of(GUEST))
+    assert buckets.bucket_for(identity_of(GUEST)) is bucket
+    assert buckets.bucket_for(identity_of(GUEST_SECOND_IP)) is not bucket
     bucket.take()
     buckets.sweep(connected={}, unknown_connected=False)
     assert set(buckets.buckets) == {(10, GUEST.mac, GUEST.ip)}  # the used one stays

@@ -37,14 +37,13 @@ class ConnectionCaps:
         self.per_port: dict[int, int] = {}
         self.unknown = 0
 
-    def admit(self, guest: Guest | None) -> str | None:
-        """Count a new connection of `guest`; or return why it is refused (not counted)."""
+    def admit(self, guest: Guest | None, key: Hashable) -> str | None:
+        """Count a new connection of `guest` (identity `key`); or say why it is refused."""
         if guest is None:
             if self.unknown >= self._unknown_cap:
                 return REFUSED_UNKNOWN
             self.unknown += 1
             return None
-        key = identity_of(guest)
         held = self.per_identity.get(key, 0)
         if held >= self._per_identity_cap:
             return REFUSED_IDENTITY
@@ -55,12 +54,11 @@ class ConnectionCaps:
         self.per_port[guest.ifindex] = on_port + 1
         return None
 
-    def release(self, guest: Guest | None) -> None:
-        """Forget one admitted connection of `guest` (it closed)."""
+    def release(self, guest: Guest | None, key: Hashable) -> None:
+        """Forget one admitted connection of `guest` (identity `key`): it closed."""
         if guest is None:
             self.unknown -= 1
             return
-        key = identity_of(guest)
         _decrement(self.per_identity, key)
         _decrement(self.per_port, guest.ifindex)
 
@@ -75,32 +73,34 @@ def _decrement(counts: dict, key: Hashable) -> None:
 
 
 class TokenBucket:
-    """`rate` tokens a second up to `burst`; a request takes one."""
+    """`rate` requests a second with bursts of up to `burst`, as a token bucket allows.
 
-    __slots__ = ("tokens", "stamp", "_rate", "_burst", "_clock")
+    Kept as GCRA (the "virtual scheduling" form of a token bucket): one theoretical
+    arrival time instead of a token count, so a request costs one clock read and
+    two comparisons, and the answer is the same as a token bucket's.
+    """
+
+    __slots__ = ("_tat", "_interval", "_tolerance", "_clock")
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
-        self._rate = rate
-        self._burst = float(burst)
+        self._interval = 1.0 / rate
+        self._tolerance = (burst - 1) * self._interval
         self._clock = clock
-        self.tokens = float(burst)
-        self.stamp = clock()
+        self._tat = 0.0  # when the bucket will be full again; in the past: full now
 
     def take(self) -> bool:
         """Take a token; False (nothing taken) when the bucket is empty."""
         now = self._clock()
-        tokens = self.tokens + (now - self.stamp) * self._rate
-        if tokens > self._burst:
-            tokens = self._burst
-        self.stamp = now
-        if tokens < 1.0:
-            self.tokens = tokens
+        tat = self._tat
+        if tat < now:
+            tat = now
+        elif tat - now > self._tolerance:
             return False
-        self.tokens = tokens - 1.0
+        self._tat = tat + self._interval
         return True
 
     def is_full(self, now: float) -> bool:
-        return self.tokens + (now - self.stamp) * self._rate >= self._burst
+        return self._tat <= now
 
 
 class RequestBuckets:
@@ -118,8 +118,8 @@ class RequestBuckets:
         self._clock = clock
         self.buckets: dict[Hashable, TokenBucket] = {}
 
-    def bucket_for(self, guest: Guest | None) -> TokenBucket:
-        key = identity_of(guest)
+    def bucket_for(self, key: Hashable) -> TokenBucket:
+        """The bucket of identity `key` (see `identity_of`), made full if new."""
         bucket = self.buckets.get(key)
         if bucket is None:
             bucket = self.buckets[key] = TokenBucket(self._rate, self._burst, self._clock)

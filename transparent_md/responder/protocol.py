@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from transparent_md.responder import hoplimit, http, lastreply
+from transparent_md.responder.admission import identity_of
 from transparent_md.responder.prepared import prepared_for
 from transparent_md.responder.tokens import TOKEN_HEADER, TTL_REQUEST_HEADER
 
@@ -78,7 +79,7 @@ class MetadataProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_state", "_store", "_dispatcher", "_responses", "_parser", "_transport", "_guest",
-        "_snapshot", "_prepared", "_closing", "_write_paused", "_ttl_lowered",
+        "_identity", "_snapshot", "_prepared", "_closing", "_write_paused", "_ttl_lowered",
         "_in_head", "_unparsed", "_url", "_header_bytes", "_token", "_ttl",
         "_forwarded", "_connection_header", "_body", "_reject", "_admitted", "_forged",
         "_bucket", "_requests_left", "_expires_tick", "_active_tick", "_head_tick",
@@ -136,7 +137,8 @@ class MetadataProtocol(asyncio.Protocol):
         except Exception:
             log.exception("resolving the guest behind %s failed", peer)
         self._guest = guest
-        refused = state.caps.admit(guest)
+        self._identity = key = identity_of(guest)
+        refused = state.caps.admit(guest, key)
         if refused is not None:
             stats.connections_refused[refused] += 1
             state.events.warn("refused-" + refused, guest,
@@ -153,7 +155,7 @@ class MetadataProtocol(asyncio.Protocol):
             stats.connections_unknown_guest += 1
         elif guest.locked_elsewhere and not _bound_to_this_port(state.store, guest):
             self._forged = True
-        self._bucket = state.buckets.bucket_for(guest)
+        self._bucket = state.buckets.bucket_for(key)
         if state.listener is not None:
             state.listener.check()
 
@@ -171,7 +173,7 @@ class MetadataProtocol(asyncio.Protocol):
         state = self._state
         state.connections.discard(self)
         state.stats.open_connections -= 1
-        state.caps.release(self._guest)
+        state.caps.release(self._guest, self._identity)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
