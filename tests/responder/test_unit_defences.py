@@ -7,7 +7,15 @@ import logging
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from tests.responder.fakes import GUEST, GUEST_SECOND_IP, STRICT, make_store
+from tests.responder.fakes import (
+    GUEST,
+    GUEST_SECOND_IP,
+    STRICT,
+    FakeClient,
+    make_state,
+    make_store,
+    request,
+)
 from transparent_md.identity import Guest
 from transparent_md.responder.admission import (
     ConnectionCaps,
@@ -38,6 +46,18 @@ def test_limits_refuse_nonsense():
         ResponderLimits(header_timeout_s=0)
     with pytest.raises(ValueError):
         ResponderLimits(linger_bytes=-1)
+
+
+def test_limits_off_lets_a_flood_through(tmp_path):
+    store = make_store(str(tmp_path / "i.db"))
+    try:
+        state = make_state(store, ResponderLimits.off())
+        clients = [FakeClient(state) for _ in range(500)]
+        assert not any(c.transport.closed for c in clients)
+        replies = clients[0].send(request("/latest/meta-data/instance-id") * 2000)
+        assert replies.count(b"HTTP/1.1 200 ") == 2000
+    finally:
+        store.close()
 
 
 def test_caps_count_and_release():

@@ -45,6 +45,9 @@ DEFAULT_ACCEPT_PAUSE_S = 0.25
 DEFAULT_LINGER_S = 2.0
 DEFAULT_LINGER_BYTES = 1 << 20
 
+# "No limit" for the counts above: more than any process could ever reach.
+UNLIMITED = 1 << 40
+
 
 @dataclass(frozen=True)
 class ResponderLimits:
@@ -62,6 +65,15 @@ class ResponderLimits:
     accept_pause_s: float = DEFAULT_ACCEPT_PAUSE_S
     linger_s: float = DEFAULT_LINGER_S
     linger_bytes: int = DEFAULT_LINGER_BYTES
+
+    @classmethod
+    def off(cls) -> ResponderLimits:
+        """Per-guest caps, rate and keep-alive limits out of the way (benchmarks, the
+        "protections off" column); the time limits and fd budget stay, as before them."""
+        return cls(max_conns_per_identity=UNLIMITED, max_conns_per_port=UNLIMITED,
+                   max_conns_unknown=UNLIMITED, keepalive_requests=UNLIMITED,
+                   keepalive_time_s=float(UNLIMITED), request_rate=float(UNLIMITED),
+                   request_burst=UNLIMITED)
 
     def __post_init__(self) -> None:
         for name in ("max_conns_per_identity", "max_conns_per_port", "max_conns_unknown",
