@@ -151,6 +151,19 @@ def test_the_listener_pauses_on_an_emfile_reported_to_the_loop(tmp_path):
         assert live.get(ID).status == 200  # waits in the backlog, then accepted
 
 
+def test_accepting_restarts_when_the_server_stops_without_a_word(tmp_path):
+    """uvloop closes its server silently if libuv's EMFILE fallback fails: simulated."""
+    for live in start_responder(str(tmp_path / "i.db"), idle_timeout=0.4):
+        listener = live.responder.state.listener
+        live.loop.call_soon_threadsafe(listener.server.close)
+        sock = live.socket()  # completed by the kernel, waits in the backlog
+        sock.sendall(f"GET {ID} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        reply = Conn(sock).read()  # answered once the sweeper restarts accepting
+        assert reply.status == 200
+        assert live.responder.stats.accept_restarted == 1
+        sock.close()
+
+
 def test_out_of_descriptors_pauses_accepting_and_keeps_serving(tmp_path):
     """A responder with 96 descriptors and 150 clients: no traceback, no death."""
     nofile = 96

@@ -7,7 +7,10 @@ descriptor budget (the soft RLIMIT_NOFILE less a reserve for the store, metrics 
 stats files): at the budget it stops accepting, leaving new connections in the
 kernel's backlog, and looks again every `pause` seconds; open connections are served
 throughout. An EMFILE/ENFILE that still reaches the loop's exception handler pauses
-the same way instead of ending the server.
+the same way instead of ending the server. And since uvloop, when even libuv's EMFILE
+fallback fails, closes its server without telling anyone, `watch()` (run by the
+responder's sweeper) restarts accepting when connections have waited in the backlog
+at two looks in a row while accepting was meant to run.
 
 asyncio servers cannot pause, so accepting runs on a duplicate descriptor of the
 listening socket: closing that server stops accepting while the socket itself (and
@@ -22,11 +25,28 @@ import logging
 import os
 import resource
 import socket
+import struct
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
+# struct tcp_info (linux/tcp.h): eight u8 fields, then u32 rto, ato, snd_mss, rcv_mss and
+# tcpi_unacked, which for a listening socket is its accept queue's length.
+_TCP_INFO_UNACKED_OFFSET = 24
+_U32 = struct.Struct("=I")
+_TCP_INFO_LENGTH = 104
+
+
+def accept_queue_length(sock: socket.socket) -> int:
+    """Connections the kernel has completed that nobody has accepted yet (0 if unknown)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LENGTH)
+    except OSError:
+        return 0
+    if len(info) < _TCP_INFO_UNACKED_OFFSET + _U32.size:
+        return 0
+    return _U32.unpack_from(info, _TCP_INFO_UNACKED_OFFSET)[0]
 
 
 def descriptor_budget(reserve: int) -> int:
@@ -47,7 +67,8 @@ class Listener:
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
                  protocol_factory: Callable[[], asyncio.Protocol],
                  pause_s: float, open_connections: Callable[[], int], budget: int,
-                 on_pause: Callable[[], None]) -> None:
+                 on_pause: Callable[[], None],
+                 on_restart: Callable[[], None] = lambda: None) -> None:
         self._loop = loop
         self._sock = sock
         self._factory = protocol_factory
@@ -55,10 +76,17 @@ class Listener:
         self._open_connections = open_connections
         self.budget = budget
         self._on_pause = on_pause
+        self._on_restart = on_restart
         self._server: asyncio.AbstractServer | None = None
         self._resume: asyncio.TimerHandle | None = None
         self._closed = False
+        self._waiting_at_last_look = 0
         self.paused = False
+
+    @property
+    def server(self) -> asyncio.AbstractServer | None:
+        """The server accepting now (None while paused)."""
+        return self._server
 
     async def start(self) -> None:
         await self._serve()
@@ -102,6 +130,24 @@ class Listener:
             self._server.close()
             self._server = None
         self._resume = self._loop.call_later(self._pause_s, self._try_resume)
+
+    def watch(self) -> None:
+        """Restart accepting if connections wait in the backlog and nobody takes them."""
+        if self.paused or self._closed:
+            self._waiting_at_last_look = 0
+            return
+        waiting = accept_queue_length(self._sock)
+        if waiting and self._waiting_at_last_look:
+            self._on_restart()
+            log.warning("accepting restarted: %d connections were waiting in the backlog",
+                        waiting)
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            self.paused = True  # until the new server is up
+            self._loop.create_task(self._resume_accepting())
+            waiting = 0
+        self._waiting_at_last_look = waiting
 
     def _try_resume(self) -> None:
         self._resume = None

@@ -16,7 +16,8 @@ from transparent_md.responder.admission import REFUSAL_REASONS
 
 _SCALARS = ("connections_opened", "connections_unknown_guest", "connections_idle_closed",
             "open_connections", "requests_throttled", "forgery_refused", "header_timeouts",
-            "keepalive_limit_closed", "accept_paused", "memory_reclaims")
+            "keepalive_limit_closed", "accept_paused", "accept_restarted",
+            "memory_reclaims")
 # Defences' counters: (attribute, metric name, help).
 _DEFENCE_COUNTERS = (
     ("requests_throttled", "transparent_md_requests_throttled",
@@ -29,6 +30,8 @@ _DEFENCE_COUNTERS = (
      "keep-alive connections ended after their request count or lifetime limit"),
     ("accept_paused", "transparent_md_accept_paused",
      "times accepting paused at the file descriptor budget"),
+    ("accept_restarted", "transparent_md_accept_restarted",
+     "times accepting was restarted: connections waited in the backlog, nobody took them"),
     ("memory_reclaims", "transparent_md_memory_reclaims",
      "times memory was returned to the system after a connection flood"),
 )
@@ -50,6 +53,7 @@ class ResponderStats:
         self.header_timeouts = 0
         self.keepalive_limit_closed = 0
         self.accept_paused = 0
+        self.accept_restarted = 0
         self.memory_reclaims = 0
 
     def as_dict(self) -> dict:

@@ -81,6 +81,8 @@ class ResponderState:
             elif closed == MetadataProtocol.CLOSED_HEADER_TIMEOUT:
                 stats.header_timeouts += 1
         self.buckets.sweep(self.caps.per_identity, self.caps.unknown > 0)
+        if self.listener is not None:
+            self.listener.watch()
         if self.reclaimer.maybe_reclaim(stats.open_connections):
             stats.memory_reclaims += 1
 
@@ -128,9 +130,12 @@ class Responder:
         def paused() -> None:
             state.stats.accept_paused += 1
 
+        def restarted() -> None:
+            state.stats.accept_restarted += 1
+
         listener = Listener(loop, sock, lambda: MetadataProtocol(state), limits.accept_pause_s,
                             lambda: state.stats.open_connections,
-                            descriptor_budget(limits.fd_reserve), paused)
+                            descriptor_budget(limits.fd_reserve), paused, restarted)
         state.listener = listener
         await listener.start()
         self._schedule_sweep(loop)
