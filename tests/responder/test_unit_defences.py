@@ -60,6 +60,15 @@ def test_limits_off_lets_a_flood_through(tmp_path):
         store.close()
 
 
+def test_limits_from_flags_take_zero_as_off():
+    limits = ResponderLimits.from_flags(request_rate=0, request_burst=0,
+                                        max_conns_per_identity=5, header_timeout_s=3)
+    assert limits.request_rate >= 1 << 40 and limits.request_burst >= 1 << 40
+    assert limits.max_conns_per_identity == 5 and limits.header_timeout_s == 3
+    with pytest.raises(ValueError):
+        ResponderLimits.from_flags(header_timeout_s=0)  # a time limit cannot be off
+
+
 def test_caps_count_and_release():
     caps = ConnectionCaps(ResponderLimits(max_conns_per_identity=2, max_conns_per_port=3,
                                           max_conns_unknown=1))

@@ -11,15 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Open connections one guest (port, MAC, IP) may hold at once. cloud-init uses one at a
-# time and SDK pools stay around 10; 64 leaves room for many processes in one guest
-# while 20,000 idle sockets from one guest stay impossible.
-DEFAULT_MAX_CONNS_PER_IDENTITY = 64
+# time and an SDK pool about ten, but a VM running many containers (a Kubernetes node
+# whose pods all fetch credentials at start) opens a few hundred at once through one
+# interface; 256 holds that, while one guest's 20,000 idle sockets stay impossible.
+DEFAULT_MAX_CONNS_PER_IDENTITY = 256
 # Open connections all identities behind one port may hold: a guest with a few
 # secondary addresses (each its own identity) fits four full identities.
-DEFAULT_MAX_CONNS_PER_PORT = 256
+DEFAULT_MAX_CONNS_PER_PORT = 1024
 # Connections whose shadow address resolves to no guest (a slot released under a
-# connection, a stray packet): they only ever get 404, so few may wait at once.
-DEFAULT_MAX_CONNS_UNKNOWN = 128
+# connection, a stray packet): they only ever get 404, so fewer may wait at once.
+DEFAULT_MAX_CONNS_UNKNOWN = 256
 # Requests on one keep-alive connection before it is closed, as nginx's
 # keepalive_requests (same default): clients reconnect transparently.
 DEFAULT_KEEPALIVE_REQUESTS = 1000
@@ -47,6 +48,10 @@ DEFAULT_LINGER_BYTES = 1 << 20
 
 # "No limit" for the counts above: more than any process could ever reach.
 UNLIMITED = 1 << 40
+# Limits an operator may switch off with 0 on the command line (`from_flags`).
+_ZERO_IS_OFF = frozenset({"max_conns_per_identity", "max_conns_per_port",
+                          "max_conns_unknown", "keepalive_requests", "keepalive_time_s",
+                          "request_rate", "request_burst"})
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,13 @@ class ResponderLimits:
                    max_conns_unknown=UNLIMITED, keepalive_requests=UNLIMITED,
                    keepalive_time_s=float(UNLIMITED), request_rate=float(UNLIMITED),
                    request_burst=UNLIMITED)
+
+    @classmethod
+    def from_flags(cls, **values: float) -> ResponderLimits:
+        """Limits from command-line values where 0 means "no limit" (for the CLI)."""
+        unlimited = {name: (UNLIMITED if name in _ZERO_IS_OFF and value == 0 else value)
+                     for name, value in values.items()}
+        return cls(**unlimited)
 
     def __post_init__(self) -> None:
         for name in ("max_conns_per_identity", "max_conns_per_port", "max_conns_unknown",
