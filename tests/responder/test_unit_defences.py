@@ -61,12 +61,13 @@ def test_limits_off_lets_a_flood_through(tmp_path):
 
 
 def test_limits_from_flags_take_zero_as_off():
-    limits = ResponderLimits.from_flags(request_rate=0, request_burst=0,
-                                        max_conns_per_identity=5, header_timeout_s=3)
+    limits = ResponderLimits.from_flags(request_rate=0, request_burst=0, header_timeout_s=0,
+                                        max_conns_per_identity=5, keepalive_time_s=3)
     assert limits.request_rate >= 1 << 40 and limits.request_burst >= 1 << 40
-    assert limits.max_conns_per_identity == 5 and limits.header_timeout_s == 3
+    assert limits.header_timeout_s >= 1 << 40
+    assert limits.max_conns_per_identity == 5 and limits.keepalive_time_s == 3
     with pytest.raises(ValueError):
-        ResponderLimits.from_flags(header_timeout_s=0)  # a time limit cannot be off
+        ResponderLimits.from_flags(linger_s=0)  # not a limit one can switch off
 
 
 def test_caps_count_and_release():

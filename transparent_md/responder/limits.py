@@ -51,7 +51,7 @@ UNLIMITED = 1 << 40
 # Limits an operator may switch off with 0 on the command line (`from_flags`).
 _ZERO_IS_OFF = frozenset({"max_conns_per_identity", "max_conns_per_port",
                           "max_conns_unknown", "keepalive_requests", "keepalive_time_s",
-                          "request_rate", "request_burst"})
+                          "header_timeout_s", "request_rate", "request_burst"})
 
 
 @dataclass(frozen=True)
