@@ -220,3 +220,24 @@ def test_identity_locks_lists_the_guest_and_release_frees_it(hv):
     assert released.returncode == 0 and "released" in released.stdout
     assert again.returncode == 2 and "holds no lock" in again.stderr
     assert json.loads(after.stdout) == []
+
+
+def test_a_guest_without_a_record_is_logged_once_and_access_log_lines_parse(hv):
+    stranger = hv.guest("stranger", bridge="br0", port="p9", addr="10.0.0.99/24",
+                        routes=["169.254.169.254/32 dev eth0"])
+    daemon = hv.start_daemon(["br0"], hv.store, ["--log-format", "json", "--access-log"])
+    try:
+        for _ in range(3):
+            assert hv.curl(stranger.ns, PATH)[0] == 404
+        assert hv.curl(hv.guests["g0"].ns, PATH) == (200, "i-0")
+    finally:
+        assert daemon.stop() == 0
+    lines = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
+    no_record = [line for line in lines if "no instance record" in line["message"]]
+    assert len(no_record) == 1, no_record
+    assert all(part in no_record[0]["message"]
+               for part in ("port p9", stranger.mac, stranger.ip)), no_record
+    access = [line for line in lines if line["message"].startswith("access ")]
+    assert [(a["port"], a["status"], a["instance"]) for a in access] == [
+        ("p9", 404, "-")] * 3 + [("p0", 200, "i-0")]
+    assert all(a["path"] == PATH and a["mac"] and a["us"] >= 0 for a in access)

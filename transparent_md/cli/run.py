@@ -20,6 +20,7 @@ from transparent_md.datapath.datapath import (
 from transparent_md.datapath.ports import GatewayRule
 from transparent_md.errors import UserError
 from transparent_md.names import DEFAULT_NAME, NAME_MAX, DaemonNames
+from transparent_md.responder import limits
 
 log = logging.getLogger("transparent_md")
 
@@ -57,6 +58,44 @@ def _gateway(value: str) -> GatewayRule:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{value!r}: {exc}") from exc
     return GatewayRule(target=target, ip=ip)
+
+
+# --flag, metavar, default, help: each maps to ResponderLimits.<dest> (see responder.limits).
+RESPONDER_LIMIT_FLAGS = (
+    ("--max-conns-per-identity", "N", limits.DEFAULT_MAX_CONNS_PER_IDENTITY,
+     "open connections one guest may hold; more are closed at once"),
+    ("--max-conns-per-port", "N", limits.DEFAULT_MAX_CONNS_PER_PORT,
+     "open connections of all guests behind one port"),
+    ("--max-conns-unknown", "N", limits.DEFAULT_MAX_CONNS_UNKNOWN,
+     "open connections from shadow addresses that map to no guest"),
+    ("--keepalive-requests", "N", limits.DEFAULT_KEEPALIVE_REQUESTS,
+     "requests per keep-alive connection; that reply carries Connection: close"),
+    ("--keepalive-time", "SECONDS", limits.DEFAULT_KEEPALIVE_TIME_S,
+     "lifetime of a keep-alive connection"),
+    ("--header-timeout", "SECONDS", limits.DEFAULT_HEADER_TIMEOUT_S,
+     "a request head must complete this long after its first byte, else 408"),
+    ("--request-rate", "PER_S", limits.DEFAULT_REQUEST_RATE,
+     "requests per second per guest; over it 429 and the connection closes"),
+    ("--request-burst", "N", limits.DEFAULT_REQUEST_BURST, "requests above the rate at once"),
+)
+# run's dest -> ResponderLimits field.
+_LIMIT_FIELDS = {
+    "max_conns_per_identity": "max_conns_per_identity", "max_conns_per_port":
+    "max_conns_per_port", "max_conns_unknown": "max_conns_unknown",
+    "keepalive_requests": "keepalive_requests", "keepalive_time": "keepalive_time_s",
+    "header_timeout": "header_timeout_s", "request_rate": "request_rate",
+    "request_burst": "request_burst",
+}
+
+
+def _amount(value: str) -> float:
+    try:
+        amount = float(value)
+    except ValueError:
+        amount = -1.0
+    if amount < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number >= 0 (0: no limit)")
+    return int(amount) if amount.is_integer() else amount
 
 
 def _count(value: str) -> int:
@@ -153,6 +192,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "hosts whose hypervisor already stops MAC spoofing (libvirt "
                         "clean-traffic, ebtables): without either, a guest copying a "
                         "neighbour's MAC and IP gets the neighbour's data")
+    guests = p.add_argument_group(
+        "hostile guests, in the responder (per guest = port, MAC, IP; 0 disables each)")
+    for flag, metavar, default, text in RESPONDER_LIMIT_FLAGS:
+        guests.add_argument(flag, type=_amount, metavar=metavar, default=default,
+                            help=f"{text} (default {default:g})")
+    p.add_argument("--access-log", action="store_true",
+                   help="log one line per request: port, bridge, MAC, IP, instance, method, "
+                   "path, status and microseconds (costs CPU; see the README)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     p.add_argument("--log-format", default="text", choices=["text", "json"],
                    help="log lines on stderr as plain text (default) or one JSON object "
@@ -228,6 +275,8 @@ def run_command(cmdline: argparse.Namespace) -> int:
         **dict(zip(("api_socket", "api_socket_is_default"), api_socket_choice(args.api, names),
                    strict=True)),
         recent_problems=recent_problems,
+        responder_limits={_LIMIT_FIELDS[dest]: getattr(args, dest) for dest in _LIMIT_FIELDS},
+        access_log=args.access_log,
         reload_settings=reload_settings if cmdline.config else None,
     )
     return Daemon(config).run()

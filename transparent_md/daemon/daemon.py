@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transparent_md.daemon import status, tokens_file
 from transparent_md.daemon.logs import RecentProblems
@@ -51,6 +51,9 @@ class DaemonConfig:
     workers: int = 1
     metrics: tuple[str, int] | None = None
     recent_problems: RecentProblems | None = None
+    # ResponderLimits fields as `run` flags give them (0 = no limit); empty: defaults.
+    responder_limits: dict[str, float] = field(default_factory=dict)
+    access_log: bool = False
     # The admin API's unix socket (`run --api`), or None for no API.
     api_socket: str | None = None
     # The default path is shared by same-named daemons in other network namespaces: if
@@ -193,7 +196,9 @@ class Daemon:
             token_secret_hex=tokens_file.load_or_create(self.names.token_secret_file).hex(),
             reuse_port=self.config.workers > 1,
             stats_dir=str(self._stats_dir) if self._stats_dir else None,
-            parent_pid=os.getpid(), **self.store_source.serving_fields(),
+            parent_pid=os.getpid(),
+            limits=self.config.responder_limits,
+            access_log=self.config.access_log, **self.store_source.serving_fields(),
         )
         if self._stats_dir:
             shutil.rmtree(self._stats_dir, ignore_errors=True)

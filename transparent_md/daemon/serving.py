@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,9 @@ class ServeSpec:
     # guest's posted password is written through to etcd (store_source).
     fleet_store: str | None = None
     etcd_tls: list[str | None] | None = None
+    # `run` flags for ResponderLimits.from_flags (0 = no limit); empty: the defaults.
+    limits: dict[str, float] = field(default_factory=dict)
+    access_log: bool = False
 
 
 @dataclass
@@ -63,13 +66,17 @@ def serve(spec: ServeSpec, *, ready_line: str,
     from transparent_md.daemon.store_source import open_serving_store
     from transparent_md.datapath.responder_side import listening_socket
     from transparent_md.identity.shadow_map import ShadowResolver
+    from transparent_md.responder.access_log import AccessLog
+    from transparent_md.responder.limits import ResponderLimits
     from transparent_md.responder.server import Responder
 
     store = open_serving_store(spec.store_path, spec.fleet_store, spec.etcd_tls)
     sock = listening_socket(spec.netns_name, reuse_port=spec.reuse_port)
     resolver = ShadowResolver(spec.pin_dir, spec.shadow_prefix)
     responder = Responder(store, resolver, token_hop_limit=spec.token_hop_limit,
-                          token_secret=bytes.fromhex(spec.token_secret_hex))
+                          token_secret=bytes.fromhex(spec.token_secret_hex),
+                          limits=ResponderLimits.from_flags(**spec.limits),
+                          access_log=AccessLog() if spec.access_log else None)
     if on_responder:
         on_responder(responder)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter_ns
 from typing import TYPE_CHECKING
 
 import httptools
@@ -83,7 +84,7 @@ class MetadataProtocol(asyncio.Protocol):
         "_in_head", "_unparsed", "_url", "_header_bytes", "_token", "_ttl",
         "_forwarded", "_connection_header", "_body", "_reject", "_admitted", "_forged",
         "_bucket", "_requests_left", "_expires_tick", "_active_tick", "_head_tick",
-        "_linger_left", "_linger_timer",
+        "_linger_left", "_linger_timer", "_last_status",
     )
 
     def __init__(self, state: ResponderState) -> None:
@@ -103,6 +104,7 @@ class MetadataProtocol(asyncio.Protocol):
         self._in_head = True
         self._unparsed = 0
         self._reject = 400
+        self._last_status = 0
         self._admitted = False
         self._forged = False
         self._bucket = None
@@ -248,11 +250,16 @@ class MetadataProtocol(asyncio.Protocol):
         if self._closing:
             return
         self._active_tick = self._state.tick
+        access_log = self._state.access_log
+        started = perf_counter_ns() if access_log is not None else 0
         try:
             self._respond()
         except Exception:
             log.exception("answering %r failed", self._url)
             raise self._abort(500) from None
+        if access_log is not None:
+            access_log.record(self._guest, self._prepared, self._parser, self._url,
+                              self._last_status, (perf_counter_ns() - started) // 1000)
         self._reset_request()
 
     # -- answering ------------------------------------------------------------------
@@ -272,10 +279,15 @@ class MetadataProtocol(asyncio.Protocol):
                 guest = self._guest
                 entry = self._store.entry_for(guest) if guest is not None else None
                 self._prepared = prepared_for(entry, guest) if entry is not None else None
+                if entry is None and guest is not None:
+                    self._state.events.warn("no_record", guest,
+                                            "asks for metadata but no instance record "
+                                            "matches it (404 on every path)")
             reply, is_token = self._dispatcher.respond(
                 self._prepared, method, self._url, self._token, self._ttl, self._forwarded,
                 self._body)
         self._responses[reply.status] += 1
+        self._last_status = reply.status
         keep_alive = parser.should_keep_alive()
         self._requests_left -= 1
         if keep_alive and (self._requests_left <= 0

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from transparent_md.identity import Guest
 from transparent_md.responder.accepting import Listener, descriptor_budget
+from transparent_md.responder.access_log import AccessLog
 from transparent_md.responder.admission import ConnectionCaps, RequestBuckets
 from transparent_md.responder.dispatch import Dispatcher
 from transparent_md.responder.limits import ResponderLimits
@@ -48,8 +49,10 @@ class ResponderState:
     def __init__(self, store: Store, resolver: Resolver, token_hop_limit: int,
                  token_secret: bytes | None = None, limits: ResponderLimits | None = None,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None,
+                 access_log: AccessLog | None = None) -> None:
         self.store = store
+        self.access_log = access_log
         self.resolver = resolver
         self.token_hop_limit = token_hop_limit
         self.tokens = TokenAuthority(secret=token_secret)
@@ -94,13 +97,14 @@ class Responder:
                  token_hop_limit: int = DEFAULT_TOKEN_HOP_LIMIT,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
                  token_secret: bytes | None = None,
-                 limits: ResponderLimits | None = None) -> None:
+                 limits: ResponderLimits | None = None,
+                 access_log: AccessLog | None = None) -> None:
         if not 1 <= token_hop_limit <= 255:
             raise ValueError("token_hop_limit must be 1..255 (an IP TTL)")
         if idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
         self.state = ResponderState(store, resolver, token_hop_limit, token_secret, limits,
-                                    idle_timeout)
+                                    idle_timeout, access_log=access_log)
         self.idle_timeout = idle_timeout
         self._sweeper: asyncio.TimerHandle | None = None
 

@@ -77,10 +77,12 @@ def run_flags() -> set[str]:
     return set(re.findall(r"--[a-z][a-z0-9-]+", res.stdout))
 
 
-def known_flags(flags: dict[str, str]) -> tuple[list[str], list[str]]:
-    """(argv of the flags `run` accepts, names of those it does not know yet)."""
+def known_flags(flags: dict[str, str | None]) -> tuple[list[str], list[str]]:
+    """(argv of the flags `run` accepts, names of those it does not know); a None value
+    is a flag without an argument."""
     available = run_flags()
-    argv = [a for k, v in flags.items() if k in available for a in (k, v)]
+    argv = [a for k, v in flags.items() if k in available
+            for a in ((k,) if v is None else (k, v))]
     return argv, [k for k in flags if k not in available]
 
 

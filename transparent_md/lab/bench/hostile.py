@@ -50,11 +50,12 @@ ATTACKS = (IDLE, SLOWLORIS, KEEPALIVE, WRK_KEEPALIVE, WRK_CLOSE, FORGED, FLOOD)
 CONNFLOOD_STYLE = {IDLE: "idle", SLOWLORIS: "slowloris", KEEPALIVE: "keepalive"}
 
 # Every protection off: 0 disables a quota, a rate or a bound in `transparent-md run`.
-PROTECTIONS_OFF = {
-    "--port-identity-quota": "0", "--port-syn-rate": "0", "--port-mac-quota": "0",
+PROTECTIONS_OFF: dict[str, str | None] = {
+    "--port-identity-quota": "0", "--port-syn-rate": "0", "--port-syn-burst": "0",
+    "--port-mac-quota": "0", "--no-mac-lock": None,
     "--max-conns-per-identity": "0", "--max-conns-per-port": "0",
-    "--keepalive-requests": "0", "--keepalive-time": "0", "--header-timeout": "0",
-    "--request-rate": "0",
+    "--max-conns-unknown": "0", "--keepalive-requests": "0", "--keepalive-time": "0",
+    "--header-timeout": "0", "--request-rate": "0",
 }
 ON, OFF = "defaults", "off"  # the names HostileSettings.protections uses
 

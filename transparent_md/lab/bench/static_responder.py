@@ -53,6 +53,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def main() -> None:
     import uvloop
 
+    from transparent_md.responder.limits import ResponderLimits
     from transparent_md.responder.server import Responder
     from transparent_md.store import open_store
 
@@ -63,8 +64,10 @@ def main() -> None:
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
     sock = listening_socket(host, int(port))
+    # The same limits the bench gives the daemon (runner.LOAD_GENERATOR_FLAGS).
+    limits = ResponderLimits.from_flags(request_rate=0, keepalive_requests=0)
     responder = Responder(open_store(args.store), StaticResolver(load_identities(args.identities)),
-                          token_hop_limit=1)
+                          token_hop_limit=1, limits=limits)
 
     uvloop.run(serve_until_signal(responder, sock, READY_LINE))
 
