@@ -12,11 +12,10 @@ from collections.abc import Iterator
 
 from transparent_md.store.snapshot import Binding, Entry
 
-# Records kept whole. Covers a whole network booting at once (OpenStack's proxy chain
-# struggles at ~1000 instances on one network, issue 5) with every guest staying hot
-# through its boot; a kept entry with its prepared replies is ~25 KB for a typical
-# record (~60 KB with 16 KiB of user-data), so a full cache stays near 25 MB where
-# keeping all 10,000 records prepared would cost ten times that. A miss is one SELECT.
+# Records kept whole. Covers a whole network booting at once (about a thousand guests
+# on one network, where OpenStack's proxy chain struggles) with every guest staying hot
+# through its boot, while keeping every record prepared would cost ten times the
+# memory (sizes measured are in the README). A miss is one SELECT.
 ENTRY_CACHE_SIZE = 1024
 
 
