@@ -29,12 +29,13 @@ MAX_WORKERS = 64
 
 EPILOG = """\
 what it does:
-  Attaches a tc program to every port of each --bridge (and to ports added later),
-  creates a veth pair <name>-md / md1 for the responder and serves 169.254.169.254:80
-  there.
-  Guests reach it through their ordinary default gateway, or an on-link route to
-  169.254.169.254 (the program answers ARP for it), or a --gateway address on
-  segments with no router. SIGTERM/SIGINT detaches everything it attached.
+  Attaches a tc program to the guest-facing ports (tap/tun and veth, or --port) of each
+  --bridge, and to such ports added later; creates a veth pair <name>-md / md1 for the
+  responder and serves 169.254.169.254:80 there. Guests reach it through their ordinary
+  default gateway, or an on-link route to 169.254.169.254 (the program answers ARP for
+  it), or a --gateway address on segments with no router. SIGTERM/SIGINT detaches
+  everything it attached; SIGHUP re-reads --config (bridges, ports, gateways).
+  One daemon per --name in a network namespace, and one per port.
 
 the host's own 169.254.169.254:
   By default the responder side (md1 holding 169.254.169.254) lives in its own
@@ -46,6 +47,8 @@ the host's own 169.254.169.254:
 examples:
   transparent-md run --bridge br-tenant1 --bridge br-tenant2
   transparent-md run --bridge br-iso --gateway br-iso=10.9.0.1 --store /srv/md.db
+  transparent-md run --bridge 'qbr*' --exclude-port 'tap-mgmt*' --metrics 127.0.0.1:9464
+  transparent-md run --config /etc/transparent-md/run.yaml
 """
 
 
