@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.conftest import write_records
+from tests.looping_guest import LoopingGuest, one_guest_hypervisor
 from transparent_md.lab.hypervisor import Hypervisor
 
 pytestmark = pytest.mark.netns
@@ -21,31 +22,11 @@ PATH = "/latest/meta-data/instance-id"
 METRICS = "127.0.0.1:9466"
 # The guard checks every 2 s; the promise is "restored within 5 s".
 RESTORE_BOUND_S = 5.0
-LOOP = r"""
-import json, sys, time, urllib.request
-ok = failed = 0
-deadline = time.monotonic() + float(sys.argv[1])
-while time.monotonic() < deadline:
-    try:
-        with urllib.request.urlopen("http://169.254.169.254/latest/meta-data/instance-id",
-                                    timeout=2) as reply:
-            ok += reply.read() == b"i-0"
-    except Exception:
-        failed += 1
-    time.sleep(0.02)
-print(json.dumps({"ok": ok, "failed": failed}))
-"""
 
 
 @pytest.fixture(scope="module")
 def hv(topology, tmp_path_factory):
-    hv = Hypervisor(topology)
-    hv.bridge("br0")
-    guest = hv.guest("g0", bridge="br0", port="p0", addr="10.0.0.10/24",
-                     routes=["169.254.169.254/32 dev eth0"])
-    hv.store = str(tmp_path_factory.mktemp("store") / "instances.db")
-    write_records(hv.store, [{"instance_id": "i-0", "mac": guest.mac}])
-    return hv
+    return one_guest_hypervisor(topology, tmp_path_factory)
 
 
 def scrape(hv: Hypervisor, path: str) -> tuple[int, str]:
@@ -105,13 +86,12 @@ def test_deleted_filter_is_reported_unhealthy_then_restored(hv):
 def test_sighup_reloads_without_a_failed_request(hv):
     daemon = hv.start_daemon(["br0"], hv.store)
     try:
-        looper = subprocess.Popen(["ip", "netns", "exec", hv.guests["g0"].ns, sys.executable,
-                                   "-c", LOOP, "6"], stdout=subprocess.PIPE, text=True)
+        looper = LoopingGuest(hv.guests["g0"].ns, "i-0", 6)
         time.sleep(1.5)
         for _ in range(3):
             daemon.proc.send_signal(signal.SIGHUP)
             time.sleep(0.5)
-        tally = json.loads(looper.communicate(timeout=60)[0])
+        tally = looper.tally()
         assert daemon.proc.poll() is None, daemon.log()
         assert hv.curl(hv.guests["g0"].ns, PATH) == (200, "i-0")
     finally:
@@ -179,12 +159,11 @@ def test_sighup_adds_a_bridge_from_the_config_file_without_a_failed_request(hv, 
     daemon = hv.start_daemon([], hv.store, ["--config", str(config)])
     try:
         assert hv.our_filters("p1") == []
-        looper = subprocess.Popen(["ip", "netns", "exec", hv.guests["g0"].ns, sys.executable,
-                                   "-c", LOOP, "5"], stdout=subprocess.PIPE, text=True)
+        looper = LoopingGuest(hv.guests["g0"].ns, "i-0", 5)
         time.sleep(1)
         config.write_text("bridge: [br0, br1]\n")
         daemon.proc.send_signal(signal.SIGHUP)
-        tally = json.loads(looper.communicate(timeout=60)[0])
+        tally = looper.tally()
         assert hv.curl(newcomer.ns, PATH) == (200, "i-1"), daemon.log()
         assert len(hv.our_filters("p0")) == 1 and len(hv.our_filters("p1")) == 1
         config.write_text("bridge: [br0, br1]\nbridges: oops\n")  # a bad edit is refused

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 
@@ -21,6 +20,7 @@ from transparent_md.datapath import tc
 from transparent_md.datapath.datapath import Datapath
 from transparent_md.lockfile import holder_pid, is_held
 from transparent_md.names import DaemonNames
+from transparent_md.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,8 @@ class StatusWriter:
                  interval_s: float = WRITE_INTERVAL_S) -> None:
         self.path = names.state_dir / "status.json"
         self.snapshot = snapshot
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic("status", interval_s, lambda _: self.write_once(),
+                                  first_round_at_once=True, logger=log)
 
     def write_once(self) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -72,23 +71,11 @@ class StatusWriter:
         os.replace(tmp, self.path)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="status", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
+        self._periodic.stop()
         self.path.unlink(missing_ok=True)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.write_once()
-            except Exception:
-                log.exception("writing %s failed", self.path)
-            if self._stop.wait(self.interval_s):
-                return
 
 
 def read(names: DaemonNames) -> dict | None:

@@ -9,12 +9,12 @@ differs, logs a warning naming the port, and counts it.
 from __future__ import annotations
 
 import logging
-import threading
 
 from pyroute2 import IPRoute
 
 from transparent_md.datapath import tc
 from transparent_md.datapath.ports import PortAttacher
+from transparent_md.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,8 @@ class FilterGuard:
         self.position = position
         self.interval_s = interval_s
         self.restored = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic("filter-guard", interval_s, self.check_once, opens=IPRoute,
+                                  logger=log)
 
     def missing(self, ipr: IPRoute) -> list[str]:
         """Names of attached ports whose filter at our position is not our program now."""
@@ -61,22 +61,7 @@ class FilterGuard:
         return restored
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="filter-guard", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _run(self) -> None:
-        ipr = IPRoute()
-        try:
-            while not self._stop.wait(self.interval_s):
-                try:
-                    self.check_once(ipr)
-                except Exception:
-                    log.exception("filter check failed; retrying")
-        finally:
-            ipr.close()
+        self._periodic.stop()

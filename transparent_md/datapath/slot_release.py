@@ -22,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import logging
-import threading
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from transparent_md.datapath.bpf_syscall import BpfMap
 from transparent_md.datapath.port_limits import add_released
 from transparent_md.datapath.sock_diag import TcpPeers
 from transparent_md.identity.shadow_map import DEFAULT_CACHE_TTL_S
+from transparent_md.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,8 @@ class SlotReleaser:
         self._peers = TcpPeers(responder_netns_name)
         self._shadow_net = int(ipaddress.IPv4Network(shadow_prefix).network_address)
         self._grace_ns = int(grace_s * _NS_PER_S)
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic("slot-releaser", interval_s, lambda _: self.run_once(),
+                                  logger=log)
         self.in_use = 0          # slots taken after the last round (a gauge)
         self.released_total = 0  # slots released since start
 
@@ -123,21 +122,10 @@ class SlotReleaser:
 
     # -- the thread -----------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="slot-releaser", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._periodic.stop()
         for handle in (self._slots, self._by_guest, self._released, self._config):
             handle.close()
         self._peers.close()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            try:
-                self.run_once()
-            except Exception:  # keep releasing; a failed round only delays releases
-                log.exception("slot releaser round failed")
