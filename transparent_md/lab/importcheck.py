@@ -26,9 +26,13 @@ from pathlib import Path
 
 PACKAGE = "transparent_md"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
-# What runs on a hypervisor: packages (directories) and single modules under PACKAGE.
-RUNTIME_PARTS = ("daemon", "datapath", "identity", "store", "responder", "dhcp", "names",
-                 "process", "errors")
+# What does not run on a hypervisor's daemon path: the command line, the lab, `-m` glue.
+NOT_RUNTIME = frozenset({"cli", "lab", "__main__", "__init__", "__pycache__"})
+# What runs on a hypervisor: every other package (directory) and module under PACKAGE,
+# so a new one is checked without anyone remembering to list it.
+RUNTIME_PARTS = tuple(sorted(
+    path.stem for path in PACKAGE_DIR.iterdir()
+    if path.stem not in NOT_RUNTIME and (path.is_dir() or path.suffix == ".py")))
 # What runtime code must never import: argument parsing and the namespace lab.
 FORBIDDEN_PREFIXES = (f"{PACKAGE}.cli", f"{PACKAGE}.lab")
 # Calls that import a module named by a string, checked like import statements.
