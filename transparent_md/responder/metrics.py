@@ -98,7 +98,9 @@ class StatsCollector(Collector):
         yield CounterMetricFamily("transparent_md_connections",
                                   "TCP connections accepted", value=s.connections_opened)
         yield CounterMetricFamily("transparent_md_connections_unknown_guest",
-                                  "connections from guests that match no record",
+                                  "connections from a shadow address that names no guest "
+                                  "(a free slot or a port no longer ours); a guest without "
+                                  "a record is logged, not counted here",
                                   value=s.connections_unknown_guest)
         yield CounterMetricFamily("transparent_md_connections_idle_closed",
                                   "connections closed for idling", value=s.connections_idle_closed)
