@@ -2,7 +2,9 @@
 
 - a YAML alias bomb given to `instance import`: refused at once, in bounded memory;
 - 1,000 headers totalling 100 KB: 431 reaches the client (not a reset);
-- a 1 MiB body: 413 reaches the client;
+- a 1 MiB body: 413 reaches the client, which finishes sending and sees a clean close
+  (the responder reads and drops the rest: without that the client meets a reset,
+  even though a client reading while it sends, as this one does, still sees the 413);
 - a guest's ARP replies claiming 169.254.169.254 or the segment's gateway: never seen
   by a neighbour, whose neighbour entries stay as they were (its claim of its own
   address, sent alongside, is seen: the capture works).
@@ -94,6 +96,7 @@ def test_a_thousand_headers_get_431_not_a_reset(world):
                    TOOL_TIMEOUT_S)
     assert got["sent_bytes"] >= MANY_HEADERS * HEADER_BYTES
     assert got["status"] == 431, json.dumps(got)
+    assert not got["reset"] and got["send_error"] is None, json.dumps(got)
     world.assert_serves("attacker")
     world.assert_serves("neighbour")
 
@@ -102,6 +105,7 @@ def test_a_one_mib_body_gets_413_not_a_reset(world):
     got = run_tool(world.topo, world.guests["attacker"].ns, "oversize",
                    ["--body", str(BODY_BYTES)], TOOL_TIMEOUT_S)
     assert got["status"] == 413, json.dumps(got)
+    assert not got["reset"] and got["send_error"] is None, json.dumps(got)
     world.assert_serves("attacker")
     world.assert_serves("neighbour")
 

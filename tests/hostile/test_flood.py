@@ -4,6 +4,13 @@ One guest sends TCP segments to 169.254.169.254:80 (SYN, ACK, RST, data, FIN) fr
 random source MACs and IPs at full rate. During and after it, guests that never asked
 before, on the same bridge and on another bridge, are answered on their first try
 (a short curl, no retry), and a guest served before the flood stays served.
+
+The flood asks for twice as many identities as the shadow-slot table holds: with the
+per-port quotas and SYN rate switched off it fills the table and these guests are
+refused (checked by hand with `--port-identity-quota 0 --port-syn-rate 0
+--port-mac-quota 0`), so the test notices a regression.
+It also reads the slots-in-use gauge during the flood: the attacker holds no more than
+its port's quota, not the table.
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ import time
 
 import pytest
 
-from tests.hostile.world import build_world, dump, wait_seconds
+from tests.hostile.world import build_world, dump, metric_value, wait_seconds
+from transparent_md.datapath.datapath import DEFAULT_PORT_IDENTITY_QUOTA
 from transparent_md.lab.attacks.launch import TOOL_GRACE_S, Tool
 
 pytestmark = pytest.mark.netns
@@ -25,8 +33,15 @@ FLOOD_S = 10.0
 SLOW_FLOOD_S = 60.0
 # Fresh guests per bridge: some ask during the flood, some after it.
 FRESH_PER_BRIDGE = 4
-# Let the flood build frames (~1-2 s) and fill whatever it can before guests ask.
-FLOOD_HEAD_START_S = 4.0
+# Once the flood's first frames arrive, let it fill whatever it can before guests ask.
+FLOOD_HEAD_START_S = 2.0
+# The flood builds its frames first (~3 s, more on a busy machine); its first frames
+# are seen in the datapath's drop counters.
+FLOOD_START_TIMEOUT_S = 30.0
+FLOOD_START_POLL_S = 0.2
+# The flood's stray segments are dropped under this reason (only a SYN takes a slot).
+NOT_SYN_DROPS = 'transparent_md_datapath_drops_total{reason="not_syn"}'
+SLOTS_IN_USE = "transparent_md_shadow_slots_in_use"
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +58,24 @@ def world(topology, tmp_path_factory):
     w.stop()
 
 
+def metric(w, name: str) -> float:
+    status, body = w.metrics()
+    assert status == 200, body
+    return metric_value(body, name)
+
+
+def wait_flood_started(w, flood: Tool) -> float:
+    """The time the flood's first frames reached the datapath (its stray segments are
+    counted as drops); the flood itself first spends seconds building its frames."""
+    before = metric(w, NOT_SYN_DROPS)
+    deadline = time.monotonic() + FLOOD_START_TIMEOUT_S
+    while time.monotonic() < deadline and flood.proc.poll() is None:
+        if metric(w, NOT_SYN_DROPS) > before:
+            return time.monotonic()
+        time.sleep(FLOOD_START_POLL_S)
+    raise AssertionError(f"no flood frame reached the datapath: {w.log_tail()}")
+
+
 def flood_and_check(w, seconds: float, fresh_run: int) -> None:
     for role in ("served", "served1"):
         w.assert_serves(role)
@@ -50,8 +83,8 @@ def flood_and_check(w, seconds: float, fresh_run: int) -> None:
                   for i in range(FRESH_PER_BRIDGE)] for br in ("br0", "br1")}
     flood = Tool(w.topo, w.guests["attacker"].ns, "flood",
                  ["--frames", str(10 ** 9), "--seconds", str(seconds)])
-    started = time.monotonic()
-    misses = []
+    started = wait_flood_started(w, flood)
+    misses, slots_seen = [], []
     # During: half the fresh guests of each bridge, spread over the flood.
     during = [(br, fresh[br][i]) for i in range(FRESH_PER_BRIDGE // 2) for br in fresh]
     for k, (_br, role) in enumerate(during):
@@ -59,6 +92,7 @@ def flood_and_check(w, seconds: float, fresh_run: int) -> None:
                      + k * (seconds - FLOOD_HEAD_START_S) / (len(during) + 1))
         if flood.proc.poll() is not None:
             break
+        slots_seen.append(metric(w, SLOTS_IN_USE))
         got = w.curl(role)
         if got[0] != 200:
             misses.append(("during", role, got))
@@ -79,10 +113,14 @@ def flood_and_check(w, seconds: float, fresh_run: int) -> None:
         if got[0] != 200:
             misses.append(("after", role, got))
     _, metrics = w.metrics()
-    print(f"flood: {dump(result)}; refused: {misses}")
+    print(f"flood: {dump(result)}; slots in use {slots_seen}; refused: {misses}")
     assert not misses, (f"flood {dump(result)}; refused: {misses}\n"
                         + "\n".join(line for line in metrics.splitlines()
                                     if "datapath" in line and not line.startswith("#")))
+    # Mid-flood the table held the guests' identities and at most the attacker port's
+    # quota, not the flood's (without the quotas it reaches the table's 65,535).
+    assert slots_seen and max(slots_seen) <= DEFAULT_PORT_IDENTITY_QUOTA + len(w.guests), (
+        slots_seen, dump(result))
 
 
 def test_random_frame_flood_denies_no_one(world):

@@ -22,6 +22,11 @@ FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 # The segments a hostile guest mixes in: opening handshakes and stray segments of
 # connections that never existed (each must not cost the datapath a slot).
 SEGMENT_KINDS = (SYN, ACK, RST, RST | ACK, PSH | ACK, FIN | ACK)
+# Every other frame is a SYN (the others cycle through the stray kinds): only a SYN may
+# take a slot, so half the frames claim a new identity and a flood of N distinct frames
+# asks for N / 2 slots.
+STRAY_KINDS = tuple(k for k in SEGMENT_KINDS if k != SYN)
+SYN_EVERY = 2
 # What a data segment carries: the start of a request, as a real client would send.
 DATA_PAYLOAD = b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\n\r\n"
 # A Linux guest's advertised receive window.
@@ -86,10 +91,11 @@ def random_unicast_ip(rng: random.Random) -> str:
 
 def random_segments(count: int, *, dst_mac: str, dst_ip: str, dport: int,
                     seed: int = 0) -> Iterator[bytes]:
-    """`count` frames from random MACs and IPs, kinds cycling through SEGMENT_KINDS."""
+    """`count` frames from random MACs and IPs: every SYN_EVERY-th a SYN, the others
+    cycling through STRAY_KINDS."""
     rng = random.Random(seed)
     for i in range(count):
-        flags = SEGMENT_KINDS[i % len(SEGMENT_KINDS)]
+        flags = SYN if i % SYN_EVERY == 0 else STRAY_KINDS[(i // SYN_EVERY) % len(STRAY_KINDS)]
         yield tcp_frame(
             src_mac=random_mac(rng), dst_mac=dst_mac, src_ip=random_unicast_ip(rng),
             dst_ip=dst_ip, sport=rng.randrange(1024, 65536), dport=dport, flags=flags,

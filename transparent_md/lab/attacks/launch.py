@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import re
 import resource
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 from transparent_md.lab.hypervisor import DaemonProcess, Hypervisor
@@ -32,6 +34,22 @@ class Tool:
         self.proc = topo.spawn(
             ns, [sys.executable, "-m", f"transparent_md.lab.attacks.{module}", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_for(self, line: str, timeout: float) -> None:
+        """Wait until the tool says `line` on stderr (a tool that prepares for seconds
+        says when its attack starts); RuntimeError if it ends or the time passes first."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([self.proc.stderr], [], [], left)
+            if not ready:
+                break
+            said = self.proc.stderr.readline()
+            if said.strip() == line:
+                return
+            if not said:
+                break
+        raise RuntimeError(f"{self.module} did not say {line!r} within {timeout:g} s "
+                           f"(exit status {self.proc.poll()})")
 
     def result(self, timeout: float) -> dict:
         try:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from transparent_md.lab.attacks.flood import SENDING as FLOOD_SENDING
 from transparent_md.lab.attacks.launch import (
     TOOL_GRACE_S,
     Tool,
@@ -159,6 +160,7 @@ class HostileRun:
             return victim, "read the victim's data" if leaked else f"got {status}, nothing"
         tool = Tool(self.topo, ns, "flood", ["--frames", str(10 ** 9), "--seconds",
                                              str(lasting)])
+        tool.wait_for(FLOOD_SENDING, TOOL_GRACE_S)  # building its frames takes seconds
         time.sleep(s.ramp_s)
         victim = self.crawl(self.fresh[0].ns)  # never asked before, on the other bridge
         got = tool.result(lasting + TOOL_GRACE_S)
