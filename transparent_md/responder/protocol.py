@@ -79,7 +79,7 @@ class MetadataProtocol(asyncio.Protocol):
     CLOSED_HEADER_TIMEOUT = "header-timeout"
 
     __slots__ = (
-        "_state", "_store", "_dispatcher", "_responses", "_parser", "_transport", "_guest",
+        "_state", "_store", "_dispatcher", "_responses", "_parser", "_transport", "_fd", "_guest",
         "_identity", "_snapshot", "_prepared", "_closing", "_write_paused", "_ttl_lowered",
         "_in_head", "_unparsed", "_url", "_header_bytes", "_token", "_ttl",
         "_forwarded", "_connection_header", "_body", "_reject", "_admitted", "_forged",
@@ -94,13 +94,14 @@ class MetadataProtocol(asyncio.Protocol):
         self._responses = state.stats.responses
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
+        self._fd = -1  # the connection's descriptor, for `rawsock` calls (-1: unknown)
         self._guest = None
         self._snapshot = None
         self._prepared = None
         self._closing = False
         self._write_paused = False
-        # The socket whose TTL a token reply lowered, until it is restored.
-        self._ttl_lowered = None
+        # A token reply lowered this socket's TTL and it is not restored yet.
+        self._ttl_lowered = False
         self._in_head = True
         self._unparsed = 0
         self._reject = 400
@@ -132,10 +133,17 @@ class MetadataProtocol(asyncio.Protocol):
         state = self._state
         stats = state.stats
         stats.connections_opened += 1
-        peer = transport.get_extra_info("peername")
+        # The descriptor once (uvloop: one getsockname), then the peer straight from it;
+        # get_extra_info("peername") would build two socket objects and three calls.
+        sock = transport.get_extra_info("socket")
+        self._fd = fd = sock.fileno() if sock is not None else -1
+        peer = state.raw_calls.peer_ipv4(fd) if fd >= 0 else None
+        if peer is None:  # not IPv4, or a transport without a descriptor
+            address = transport.get_extra_info("peername")
+            peer = address[0] if address else None
         guest = None
         try:
-            guest = state.resolver(peer[0]) if peer else None
+            guest = state.resolver(peer) if peer else None
         except Exception:
             log.exception("resolving the guest behind %s failed", peer)
         self._guest = guest
@@ -163,6 +171,7 @@ class MetadataProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        self._fd = -1
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
@@ -302,14 +311,14 @@ class MetadataProtocol(asyncio.Protocol):
             data = reply.render(head_only=method == _HEAD, close=not keep_alive, http10=http10)
         transport = self._transport
         if is_token:
-            if self._ttl_lowered is None:
-                self._ttl_lowered = hoplimit.lower_ttl(transport, self._state.token_hop_limit)
-        elif self._ttl_lowered is not None and hoplimit.restore_if_sent(
-                transport, self._ttl_lowered):
-            self._ttl_lowered = None
+            if not self._ttl_lowered:
+                self._ttl_lowered = hoplimit.lower_ttl(self._state.raw_calls, self._fd,
+                                                       self._state.token_hop_limit)
+        elif self._ttl_lowered and hoplimit.restore_if_sent(
+                transport, self._state.raw_calls, self._fd):
+            self._ttl_lowered = False
         if not keep_alive:
-            lastreply.cork(transport)
-            transport.write(data)
+            lastreply.write_last(transport, self._state.raw_calls, self._fd, data)
             self._close()
             return
         transport.write(data)
@@ -383,6 +392,7 @@ class MetadataProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         self._closing = True
+        self._fd = -1  # the transport closes (and may reuse) the descriptor
         self._transport.close()
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ from transparent_md.responder.memory import MemoryReclaimer
 from transparent_md.responder.metrics import ResponderStats, StatsCollector
 from transparent_md.responder.protocol import MetadataProtocol
 from transparent_md.responder.ratelog import RateLimitedLog
+from transparent_md.responder.rawsock import RawSocketCalls
 from transparent_md.responder.tokens import TokenAuthority
 from transparent_md.store import Store
 
@@ -64,6 +65,7 @@ class ResponderState:
         self.buckets = RequestBuckets(limits)
         self.events = RateLimitedLog(log)
         self.reclaimer = MemoryReclaimer()
+        self.raw_calls = RawSocketCalls()  # this loop's thread only
         self.loop = loop
         self.listener: Listener | None = None
         # Time as sweeper ticks: connections compare ticks instead of reading a clock.
