@@ -94,7 +94,9 @@ class MetadataProtocol(asyncio.Protocol):
         self._responses = state.stats.responses
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
-        self._fd = -1  # the connection's descriptor, for `rawsock` calls (-1: unknown)
+        # The connection's descriptor for `rawsock` calls, read on first use: None not
+        # yet, -1 unknown or closed.
+        self._fd: int | None = None
         self._guest = None
         self._snapshot = None
         self._prepared = None
@@ -133,17 +135,12 @@ class MetadataProtocol(asyncio.Protocol):
         state = self._state
         stats = state.stats
         stats.connections_opened += 1
-        # The descriptor once (uvloop: one getsockname), then the peer straight from it;
-        # get_extra_info("peername") would build two socket objects and three calls.
-        sock = transport.get_extra_info("socket")
-        self._fd = fd = sock.fileno() if sock is not None else -1
-        peer = state.raw_calls.peer_ipv4(fd) if fd >= 0 else None
-        if peer is None:  # not IPv4, or a transport without a descriptor
-            address = transport.get_extra_info("peername")
-            peer = address[0] if address else None
+        # uvloop reads the peer (getpeername) as it makes every transport and keeps it:
+        # asking costs no system call. The socket itself is asked for only when needed.
+        peer = transport.get_extra_info("peername")
         guest = None
         try:
-            guest = state.resolver(peer) if peer else None
+            guest = state.resolver(peer[0]) if peer else None
         except Exception:
             log.exception("resolving the guest behind %s failed", peer)
         self._guest = guest
@@ -312,18 +309,27 @@ class MetadataProtocol(asyncio.Protocol):
         transport = self._transport
         if is_token:
             if not self._ttl_lowered:
-                self._ttl_lowered = hoplimit.lower_ttl(self._state.raw_calls, self._fd,
+                self._ttl_lowered = hoplimit.lower_ttl(self._state.raw_calls,
+                                                       self._descriptor(),
                                                        self._state.token_hop_limit)
         elif self._ttl_lowered and hoplimit.restore_if_sent(
-                transport, self._state.raw_calls, self._fd):
+                transport, self._state.raw_calls, self._descriptor()):
             self._ttl_lowered = False
         if not keep_alive:
-            lastreply.write_last(transport, self._state.raw_calls, self._fd, data)
+            lastreply.write_last(transport, self._state.raw_calls, self._descriptor(), data)
             self._close()
             return
         transport.write(data)
         if self._write_paused and transport.get_write_buffer_size() > MAX_QUEUED_OUTPUT:
             self._close()
+
+    def _descriptor(self) -> int:
+        """The connection's fd (-1 if unknown); uvloop's socket costs a getsockname, once."""
+        fd = self._fd
+        if fd is None:
+            sock = self._transport.get_extra_info("socket")
+            self._fd = fd = sock.fileno() if sock is not None else -1
+        return fd
 
     def _abort(self, status: int) -> _Reject:
         self._reject = status
