@@ -17,7 +17,7 @@ import pytest
 
 pytestmark = pytest.mark.netns
 
-SERVERS = {"tc", "loopback", "nft-dnat", "nginx", "aiohttp"}
+SERVERS = {"tc", "loopback", "nft-dnat", "nginx-router", "nginx", "aiohttp"}
 MODES = {"keep-alive", "new connection"}
 # Whole quick run is ~20 s here; the rest is room for a busy machine.
 QUICK_TIMEOUT_S = 120
@@ -61,7 +61,11 @@ def test_storm_memory_and_ratio_sections(quick_run):
     assert storm["guests"] > 0 and storm["requests"] >= storm["guests"] * 10
     for key in ("failures", "p50_ms", "p99_ms", "last_guest_done_s"):
         assert _number(storm[key]), key
+    assert isinstance(storm["failure_causes"], dict)
+    # nstat in the daemon's responder namespace: the accept-queue counters are read.
+    assert {"TcpExtListenOverflows", "TcpExtListenDrops"} <= set(storm["responder_tcp"])
     assert r["memory"]["records"] == 10_000 and r["memory"]["rss_mib"] > 0
+    assert set(r["tc_over_nginx_cpu"]) == MODES
     assert set(r["tc_over_loopback"]) == MODES
     names = " | ".join(c["name"] for c in r["checks"])
     for part in ("CPU per request, tc path, keep-alive", "new connection", "tc path / loopback",
@@ -70,11 +74,24 @@ def test_storm_memory_and_ratio_sections(quick_run):
     assert all(c["target"] and isinstance(c["ok"], bool) for c in r["checks"])
 
 
+def test_syscall_counts_for_daemon_and_nginx(quick_run):
+    """strace -c figures: both servers, both modes, the usual calls among them."""
+    counts = quick_run["report"]["syscalls"]
+    assert {(c["server"], c["mode"]) for c in counts} == {
+        (s, m) for s in ("tc", "nginx-router") for m in MODES}
+    for c in counts:
+        assert c["requests"] > 0 and c["per_request"] > 0, c
+        if c["mode"] == "new connection":
+            assert c["per_connection"] == c["per_request"]
+            assert "accept4" in c["by_call"] and "close" in c["by_call"], c
+
+
 def test_markdown_shows_targets_and_chart_is_png(quick_run):
     md = quick_run["markdown"]
     assert "| server | connection | requests/s |" in md
     for needle in ("transparent-md, tc path", "nginx", "aiohttp", "nft DNAT", "Boot storm",
-                   "Daemon RSS", "(<= 8", "(<= 30", ">= 0.85x"):
+                   "Daemon RSS", "(<= 8", "(<= 30", ">= 0.85x", "nginx on the bridge",
+                   "system calls per request", "ListenOverflows"):
         assert needle in md, needle
     assert quick_run["chart"].read_bytes().startswith(PNG_MAGIC)
 

@@ -17,9 +17,11 @@ from transparent_md.lab.netns import DEFAULT_NETNS_PREFIX, NETNS_PREFIX_ENV, net
 QUICK_GUESTS = 2
 QUICK_DURATION_S = 1.0
 QUICK_STORM_GUESTS = 20
+QUICK_ROUNDS = 1
+QUICK_SYSCALL_REQUESTS = 200
 # Debian package that provides each external program the run needs.
 NEEDED_PROGRAMS = {"wrk": "wrk", "nginx": "nginx-light", "nft": "nftables", "curl": "curl",
-                   "ip": "iproute2"}
+                   "ip": "iproute2", "strace": "strace", "nstat": "iproute2"}
 
 DESCRIPTION = """\
 Measure what a metadata request costs. Builds its own hypervisor in network
@@ -39,22 +41,31 @@ what is measured (all in one run, so ratios hold on a noisy machine):
                             the tc path's cost is the difference
   transparent-md, nft DNAT  routed guests; the router namespace DNATs
                             169.254.169.254:80 to the same Responder (classic)
+  nginx on the bridge       one worker, `return 200`, in a router-like namespace on
+                            the guests' bridges: the same guests over the same ports,
+                            what the tc path's CPU is held against
   nginx (fixed body)        one worker, `return 200`, over loopback: native ceiling
   aiohttp (fixed body)      a plain aiohttp app over loopback: the usual Python choice
   each in two modes: keep-alive, and `Connection: close` (a new connection per
-  request). Per server: requests/s, latency p50/p99 (p99 = worst client's), errors,
+  request), in --rounds interleaved rounds (each row: the round with the median CPU).
+  Per server: requests/s, latency p50/p99 (p99 = worst client's), errors,
   server CPU us/request (utime+stime from /proc over the run), peak RSS (VmHWM).
-  boot storm                M guests start within 1 s, each making cloud-init's
+  system calls              strace -c on the daemon and on nginx on the bridge while
+                            one wrk makes a fixed number of requests: per request,
+                            per call (a new-connection request is one connection)
+  boot storm                M guests start within --storm-window S, each making cloud-init's
                             requests (token PUT, version probes, user-data, the
                             meta-data crawl, identity document), one connection per
                             request, from one driver: failures, p50/p99, time until
-                            the last guest is done
+                            the last guest is done, failures by cause, and the
+                            responder namespace's accept-queue overflows (nstat)
   memory                    the daemon's RSS while holding --records instances
 
 examples:
   transparent-md bench
   transparent-md bench --quick
   transparent-md bench --guests 16 --duration 10 --json bench.json --chart bench.png
+  transparent-md bench --storm-guests 1000 --storm-window 10
 """
 
 
@@ -70,6 +81,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds per wrk run; 10 runs are made (default 5)")
     p.add_argument("--storm-guests", type=int, metavar="M",
                    help="guests in the boot storm, 0 to skip it (default 200)")
+    p.add_argument("--storm-window", type=float, metavar="S",
+                   help="seconds over which the storm's guests start, evenly spread "
+                   "(default 1: a rack powered on at once)")
+    p.add_argument("--rounds", type=int, metavar="R",
+                   help="interleaved load rounds; each row reports the median round "
+                   "(default 3)")
+    p.add_argument("--syscall-requests", type=int, metavar="N",
+                   help="requests per strace-counted run, 0 to skip counting "
+                   "(default 2000)")
     p.add_argument("--records", type=int, metavar="K",
                    help="instance records the daemon holds (default 10000)")
     p.add_argument("--quick", action="store_true",
@@ -97,10 +117,14 @@ def settings_from(args: argparse.Namespace):
     from transparent_md.lab.bench.runner import Settings
 
     base = (Settings(guests=QUICK_GUESTS, duration_s=QUICK_DURATION_S,
-                     storm_guests=QUICK_STORM_GUESTS, neighbour_attacks=hostile.QUICK)
+                     storm_guests=QUICK_STORM_GUESTS, neighbour_attacks=hostile.QUICK,
+                     rounds=QUICK_ROUNDS, syscall_requests=QUICK_SYSCALL_REQUESTS)
             if args.quick else Settings())
     chosen = {k: v for k, v in (("guests", args.guests), ("duration_s", args.duration),
                                 ("storm_guests", args.storm_guests),
+                                ("storm_window_s", args.storm_window),
+                                ("rounds", args.rounds),
+                                ("syscall_requests", args.syscall_requests),
                                 ("records", args.records), ("workers", args.workers))
               if v is not None}
     try:
@@ -109,9 +133,11 @@ def settings_from(args: argparse.Namespace):
         raise UserError(f"--netns-prefix: {exc}") from exc
     s = Settings(**{**base.__dict__, **chosen})
     if (s.guests < 1 or s.duration_s <= 0 or s.storm_guests < 0 or s.records < 0
-            or s.workers < 1):
-        raise UserError("--guests and --workers must be >= 1, --duration > 0, "
-                        "--storm-guests and --records >= 0")
+            or s.workers < 1 or s.rounds < 1 or s.storm_window_s < 0
+            or s.syscall_requests < 0):
+        raise UserError("--guests, --workers and --rounds must be >= 1, --duration > 0, "
+                        "--storm-guests, --storm-window, --syscall-requests and "
+                        "--records >= 0")
     return s
 
 

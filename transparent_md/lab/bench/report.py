@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from transparent_md.lab.bench import hostile
 from transparent_md.lab.bench import targets as tg
-from transparent_md.lab.bench.measure import KEEP_ALIVE, NEW_CONNECTION, Measurement
+from transparent_md.lab.bench.measure import (
+    KEEP_ALIVE,
+    NEW_CONNECTION,
+    Measurement,
+    cpu_ratios,
+    median,
+)
 from transparent_md.lab.bench.targets import Check
+
+# The nginx row the tc path is held against: same guests, same bridge, same ports.
+NGINX_ON_BRIDGE = "nginx-router"
 
 # The CPU target per connection mode (issue 5).
 CPU_TARGET = {KEEP_ALIVE: tg.CPU_US_KEEPALIVE, NEW_CONNECTION: tg.CPU_US_NEW_CONNECTION}
@@ -25,8 +34,20 @@ def ratios(loads: list[Measurement]) -> dict[str, float]:
     return out
 
 
+def nginx_ratios(raw: dict) -> dict[str, list[float]]:
+    """Per mode, the tc path's CPU per request over nginx on the bridge, one per round."""
+    rounds = raw.get("rounds") or raw["loads"]
+    return {mode: r for mode in CPU_TARGET
+            if (r := cpu_ratios(rounds, "tc", NGINX_ON_BRIDGE, mode))}
+
+
+def new_connection_syscalls(raw: dict) -> float | None:
+    return next((c["per_connection"] for c in raw.get("syscalls") or ()
+                 if c["server"] == "tc" and c["mode"] == NEW_CONNECTION), None)
+
+
 def checks(raw: dict) -> list[Check]:
-    """Every target of issue 5 with the figure this run measured for it."""
+    """Every target of issues 5 and 14 with the figure this run measured for it."""
     loads: list[Measurement] = raw["loads"]
     out = []
     for mode, limit in CPU_TARGET.items():
@@ -34,6 +55,14 @@ def checks(raw: dict) -> list[Check]:
         if m:
             out.append(Check(f"CPU per request, tc path, {mode}", m.cpu_us_per_request,
                              limit, False, " us"))
+    for mode, values in nginx_ratios(raw).items():
+        out.append(Check(f"CPU per request, tc path / nginx on the bridge, {mode} "
+                         f"(median of {len(values)})", median(values),
+                         tg.CPU_OVER_NGINX[mode], False, "x"))
+    calls = new_connection_syscalls(raw)
+    if calls is not None:
+        out.append(Check("system calls per new-connection request, daemon", calls,
+                         tg.SYSCALLS_PER_NEW_CONNECTION, False, ""))
     for mode, value in ratios(loads).items():
         out.append(Check(f"tc path / loopback requests/s, {mode}", value,
                          tg.TC_OVER_LOOPBACK_MIN, True, "x"))
@@ -55,6 +84,10 @@ def to_json(raw: dict) -> dict:
                                "elapsed_s", "storm", "memory")},
         "hostile": raw.get("hostile"),
         "loads": [m.to_json() for m in raw["loads"]],
+        "rounds": [m.to_json() for m in raw.get("rounds") or ()],
+        "syscalls": raw.get("syscalls") or [],
+        "tc_over_nginx_cpu": {k: [round(x, 3) for x in v]
+                              for k, v in nginx_ratios(raw).items()},
         "tc_over_loopback": {k: round(v, 3) for k, v in ratios(raw["loads"]).items()},
         "checks": [c.to_json() for c in checks(raw)],
     }
@@ -74,7 +107,8 @@ def markdown(raw: dict) -> str:
         f"Run {raw['started']} on {m['cpus']} CPUs, kernel {m['kernel']}, "
         f"Python {m['python']}: {s['guests']} wrk clients x "
         f"{s['connections_per_guest']} connections, {s['duration_s']:g} s per run "
-        f"(whole run {raw['elapsed_s']:g} s).",
+        f"(whole run {raw['elapsed_s']:g} s). Each row is the median of "
+        f"{s.get('rounds', 1)} interleaved rounds (the round with the median CPU per request).",
         "",
         "| server | connection | requests/s | p50 ms | p99 ms | errors "
         "| server CPU us/request (target) | peak RSS MiB |",
@@ -92,6 +126,13 @@ def markdown(raw: dict) -> str:
     for mode, value in ratios(raw["loads"]).items():
         lines.append(f"- tc path / loopback, {mode}: **{value:.2f}x** "
                      f"(>= {tg.TC_OVER_LOOPBACK_MIN:g}x {_mark(value >= tg.TC_OVER_LOOPBACK_MIN)})")
+    for mode, values in nginx_ratios(raw).items():
+        limit = tg.CPU_OVER_NGINX[mode]
+        lines.append(f"- CPU per request, tc path / nginx on the bridge, {mode}: "
+                     f"**{median(values):.2f}x** median of {len(values)} rounds "
+                     f"({', '.join(f'{v:.2f}' for v in values)}; <= {limit:g}x "
+                     f"{_mark(median(values) <= limit)})")
+    lines += syscall_lines(raw.get("syscalls") or [])
     storm = raw.get("storm")
     if storm:
         lines.append(
@@ -105,8 +146,17 @@ def markdown(raw: dict) -> str:
             f"max {storm['max_ms']:.1f} ms, last guest done after "
             f"{storm['last_guest_done_s']:.2f} s; daemon CPU "
             f"{storm['server_cpu_us_per_request']} us/request.")
+        causes = storm.get("failure_causes") or {}
+        if causes:
+            lines.append("  - failures by cause: " + ", ".join(
+                f"{cause} {n}" for cause, n in sorted(causes.items(), key=lambda kv: -kv[1])))
         for example in storm["failure_examples"]:
             lines.append(f"  - failure: `{example}`")
+        tcp = storm.get("responder_tcp")
+        if tcp:
+            lines.append("  - responder namespace TCP counters during the storm (nstat): "
+                         + ", ".join(f"{k.removeprefix('TcpExt')} {v:,}"
+                                     for k, v in tcp.items()))
     mem = raw["memory"]
     lines.append(
         f"- Daemon RSS holding {mem['records']:,} instance records: **{mem['rss_mib']:.1f} MiB**"
@@ -120,3 +170,17 @@ def markdown(raw: dict) -> str:
     if raw.get("hostile"):
         lines += ["", hostile.markdown(raw["hostile"])]
     return "\n".join(lines) + "\n"
+
+
+def syscall_lines(counts: list[dict]) -> list[str]:
+    """The strace table: calls per request, total and the main calls, per server and mode."""
+    if not counts:
+        return []
+    lines = ["", "| server | connection | requests traced | system calls per request "
+             "| by call (per request) |", "|---|---|--:|--:|---|"]
+    for c in counts:
+        by = ", ".join(f"{name} {n:.2f}" for name, n in c["by_call"].items() if n >= 0.01)
+        lines.append(f"| {c['label']} | {c['mode']} | {c['requests']:,} "
+                     f"| {c['per_request']:.2f} | {by} |")
+    lines.append("")
+    return lines

@@ -21,8 +21,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from transparent_md.datapath.responder_side import METADATA_IP
-from transparent_md.lab.bench import hostile, records, servers, topology, wrk
-from transparent_md.lab.bench.measure import MODES, Measurement, Target, measure, repeat
+from transparent_md.lab.bench import hostile, netstat, records, servers, syscalls, topology, wrk
+from transparent_md.lab.bench.measure import (
+    KEEP_ALIVE,
+    MODES,
+    NEW_CONNECTION,
+    Measurement,
+    Target,
+    measure,
+    median_rows,
+    repeat,
+)
 from transparent_md.lab.bench.procstat import CpuWindow, peak_rss_mib, process_tree, rss_mib
 from transparent_md.lab.hypervisor import Hypervisor
 from transparent_md.lab.netns import NETNS_DIR, Topology
@@ -33,6 +42,8 @@ LOOPBACK = "127.0.0.1"
 LOOPBACK_RESPONDER_PORT = 8080
 NGINX_PORT = 8081
 AIOHTTP_PORT = 8082
+# nginx in the router-like namespace listens where a guest's web server would.
+ROUTER_NGINX_PORT = 80
 # The storm driver's own limit: M guests x ~50 requests must end well within this.
 STORM_TIMEOUT_S = 120.0
 # The daemon's responder namespace: `<--name>-<inode of its netns>-responder`.
@@ -56,6 +67,8 @@ class Settings:
     storm_guests: int = 200
     workers: int = 1  # the daemon's `run --workers`
     storm_window_s: float = 1.0
+    rounds: int = 3  # interleaved load rounds; each row is the median round
+    syscall_requests: int = syscalls.DEFAULT_REQUESTS  # per traced run; 0 skips tracing
     records: int = records.DEFAULT_RECORDS
     netns_prefix: str | None = None  # base of namespace names (lab.netns.netns_prefix)
     neighbour_attacks: hostile.HostileSettings | None = hostile.DEFAULT  # None: skip it
@@ -92,6 +105,7 @@ class BenchRun:
         self.say(f"store: {self.records} records; starting the daemon")
         self.daemon = self.hv.start_daemon(topology.BRIDGES, self.store,
                                            ["--workers", str(s.workers), *LOAD_GENERATOR_FLAGS])
+        self.router_ns = topology.build_router(self.hv)
         self.rt_ns, self.dnat_guests = topology.build_dnat_segment(self.topo, s.guests)
         self.hook = wrk.write_hook(self.workdir)
 
@@ -110,6 +124,13 @@ class BenchRun:
             dnat_ids, self.workdir, "dnat")
         nginx = servers.start_nginx(self.topo, hv.ns, LOOPBACK, NGINX_PORT,
                                     records.FIXED_BODY, self.workdir)
+        router_urls = tuple(
+            f"http://{topology.router_ip(topology.bridge_index_of(g))}:{ROUTER_NGINX_PORT}{path}"
+            for g in self.guests)
+        (self.workdir / "router-nginx").mkdir()
+        router_nginx = servers.start_nginx(self.topo, self.router_ns, "0.0.0.0",
+                                           ROUTER_NGINX_PORT, records.FIXED_BODY,
+                                           self.workdir / "router-nginx")
         aio = servers.start_aiohttp(self.topo, hv.ns, LOOPBACK, AIOHTTP_PORT,
                                     records.FIXED_BODY)
         n = self.s.guests
@@ -121,6 +142,8 @@ class BenchRun:
                    repeat(hv.ns, n), True),
             Target("nft-dnat", "transparent-md, nft DNAT", dnat.pid, metadata,
                    tuple(self.dnat_guests), True),
+            Target("nginx-router", "nginx on the bridge (fixed body)", router_nginx.pid,
+                   router_urls[0], tuple(g.ns for g in self.guests), False, router_urls),
             Target("nginx", "nginx (fixed body)", nginx.pid, nginx.url + path,
                    repeat(hv.ns, n), False),
             Target("aiohttp", "aiohttp (fixed body)", aio.pid, aio.url + path,
@@ -132,22 +155,37 @@ class BenchRun:
 
     def check_answer(self, target: Target) -> None:
         """A wrong answer (404 from an unknown guest) must not pass for a fast one."""
-        ns = target.clients[0]
-        res = self.topo.sh(ns, ["curl", "-sS", "-m", "5", target.url])
+        ns, url = target.clients[0], target.urls()[0]
+        res = self.topo.sh(ns, ["curl", "-sS", "-m", "5", url])
         expected = self.guests[0].instance_id if target.ours else records.FIXED_BODY
         if res.returncode != 0 or res.stdout.strip() != expected:
-            raise RuntimeError(f"{target.label}: expected {expected!r} from {target.url} in "
+            raise RuntimeError(f"{target.label}: expected {expected!r} from {url} in "
                                f"{ns}, got {res.stdout.strip()[:80]!r} {res.stderr.strip()}")
 
     # -- measurements ---------------------------------------------------------------
     def load_runs(self, targets: list[Target]) -> list[Measurement]:
+        """Every round loads every server in both modes, in the same order."""
         out = []
-        for mode in MODES:
-            for t in targets:
-                m = measure(t, mode, self.s.duration_s, self.hook)
-                self.say(f"{t.label:28} {mode:15} {m.load.rps:10.0f} req/s "
-                         f"{m.cpu_us_per_request:7.1f} us/req  errors {m.load.errors}")
-                out.append(m)
+        for round_ in range(self.s.rounds):
+            for mode in MODES:
+                for t in targets:
+                    m = measure(t, mode, self.s.duration_s, self.hook, round_)
+                    self.say(f"round {round_ + 1}/{self.s.rounds} {t.label:34} {mode:15} "
+                             f"{m.load.rps:10.0f} req/s {m.cpu_us_per_request:7.1f} us/req "
+                             f" errors {m.load.errors}")
+                    out.append(m)
+        return out
+
+    def syscall_counts(self, targets: list[Target]) -> list[dict]:
+        """strace -c of the daemon and of nginx on the bridge, both modes."""
+        out = []
+        for key in ("tc", "nginx-router"):
+            target = next(t for t in targets if t.key == key)
+            for mode in (NEW_CONNECTION, KEEP_ALIVE):
+                c = syscalls.count(target, mode, self.s.syscall_requests, self.workdir)
+                self.say(f"syscalls {target.label:34} {mode:15} {c.total:6.2f} per request "
+                         f"over {c.requests} requests")
+                out.append(c.to_json())
         return out
 
     def boot_storm(self) -> dict:
@@ -156,6 +194,9 @@ class BenchRun:
         spec = self.workdir / "storm.json"
         spec.write_text(json.dumps({"namespaces": [g.ns for g in self.storm_guests],
                                     "window_s": s.storm_window_s}))
+        responder_ns = daemon_namespace(self.hv.ns)
+        daemon_pid = self.daemon.proc.pid
+        tcp_before = netstat.counters(responder_ns, daemon_pid) if responder_ns else {}
         window = CpuWindow(self.daemon.proc.pid)
         window.start()
         res = subprocess.run([sys.executable, "-m", "transparent_md.lab.bench.storm", str(spec)],
@@ -164,6 +205,9 @@ class BenchRun:
         if res.returncode != 0:
             raise RuntimeError(f"storm driver failed:\n{res.stderr}")
         result = json.loads(res.stdout.strip().splitlines()[-1])
+        result["responder_tcp"] = (
+            netstat.delta(tcp_before, netstat.counters(responder_ns, daemon_pid))
+            if responder_ns else {})
         result["server_cpu_us_per_request"] = (
             round(cpu * 1e6 / result["requests"], 2) if result["requests"] else None)
         self.say(f"storm: {result['requests']} requests, {result['failures']} failures, "
@@ -185,7 +229,8 @@ class BenchRun:
         try:
             self.build()
             targets = self.start_servers()
-            loads = self.load_runs(targets)
+            rounds = self.load_runs(targets)
+            traced = self.syscall_counts(targets) if self.s.syscall_requests else []
             storm = self.boot_storm() if self.s.storm_guests else None
             memory = self.memory(next(t.pid for t in targets if t.key == "loopback"))
         finally:
@@ -200,7 +245,9 @@ class BenchRun:
                            "daemon_responder": self.responder_ns},
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "elapsed_s": round(time.monotonic() - started, 1),
-            "loads": loads,
+            "loads": median_rows(rounds),
+            "rounds": rounds,
+            "syscalls": traced,
             "storm": storm,
             "memory": memory,
             "hostile": neighbours,

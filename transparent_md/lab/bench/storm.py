@@ -1,10 +1,11 @@
-"""Boot-storm driver: M guests boot within a second, each running cloud-init's requests.
+"""Boot-storm driver: M guests boot within a window, each running cloud-init's requests.
 
-One process drives every guest. A socket belongs to the network namespace it was
-created in, so each connection's socket is made with this thread briefly inside the
-guest's namespace (setns there and back, nothing else runs in between); the event
-loop then serves them all from here. Every request opens a fresh connection, as
-cloud-init's URL helper does.
+Guest i starts at i/M of the start window (`window_s`): 1 s is a rack powered on at
+once, 10 s a more usual boot storm. One process drives every guest. A socket belongs
+to the network namespace it was created in, so each connection's socket is made with
+this thread briefly inside the guest's namespace (setns there and back, nothing else
+runs in between); the event loop then serves them all from here. Every request opens
+a fresh connection, as cloud-init's URL helper does.
 
 Run as `python -m transparent_md.lab.bench.storm SPEC.json`; prints one JSON result line.
 """
@@ -31,14 +32,21 @@ RECV_BYTES = 65536
 # How many failures are kept verbatim for the report.
 FAILURE_EXAMPLES = 5
 
+# What a request was doing when it failed: waiting for the handshake, or for the reply.
+CONNECTING, ANSWERING = "connect", "reply"
+
+
 @dataclass
 class Tally:
     latencies_ms: list[float] = field(default_factory=list)
     failures: int = 0
     examples: list[str] = field(default_factory=list)
+    # "<phase> <exception>" or "HTTP <status>" -> how many failed so.
+    causes: dict[str, int] = field(default_factory=dict)
 
-    def fail(self, what: str) -> None:
+    def fail(self, cause: str, what: str) -> None:
         self.failures += 1
+        self.causes[cause] = self.causes.get(cause, 0) + 1
         if len(self.examples) < FAILURE_EXAMPLES:
             self.examples.append(what)
 
@@ -50,6 +58,7 @@ class GuestClient:
         self.ns = ns
         self.tally = tally
         self.requests = 0
+        self.phase = CONNECTING
 
     def new_socket(self) -> socket.socket:
         with entered_netns(self.ns):
@@ -65,11 +74,13 @@ class GuestClient:
             status, body = await asyncio.wait_for(self._exchange(method, path, headers),
                                                   REQUEST_TIMEOUT_S)
         except (OSError, TimeoutError, ValueError) as exc:
-            self.tally.fail(f"{self.ns} {method} {path}: {type(exc).__name__} {exc}")
+            self.tally.fail(f"{self.phase} {type(exc).__name__}",
+                            f"{self.ns} {method} {path}: {self.phase}: "
+                            f"{type(exc).__name__} {exc}")
             return None
         self.tally.latencies_ms.append((time.perf_counter() - started) * 1000)
         if status not in accepted:
-            self.tally.fail(f"{self.ns} {method} {path}: HTTP {status}")
+            self.tally.fail(f"HTTP {status}", f"{self.ns} {method} {path}: HTTP {status}")
             return None
         return status, body
 
@@ -77,8 +88,10 @@ class GuestClient:
                         headers: dict[str, str]) -> tuple[int, bytes]:
         loop = asyncio.get_running_loop()
         sock = self.new_socket()
+        self.phase = CONNECTING
         try:
             await loop.sock_connect(sock, METADATA)
+            self.phase = ANSWERING
             head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
             request = (f"{method} {path} HTTP/1.1\r\nHost: 169.254.169.254\r\n"
                        f"User-Agent: Cloud-Init/bench\r\nConnection: close\r\n{head}\r\n")
@@ -122,6 +135,7 @@ async def storm(namespaces: list[str], window_s: float) -> dict:
         "requests_per_guest": requests / len(clients) if clients else 0,
         "failures": tally.failures,
         "failure_examples": tally.examples,
+        "failure_causes": tally.causes,
         "p50_ms": percentile(lat, 50),
         "p99_ms": percentile(lat, 99),
         "max_ms": lat[-1] if lat else 0.0,

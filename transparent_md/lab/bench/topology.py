@@ -3,6 +3,8 @@
     hv:  bridges brb0/brb1 <- veth ports -> wrk guests g<i> and storm guests s<i>
          (each with an on-link route to 169.254.169.254; the port program answers ARP)
          + the daemon (`transparent-md run`), and on 127.0.0.1 the loopback servers
+         + a router-like namespace with a leg on each bridge (the .1 of each guest
+           subnet), where nginx serves the fixed body to the same guests
     rt:  bridge brr = 10.99.0.1/16 <- routed guests n<i> (default via 10.99.0.1);
          nft DNAT 169.254.169.254:80 -> 10.99.0.1:DNAT_PORT, where the same
          Responder listens (the classic metadata-proxy interception)
@@ -45,6 +47,37 @@ class BenchGuest:
         """This guest as the datapath would name it (for the static resolvers)."""
         return Guest(bridge=self.bridge, port=self.port, ifindex=ifindex, mac=self.mac,
                      ip=self.ip)
+
+
+# The router-like namespace's legs: eth0 on the first bridge, eth<i> on the others.
+ROUTER_ROLE = "router"
+ROUTER_PORT = "prt{index}"
+ROUTER_HOST_SERIAL = 1  # x.y.0.1: the address each guest subnet leaves free for a router
+
+
+def router_ip(bridge_index: int) -> str:
+    net = ipaddress.IPv4Network(GUEST_NET.format(bridge=GUEST_NET_BASE + bridge_index))
+    return str(net.network_address + ROUTER_HOST_SERIAL)
+
+
+def build_router(hv: Hypervisor) -> str:
+    """A namespace on every bridge at each subnet's .1, as a router would be: traffic
+    to it crosses the same veth ports and bridge as the tc path, minus the redirect.
+    Returns its namespace."""
+    prefix = int(GUEST_NET.split("/")[1])
+    first = hv.router(ROUTER_ROLE, bridge=BRIDGES[0], port=ROUTER_PORT.format(index=0),
+                      addr=f"{router_ip(0)}/{prefix}")
+    for index, bridge in enumerate(BRIDGES[1:], start=1):
+        port, leg = ROUTER_PORT.format(index=index), f"eth{index}"
+        hv.topo.ip(hv.ns, f"link add {port} type veth peer name {leg} netns {first.ns}",
+                   f"link set {port} master {bridge}", f"link set {port} up")
+        hv.topo.ip(first.ns, f"addr add {router_ip(index)}/{prefix} dev {leg}",
+                   f"link set {leg} up")
+    return first.ns
+
+
+def bridge_index_of(guest: BenchGuest) -> int:
+    return BRIDGES.index(guest.bridge)
 
 
 def _guest_ip(bridge_index: int, serial: int) -> str:

@@ -27,6 +27,22 @@ done = function(summary, latency, requests)
     e.connect, e.read, e.write, e.status, e.timeout))
 end
 """
+# Appended to the done hook for a counted run: wrk has no request-count option and
+# `wrk.thread:stop()` still waits out the duration, so once it has read LIMIT answers
+# the hook prints the result line itself (the count; no latencies) and ends wrk.
+_STOP_AFTER_HOOK = """
+local answered = 0
+response = function(status, headers, body)
+  answered = answered + 1
+  if answered >= %d then
+    io.write(string.format(
+      '%%s{"requests":%%d,"duration_us":1,"p50_us":0,"p99_us":0,' ..
+      '"connect":0,"read":0,"write":0,"status":0,"timeout":0}\\n', "WRKJSON ", answered))
+    io.flush()
+    os.exit(0)
+  end
+end
+"""
 # Connections per wrk process: enough to keep a single-threaded server busy without
 # measuring queueing in its accept backlog.
 CONNECTIONS_PER_CLIENT = 4
@@ -56,6 +72,13 @@ def write_hook(directory: Path) -> Path:
     return path
 
 
+def write_counted_hook(directory: Path, requests: int) -> Path:
+    """A hook that prints the result line and stops wrk after `requests` answers."""
+    path = directory / f"wrk_done_after_{requests}.lua"
+    path.write_text(_DONE_HOOK + _STOP_AFTER_HOOK % requests)
+    return path
+
+
 def wrk_argv(url: str, duration_s: float, hook: Path, close: bool) -> list[str]:
     argv = ["wrk", "-t1", f"-c{CONNECTIONS_PER_CLIENT}", f"-d{duration_s:g}s",
             "-s", str(hook)]
@@ -64,13 +87,14 @@ def wrk_argv(url: str, duration_s: float, hook: Path, close: bool) -> list[str]:
     return argv + [url]
 
 
-def run_clients(namespaces: Sequence[str], url: str, duration_s: float, hook: Path,
-                close: bool) -> LoadResult:
-    """Start one wrk per namespace (several per name if it repeats), wait, sum up."""
+def run_clients(namespaces: Sequence[str], urls: Sequence[str], duration_s: float,
+                hook: Path, close: bool) -> LoadResult:
+    """Start one wrk per namespace (several per name if it repeats), each to its URL,
+    wait, sum up."""
     procs = [
         subprocess.Popen(["ip", "netns", "exec", ns, *wrk_argv(url, duration_s, hook, close)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for ns in namespaces
+        for ns, url in zip(namespaces, urls, strict=True)
     ]
     outputs = []
     try:
