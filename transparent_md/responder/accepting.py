@@ -14,7 +14,11 @@ at two looks in a row while accepting was meant to run.
 
 asyncio servers cannot pause, so accepting runs on a duplicate descriptor of the
 listening socket: closing that server stops accepting while the socket itself (and
-its backlog) stays open, and a new duplicate resumes.
+its backlog) stays open, and a new duplicate resumes. create_server() calls listen()
+again on what it serves, with asyncio's default backlog of 100 unless told otherwise,
+which silently shrank the daemon's 4096: a boot storm of 1,000 guests then overflowed
+the accept queue (dropped handshakes, 1 s SYN retransmissions, timeouts). So the
+backlog the socket's owner chose is read back from the socket and passed on.
 """
 
 from __future__ import annotations
@@ -34,19 +38,31 @@ _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 # struct tcp_info (linux/tcp.h): eight u8 fields, then u32 rto, ato, snd_mss, rcv_mss and
 # tcpi_unacked, which for a listening socket is its accept queue's length.
 _TCP_INFO_UNACKED_OFFSET = 24
+# ... and tcpi_sacked, the next u32, which for a listening socket is its backlog.
+_TCP_INFO_SACKED_OFFSET = 28
 _U32 = struct.Struct("=I")
 _TCP_INFO_LENGTH = 104
 
 
-def accept_queue_length(sock: socket.socket) -> int:
-    """Connections the kernel has completed that nobody has accepted yet (0 if unknown)."""
+def _tcp_info_u32(sock: socket.socket, offset: int) -> int | None:
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LENGTH)
     except OSError:
-        return 0
-    if len(info) < _TCP_INFO_UNACKED_OFFSET + _U32.size:
-        return 0
-    return _U32.unpack_from(info, _TCP_INFO_UNACKED_OFFSET)[0]
+        return None
+    if len(info) < offset + _U32.size:
+        return None
+    return _U32.unpack_from(info, offset)[0]
+
+
+def accept_queue_length(sock: socket.socket) -> int:
+    """Connections the kernel has completed that nobody has accepted yet (0 if unknown)."""
+    return _tcp_info_u32(sock, _TCP_INFO_UNACKED_OFFSET) or 0
+
+
+def listen_backlog(sock: socket.socket) -> int:
+    """The backlog `sock` listens with (after the kernel's somaxconn clamp); if it cannot
+    be read, socket.SOMAXCONN."""
+    return _tcp_info_u32(sock, _TCP_INFO_SACKED_OFFSET) or socket.SOMAXCONN
 
 
 def descriptor_budget(reserve: int) -> int:
@@ -82,6 +98,8 @@ class Listener:
         self._closed = False
         self._waiting_at_last_look = 0
         self.paused = False
+        # Read once: every duplicate is served with the owner's backlog (see above).
+        self.backlog = listen_backlog(sock)
 
     @property
     def server(self) -> asyncio.AbstractServer | None:
@@ -107,7 +125,8 @@ class Listener:
     async def _serve(self) -> None:
         duplicate = socket.socket(fileno=os.dup(self._sock.fileno()))
         try:
-            self._server = await self._loop.create_server(self._factory, sock=duplicate)
+            self._server = await self._loop.create_server(self._factory, sock=duplicate,
+                                                          backlog=self.backlog)
         except BaseException:
             duplicate.close()
             raise
