@@ -216,7 +216,7 @@ def test_a_guest_without_a_record_is_logged_once_and_access_log_lines_parse(hv):
     assert len(no_record) == 1, no_record
     assert all(part in no_record[0]["message"]
                for part in ("port p9", stranger.mac, stranger.ip)), no_record
-    access = [line for line in lines if line["message"].startswith("access ")]
+    access = [line for line in lines if line["message"] == "access"]
     assert [(a["port"], a["status"], a["instance"]) for a in access] == [
         ("p9", 404, "-")] * 3 + [("p0", 200, "i-0")]
     assert all(a["path"] == PATH and a["mac"] and a["us"] >= 0 for a in access)

@@ -279,7 +279,7 @@ def run_command(cmdline: argparse.Namespace) -> int:
                    strict=True)),
         recent_problems=recent_problems,
         responder_limits={_LIMIT_FIELDS[dest]: getattr(args, dest) for dest in _LIMIT_FIELDS},
-        access_log=args.access_log,
+        access_log=args.log_format if args.access_log else None,
         reload_settings=reload_settings if cmdline.config else None,
     )
     return Daemon(config).run()

@@ -53,7 +53,7 @@ class DaemonConfig:
     recent_problems: RecentProblems | None = None
     # ResponderLimits fields as `run` flags give them (0 = no limit); empty: defaults.
     responder_limits: dict[str, float] = field(default_factory=dict)
-    access_log: bool = False
+    access_log: str | None = None  # `text` or `json` with --access-log, else None
     # The admin API's unix socket (`run --api`), or None for no API.
     api_socket: str | None = None
     # The default path is shared by same-named daemons in other network namespaces: if

@@ -43,7 +43,7 @@ class ServeSpec:
     etcd_tls: list[str | None] | None = None
     # `run` flags for ResponderLimits.from_flags (0 = no limit); empty: the defaults.
     limits: dict[str, float] = field(default_factory=dict)
-    access_log: bool = False
+    access_log: str | None = None  # the --log-format of --access-log lines, or None
 
 
 @dataclass
@@ -76,7 +76,8 @@ def serve(spec: ServeSpec, *, ready_line: str,
     responder = Responder(store, resolver, token_hop_limit=spec.token_hop_limit,
                           token_secret=bytes.fromhex(spec.token_secret_hex),
                           limits=ResponderLimits.from_flags(**spec.limits),
-                          access_log=AccessLog() if spec.access_log else None)
+                          access_log=(AccessLog(json_lines=spec.access_log == "json")
+                                      if spec.access_log else None))
     if on_responder:
         on_responder(responder)
 

@@ -154,6 +154,8 @@ class Responder:
             self._sweeper = None
         for connection in list(self.state.connections):
             connection.close()
+        if self.state.access_log is not None:
+            self.state.access_log.flush()
 
     def _schedule_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sweeper = loop.call_later(self.state.sweep_s, self._sweep, loop)
