@@ -89,4 +89,4 @@ class AccessLog:
                 written = os.write(self._fd, data)
                 data = data[written:]
         except BlockingIOError:
-            pass  # a stalled reader loses lines rather than stalling guests
+            pass  # a non-blocking stderr whose reader stalls: lines are lost, guests not
