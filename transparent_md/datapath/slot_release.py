@@ -75,14 +75,21 @@ class SlotReleaser:
         if not taken:
             self.in_use = 0
             return 0
-        # Sockets are listed before last-seen is judged (again, from a fresh read, right
+        # Only slots unseen for the grace period are candidates; while every guest is
+        # busy (a boot storm, a benchmark) there are none, and the socket dump, the
+        # costly part of a round, is skipped.
+        recent = time.monotonic_ns() - self._grace_ns
+        idle = [index for index in taken if snapshot[index].last_seen_ns <= recent]
+        if not idle:
+            self.in_use = len(taken)
+            return 0
+        # Sockets are listed before last-seen is judged again (from a fresh read, right
         # before a release): a SYN arriving in between refreshes last-seen, so its slot is
         # kept even though its socket was not seen yet.
         peers = self._peers.peers()
-        recent = time.monotonic_ns() - self._grace_ns
         released = 0
-        for index in taken:
-            if self._shadow_net | index in peers or snapshot[index].last_seen_ns > recent:
+        for index in idle:
+            if self._shadow_net | index in peers:
                 continue
             if self._release_if_idle(index):
                 released += 1
