@@ -183,11 +183,17 @@ class BpfMap:
                 pairs.append((key, value))
         return pairs
 
-    def array_values(self, value_type: type, count: int) -> ctypes.Array:
+    def array_values(self, value_type: type, count: int,
+                     into: tuple[ctypes.Array, ctypes.Array] | None = None) -> ctypes.Array:
         """Entries 0..count-1 of an array map in a few BPF_MAP_LOOKUP_BATCH calls (one
-        syscall per element would cost a second per 65,536-entry scan)."""
-        values = (value_type * count)()
-        keys = (ctypes.c_uint32 * count)()
+        syscall per element would cost a second per 65,536-entry scan).
+
+        `into` is a (values, keys) pair of buffers from an earlier call to fill again: a
+        caller scanning every second then never allocates megabytes anew (glibc keeps
+        such freed blocks on the heap, and the process's RSS with them)."""
+        values, keys = into or ((value_type * count)(), (ctypes.c_uint32 * count)())
+        if len(values) < count or len(keys) < count:
+            raise ValueError("array_values: the buffers are smaller than count")
         start, done = ctypes.c_uint32(0), 0
         cursor = ctypes.c_uint32(0)
         while done < count:

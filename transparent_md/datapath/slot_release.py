@@ -67,6 +67,8 @@ class SlotReleaser:
         self._periodic = Periodic("slot-releaser", interval_s, lambda _: self.run_once(),
                                   logger=log)
         self.in_use = 0          # slots taken after the last round (a gauge)
+        # The slot table and key buffers, reused every round (see array_values).
+        self._buffers: tuple[ctypes.Array, ctypes.Array] | None = None
         self.released_total = 0  # slots released since start
 
     # -- one round ------------------------------------------------------------------
@@ -103,7 +105,10 @@ class SlotReleaser:
         cfg = layout.Config()
         if not self._config.lookup(ctypes.c_uint32(0), cfg) or cfg.shadow_slots == 0:
             return (layout.Slot * 0)(), []
-        slots = self._slots.array_values(layout.Slot, cfg.shadow_slots + 1)
+        count = cfg.shadow_slots + 1
+        if self._buffers is None or len(self._buffers[0]) != count:
+            self._buffers = ((layout.Slot * count)(), (ctypes.c_uint32 * count)())
+        slots = self._slots.array_values(layout.Slot, count, into=self._buffers)
         # The ifindex of every slot at once (a Slot is 10 u32 words, ifindex first).
         words = ctypes.sizeof(layout.Slot) // ctypes.sizeof(ctypes.c_uint32)
         ifindexes = memoryview(slots).cast("B").cast("I")[::words]
