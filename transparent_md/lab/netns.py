@@ -15,12 +15,14 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from transparent_md.names import STATE_ROOT
 from transparent_md.process import stop_process
 
 NETNS_DIR = Path("/run/netns")
@@ -133,6 +135,7 @@ class Topology:
         self.processes.clear()
         for ns in reversed(self.namespaces):
             kill_pids_in(ns)
+            forget_daemon_state(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
             resolv = Path("/etc/netns") / ns
             if resolv.is_dir():
@@ -146,6 +149,20 @@ class Topology:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def forget_daemon_state(ns: str) -> None:
+    """Remove what daemons run in namespace `ns` kept under /run/transparent-md (their
+    lock, token secret, status): named after `ns`'s inode, so only ours match, and
+    useless once the namespace is gone."""
+    try:
+        inode = os.stat(NETNS_DIR / ns).st_ino
+    except OSError:
+        return
+    if STATE_ROOT.is_dir():
+        for state in STATE_ROOT.glob(f"*-{inode}"):
+            if state.is_dir():
+                shutil.rmtree(state, ignore_errors=True)
 
 
 def run(argv: Sequence[str], stdin: str | None = None) -> str:
