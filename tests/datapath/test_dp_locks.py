@@ -7,17 +7,16 @@ release_mac work from the pins alone, as the CLI does from another process.
 from __future__ import annotations
 
 import ctypes
-import secrets
 import socket
 
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from transparent_md.datapath import bpffs, layout, locks, programs
-from transparent_md.datapath.bpf_syscall import BpfMap, prog_test_run
+from tests.pinned_maps import pinned_programs
+from transparent_md.datapath import layout, locks
+from transparent_md.datapath.bpf_syscall import prog_test_run
 from transparent_md.datapath.port_limits import PortLimits
-from transparent_md.names import PIN_ROOT
 
 pytestmark = pytest.mark.netns
 
@@ -27,21 +26,14 @@ TC_ACT_SHOT, TC_ACT_REDIRECT = 2, 7
 
 @pytest.fixture()
 def pinned():
-    loaded = programs.load_programs()
-    bpffs.ensure_mounted()
-    pin_dir = PIN_ROOT / f"test-{secrets.token_hex(4)}"
-    bpffs.pin_maps(pin_dir, {m: loaded.map_fd(m) for m in layout.ALL_MAPS})
-    maps = {m: BpfMap(loaded.map_fd(m), owned=False) for m in layout.ALL_MAPS}
     cfg = layout.Config(md_ifindex=4242, shadow_slots=100, port_mac_quota=1,
                         slot_reuse_delay_ns=15 * 10**9, flags=layout.CFG_MAC_LOCK)
     cfg.shadow_net, cfg.shadow_mask = layout.be32("100.64.0.0"), layout.be32("255.192.0.0")
-    maps[layout.MAP_CONFIG].update(ctypes.c_uint32(0), cfg)
-    maps[layout.MAP_PORTS].update(ctypes.c_uint32(LOOPBACK), layout.Port(b"br0", b"tap7"))
-    PortLimits(maps[layout.MAP_PORT_USAGE], maps[layout.MAP_PORT_RELEASED],
-               maps[layout.MAP_MAC_LOCKS], maps[layout.MAP_BY_GUEST]).reset(LOOPBACK)
-    yield loaded, pin_dir
-    bpffs.unpin(pin_dir)
-    loaded.bpf.cleanup()
+    with pinned_programs(cfg) as (loaded, maps, pin_dir):
+        maps[layout.MAP_PORTS].update(ctypes.c_uint32(LOOPBACK), layout.Port(b"br0", b"tap7"))
+        PortLimits(maps[layout.MAP_PORT_USAGE], maps[layout.MAP_PORT_RELEASED],
+                   maps[layout.MAP_MAC_LOCKS], maps[layout.MAP_BY_GUEST]).reset(LOOPBACK)
+        yield loaded, pin_dir
 
 
 def syn(mac: str) -> bytes:

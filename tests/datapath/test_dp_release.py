@@ -20,13 +20,13 @@ import time
 import pytest
 
 from tests.conftest import write_records
-from transparent_md.datapath import bpffs, layout, programs
-from transparent_md.datapath.bpf_syscall import BpfMap
+from tests.pinned_maps import pinned_programs
+from transparent_md.datapath import layout
 from transparent_md.datapath.port_limits import PortLimits
 from transparent_md.datapath.responder_side import entered_netns
 from transparent_md.datapath.slot_release import SlotReleaser
 from transparent_md.lab.hypervisor import Hypervisor
-from transparent_md.names import PIN_ROOT, DaemonNames
+from transparent_md.names import DaemonNames
 from transparent_md.process import stop_process
 
 pytestmark = pytest.mark.netns
@@ -55,18 +55,11 @@ def responder(topology):
 
 @pytest.fixture()
 def pinned():
-    loaded = programs.load_programs()
-    bpffs.ensure_mounted()
-    pin_dir = PIN_ROOT / f"test-{secrets.token_hex(4)}"
-    bpffs.pin_maps(pin_dir, {m: loaded.map_fd(m) for m in layout.ALL_MAPS})
-    maps = {m: BpfMap(loaded.map_fd(m), owned=False) for m in layout.ALL_MAPS}
-    cfg = layout.Config(shadow_slots=100, slot_reuse_delay_ns=15 * 10**9)
-    maps[layout.MAP_CONFIG].update(ctypes.c_uint32(0), cfg)
-    PortLimits(maps[layout.MAP_PORT_USAGE], maps[layout.MAP_PORT_RELEASED],
-               maps[layout.MAP_MAC_LOCKS], maps[layout.MAP_BY_GUEST]).reset(PORT_IFINDEX)
-    yield maps, pin_dir
-    bpffs.unpin(pin_dir)
-    loaded.bpf.cleanup()
+    with pinned_programs(layout.Config(shadow_slots=100,
+                                       slot_reuse_delay_ns=15 * 10**9)) as (_, maps, pin_dir):
+        PortLimits(maps[layout.MAP_PORT_USAGE], maps[layout.MAP_PORT_RELEASED],
+                   maps[layout.MAP_MAC_LOCKS], maps[layout.MAP_BY_GUEST]).reset(PORT_IFINDEX)
+        yield maps, pin_dir
 
 
 def take_slot(maps, index: int, last_seen_ago_s: float) -> layout.GuestKey:

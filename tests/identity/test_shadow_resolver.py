@@ -7,17 +7,16 @@ slot 1, and the resolver turns shadow address 100.64.0.1 back into that guest.
 from __future__ import annotations
 
 import ctypes
-import secrets
 import socket
 
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from transparent_md.datapath import bpffs, layout, programs
-from transparent_md.datapath.bpf_syscall import BpfMap, prog_test_run
+from tests.pinned_maps import pinned_programs
+from transparent_md.datapath import layout
+from transparent_md.datapath.bpf_syscall import prog_test_run
 from transparent_md.identity.shadow_map import ShadowResolver
-from transparent_md.names import PIN_ROOT
 
 pytestmark = pytest.mark.netns
 
@@ -28,22 +27,15 @@ LOOPBACK = socket.if_nametoindex("lo")
 
 @pytest.fixture()
 def pinned():
-    loaded = programs.load_programs()
-    bpffs.ensure_mounted()
-    pin_dir = PIN_ROOT / f"test-{secrets.token_hex(4)}"
-    bpffs.pin_maps(pin_dir, {m: loaded.map_fd(m) for m in layout.ALL_MAPS})
-    maps = {m: BpfMap(loaded.map_fd(m), owned=False) for m in layout.ALL_MAPS}
     cfg = layout.Config(md_ifindex=4242, shadow_slots=100, flags=layout.CFG_MAC_LOCK,
                         slot_reuse_delay_ns=15 * 10**9)
     cfg.shadow_net, cfg.shadow_mask = layout.be32("100.64.0.0"), layout.be32("255.192.0.0")
-    maps[layout.MAP_CONFIG].update(ctypes.c_uint32(0), cfg)
-    maps[layout.MAP_PORTS].update(ctypes.c_uint32(LOOPBACK), layout.Port(b"br0", b"tap7"))
-    # Fresh identity state: other tests' programs share no maps, but be explicit.
-    for name in (layout.MAP_BY_GUEST, layout.MAP_MAC_LOCKS):
-        loaded.table(name).clear()
-    yield loaded, maps, pin_dir
-    bpffs.unpin(pin_dir)
-    loaded.bpf.cleanup()
+    with pinned_programs(cfg) as (loaded, maps, pin_dir):
+        maps[layout.MAP_PORTS].update(ctypes.c_uint32(LOOPBACK), layout.Port(b"br0", b"tap7"))
+        # Fresh identity state: other tests' programs share no maps, but be explicit.
+        for name in (layout.MAP_BY_GUEST, layout.MAP_MAC_LOCKS):
+            loaded.table(name).clear()
+        yield loaded, maps, pin_dir
 
 
 def syn(src: str, mac: str = GUEST_MAC) -> bytes:
