@@ -69,7 +69,10 @@ class FakeTransport(asyncio.Transport):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
     def get_extra_info(self, name: str, default=None):
-        return {"peername": (self.peer, 40000), "socket": self.sock}.get(name, default)
+        return {"peername": (self.peer, 40000)}.get(name, default)
+
+    def fileno(self) -> int:
+        return -1 if self.closed or self.aborted else self.sock.fileno()
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "write after close"

@@ -1,24 +1,22 @@
 """Accept connections on the daemon's listening socket, pausing before fds run out.
 
-libuv (under uvloop) meets EMFILE by accepting and at once closing every pending
-connection, silently; and if even that fails it reports the error and the server
-stops accepting for good. So the responder keeps its own connections below a
-descriptor budget (the soft RLIMIT_NOFILE less a reserve for the store, metrics and
-stats files): at the budget it stops accepting, leaving new connections in the
-kernel's backlog, and looks again every `pause` seconds; open connections are served
-throughout. An EMFILE/ENFILE that still reaches the loop's exception handler pauses
-the same way instead of ending the server. And since uvloop, when even libuv's EMFILE
-fallback fails, closes its server without telling anyone, `watch()` (run by the
-responder's sweeper) restarts accepting when connections have waited in the backlog
-at two looks in a row while accepting was meant to run.
+The responder accepts for itself (`rawsock.Acceptor`, a batch per wake-up of the
+loop) and hands each descriptor to `connections`; no asyncio server is involved, so
+the backlog the socket's owner chose stays as it is (asyncio's create_server() would
+listen() again with 100, which a 1,000-guest boot storm overflowed).
 
-asyncio servers cannot pause, so accepting runs on a duplicate descriptor of the
-listening socket: closing that server stops accepting while the socket itself (and
-its backlog) stays open, and a new duplicate resumes. create_server() calls listen()
-again on what it serves, with asyncio's default backlog of 100 unless told otherwise,
-which silently shrank the daemon's 4096: a boot storm of 1,000 guests then overflowed
-the accept queue (dropped handshakes, 1 s SYN retransmissions, timeouts). So the
-backlog the socket's owner chose is read back from the socket and passed on.
+The listening socket defers accepting until a connection's first data has arrived
+(TCP_DEFER_ACCEPT): the request is then read in the same pass that accepts it. A
+client that sends nothing is still accepted after about `DEFER_ACCEPT_S` (the kernel
+then completes it on its next ACK) and meets the idle and header timeouts as before.
+
+Connections are kept below a descriptor budget (the soft RLIMIT_NOFILE less a reserve
+for the store, metrics and stats files): at the budget accepting stops, leaving new
+connections in the kernel's backlog, and looks again every `pause` seconds; open
+connections are served throughout. accept4 failing with EMFILE/ENFILE pauses the
+same way. `watch()` (run by the responder's sweeper) is the safety net: connections
+that waited in the backlog at two looks in a row with none accepted in between while
+accepting was meant to run restart it.
 """
 
 from __future__ import annotations
@@ -32,9 +30,22 @@ import socket
 import struct
 from collections.abc import Callable
 
+from transparent_md.responder.connections import Connections
+from transparent_md.responder.rawsock import Acceptor
+
 log = logging.getLogger(__name__)
 
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
+# A connection reset or refused (by a firewall hook) between the handshake and accept4:
+# the next one may be fine (see accept(2)).
+_GONE_BEFORE_ACCEPTED = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
+                         errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET,
+                         errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH)
+# Connections accepted per wake-up of the loop before others get a turn.
+ACCEPT_BATCH = 64
+# How long an accepted-but-silent connection may wait for its first byte in the kernel
+# (rounded up to SYN-ACK retransmissions: 1 s is one).
+DEFER_ACCEPT_S = 1
 # struct tcp_info (linux/tcp.h): eight u8 fields, then u32 rto, ato, snd_mss, rcv_mss and
 # tcpi_unacked, which for a listening socket is its accept queue's length.
 _TCP_INFO_UNACKED_OFFSET = 24
@@ -78,13 +89,14 @@ def descriptor_budget(reserve: int) -> int:
 
 
 class Listener:
-    """Serves `sock` with `protocol_factory`; `pause()` stops accepting for a while."""
+    """Accepts on `sock` and serves each connection with `protocol_factory`."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
                  protocol_factory: Callable[[], asyncio.Protocol],
                  pause_s: float, open_connections: Callable[[], int], budget: int,
                  on_pause: Callable[[], None],
-                 on_restart: Callable[[], None] = lambda: None) -> None:
+                 on_restart: Callable[[], None] = lambda: None,
+                 connections: Connections | None = None) -> None:
         self._loop = loop
         self._sock = sock
         self._factory = protocol_factory
@@ -93,43 +105,63 @@ class Listener:
         self.budget = budget
         self._on_pause = on_pause
         self._on_restart = on_restart
-        self._server: asyncio.AbstractServer | None = None
+        self._own_connections = connections is None
+        self._connections = connections if connections is not None else Connections(loop)
+        self._acceptor = Acceptor(sock)
+        self.fileno = sock.fileno()
         self._resume: asyncio.TimerHandle | None = None
         self._closed = False
+        self._accepting = False
         self._waiting_at_last_look = 0
+        self._accepted_at_last_look = 0
+        self.accepted = 0
         self.paused = False
-        # Read once: every duplicate is served with the owner's backlog (see above).
         self.backlog = listen_backlog(sock)
 
-    @property
-    def server(self) -> asyncio.AbstractServer | None:
-        """The server accepting now (None while paused)."""
-        return self._server
-
     async def start(self) -> None:
-        await self._serve()
-        previous = self._loop.get_exception_handler()
-
-        def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
-            exc = context.get("exception")
-            if isinstance(exc, OSError) and exc.errno in _OUT_OF_FDS:
-                self.pause()
-                return
-            if previous is not None:
-                previous(loop, context)
-            else:
-                loop.default_exception_handler(context)
-
-        self._loop.set_exception_handler(handler)
-
-    async def _serve(self) -> None:
-        duplicate = socket.socket(fileno=os.dup(self._sock.fileno()))
+        self._sock.setblocking(False)  # accept4 is tried until nothing waits
         try:
-            self._server = await self._loop.create_server(self._factory, sock=duplicate,
-                                                          backlog=self.backlog)
-        except BaseException:
-            duplicate.close()
-            raise
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_S)
+        except OSError:
+            pass  # not TCP: accepted as it comes
+        self._start_accepting()
+
+    def _start_accepting(self) -> None:
+        if not self._accepting:
+            self._loop.add_reader(self.fileno, self._accept_ready)
+            self._accepting = True
+
+    def _stop_accepting(self) -> None:
+        if self._accepting:
+            self._loop.remove_reader(self.fileno)
+            self._accepting = False
+
+    def _accept_ready(self) -> None:
+        connections = self._connections
+        acceptor = self._acceptor
+        factory = self._factory
+        connections.begin_pass()
+        try:
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    accepted = acceptor.accept()
+                except OSError as exc:
+                    if exc.errno in _OUT_OF_FDS:
+                        self.pause()
+                        break
+                    if exc.errno in _GONE_BEFORE_ACCEPTED:
+                        continue
+                    log.error("accepting failed: %s", exc)
+                    self.pause()
+                    break
+                if accepted is None:
+                    break
+                self.accepted += 1
+                connections.serve(accepted[0], accepted[1], factory())
+                if self.paused:
+                    break
+        finally:
+            connections.end_pass()
 
     def check(self) -> None:
         """Called as a connection opens: pause at the descriptor budget."""
@@ -145,26 +177,24 @@ class Listener:
         log.warning("accepting paused: %d connections open, budget %d file descriptors "
                     "(raise LimitNOFILE or lower the per-guest caps)",
                     self._open_connections(), self.budget)
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        self._stop_accepting()
         self._resume = self._loop.call_later(self._pause_s, self._try_resume)
 
     def watch(self) -> None:
         """Restart accepting if connections wait in the backlog and nobody takes them."""
+        accepted, self._accepted_at_last_look = (self.accepted - self._accepted_at_last_look,
+                                                 self.accepted)
         if self.paused or self._closed:
             self._waiting_at_last_look = 0
             return
         waiting = accept_queue_length(self._sock)
-        if waiting and self._waiting_at_last_look:
+        if waiting and self._waiting_at_last_look and not accepted:
             self._on_restart()
             log.warning("accepting restarted: %d connections were waiting in the backlog",
                         waiting)
-            if self._server is not None:
-                self._server.close()
-                self._server = None
-            self.paused = True  # until the new server is up
-            self._loop.create_task(self._resume_accepting())
+            self._stop_accepting()
+            self._start_accepting()
+            self._loop.call_soon(self._accept_ready)
             waiting = 0
         self._waiting_at_last_look = waiting
 
@@ -175,20 +205,8 @@ class Listener:
         if self._open_connections() >= self.budget:
             self._resume = self._loop.call_later(self._pause_s, self._try_resume)
             return
-        self._loop.create_task(self._resume_accepting())
-
-    async def _resume_accepting(self) -> None:
-        try:
-            await self._serve()
-        except OSError as exc:
-            if exc.errno not in _OUT_OF_FDS:
-                raise
-            self._resume = self._loop.call_later(self._pause_s, self._try_resume)
-            return
-        if self._closed:
-            self._server.close()
-            return
         self.paused = False
+        self._start_accepting()
         log.warning("accepting resumed: %d connections open", self._open_connections())
 
     def close(self) -> None:
@@ -196,9 +214,9 @@ class Listener:
         self._closed = True
         if self._resume is not None:
             self._resume.cancel()
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        self._stop_accepting()
+        if self._own_connections:
+            self._connections.close()
 
     async def wait_closed(self) -> None:
         """For callers written against asyncio.Server."""

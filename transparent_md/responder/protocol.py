@@ -29,6 +29,7 @@ from transparent_md.responder.prepared import prepared_for
 from transparent_md.responder.tokens import TOKEN_HEADER, TTL_REQUEST_HEADER
 
 if TYPE_CHECKING:
+    from transparent_md.responder.connections import SocketTransport
     from transparent_md.responder.server import ResponderState
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class MetadataProtocol(asyncio.Protocol):
     CLOSED_HEADER_TIMEOUT = "header-timeout"
 
     __slots__ = (
-        "_state", "_store", "_dispatcher", "_responses", "_parser", "_transport", "_fd", "_guest",
+        "_state", "_store", "_dispatcher", "_responses", "_parser", "_transport", "_guest",
         "_identity", "_snapshot", "_prepared", "_closing", "_write_paused", "_ttl_lowered",
         "_in_head", "_unparsed", "_url", "_header_bytes", "_token", "_ttl",
         "_forwarded", "_connection_header", "_body", "_reject", "_admitted", "_forged",
@@ -93,10 +94,7 @@ class MetadataProtocol(asyncio.Protocol):
         self._dispatcher = state.dispatcher
         self._responses = state.stats.responses
         self._parser = httptools.HttpRequestParser(self)
-        self._transport: asyncio.Transport | None = None
-        # The connection's descriptor for `rawsock` calls, read on first use: None not
-        # yet, -1 unknown or closed.
-        self._fd: int | None = None
+        self._transport: SocketTransport | None = None
         self._guest = None
         self._snapshot = None
         self._prepared = None
@@ -135,8 +133,7 @@ class MetadataProtocol(asyncio.Protocol):
         state = self._state
         stats = state.stats
         stats.connections_opened += 1
-        # uvloop reads the peer (getpeername) as it makes every transport and keeps it:
-        # asking costs no system call. The socket itself is asked for only when needed.
+        # The peer came with accept4: asking costs no system call.
         peer = transport.get_extra_info("peername")
         guest = None
         try:
@@ -168,7 +165,6 @@ class MetadataProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self._fd = -1
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
@@ -324,12 +320,8 @@ class MetadataProtocol(asyncio.Protocol):
             self._close()
 
     def _descriptor(self) -> int:
-        """The connection's fd (-1 if unknown); uvloop's socket costs a getsockname, once."""
-        fd = self._fd
-        if fd is None:
-            sock = self._transport.get_extra_info("socket")
-            self._fd = fd = sock.fileno() if sock is not None else -1
-        return fd
+        """The connection's descriptor for `rawsock` calls (-1 once closed)."""
+        return self._transport.fileno()
 
     def _abort(self, status: int) -> _Reject:
         self._reject = status
@@ -398,7 +390,6 @@ class MetadataProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         self._closing = True
-        self._fd = -1  # the transport closes (and may reuse) the descriptor
         self._transport.close()
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from transparent_md.identity import Guest
 from transparent_md.responder.accepting import Listener, descriptor_budget
 from transparent_md.responder.access_log import AccessLog
 from transparent_md.responder.admission import ConnectionCaps, RequestBuckets
+from transparent_md.responder.connections import Connections
 from transparent_md.responder.dispatch import Dispatcher
 from transparent_md.responder.limits import ResponderLimits
 from transparent_md.responder.memory import MemoryReclaimer
@@ -109,6 +110,7 @@ class Responder:
                                     idle_timeout, access_log=access_log)
         self.idle_timeout = idle_timeout
         self._sweeper: asyncio.TimerHandle | None = None
+        self._connections: Connections | None = None
 
     @property
     def stats(self) -> ResponderStats:
@@ -139,9 +141,11 @@ class Responder:
         def restarted() -> None:
             state.stats.accept_restarted += 1
 
+        self._connections = connections = Connections(loop, state.raw_calls)
         listener = Listener(loop, sock, lambda: MetadataProtocol(state), limits.accept_pause_s,
                             lambda: state.stats.open_connections,
-                            descriptor_budget(limits.fd_reserve), paused, restarted)
+                            descriptor_budget(limits.fd_reserve), paused, restarted,
+                            connections)
         state.listener = listener
         await listener.start()
         self._schedule_sweep(loop)
@@ -154,6 +158,9 @@ class Responder:
             self._sweeper = None
         for connection in list(self.state.connections):
             connection.close()
+        if self._connections is not None:
+            self._connections.close()
+            self._connections = None
         if self.state.access_log is not None:
             self.state.access_log.flush()
 
