@@ -22,6 +22,7 @@ accepting was meant to run restart it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -120,10 +121,8 @@ class Listener:
 
     async def start(self) -> None:
         self._sock.setblocking(False)  # accept4 is tried until nothing waits
-        try:
+        with contextlib.suppress(OSError):  # not TCP: accepted as it comes
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_S)
-        except OSError:
-            pass  # not TCP: accepted as it comes
         self._start_accepting()
 
     def _start_accepting(self) -> None:
