@@ -123,6 +123,9 @@ class Listener:
         self._sock.setblocking(False)  # accept4 is tried until nothing waits
         with contextlib.suppress(OSError):  # not TCP: accepted as it comes
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_S)
+            # Accepted sockets inherit it: a reply's last partial segment never waits
+            # for the ACK of the ones before it (what uvloop set per connection).
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._start_accepting()
 
     def _start_accepting(self) -> None:
