@@ -14,6 +14,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
+from transparent_md.process import start_thread
+
 # How long stop() waits for a round in progress before giving up on the thread.
 STOP_TIMEOUT_S = 5.0
 
@@ -40,8 +42,7 @@ class Periodic:
 
     def start(self) -> None:
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
+        self._thread = start_thread(self.name, self._run)
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,4 +1,5 @@
-"""Process and libc helpers, in one place: stop a child, die with the parent, setns, limits.
+"""Process and libc helpers, in one place: stop a child, die with the parent, setns, limits,
+named threads.
 
 Everything here acts only on processes we started (by PID) or on our own process.
 """
@@ -13,11 +14,16 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
 libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
+PR_SET_NAME = 15  # prctl(2)
+# The kernel's thread name holds 16 bytes with the terminating NUL.
+THREAD_NAME_MAX = 15
 PR_SET_PDEATHSIG = 1
 CLONE_NEWNET = 0x40000000
 
@@ -56,6 +62,26 @@ def die_with_parent(parent_pid: int) -> None:
     check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM))
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         sys.exit(1)
+
+
+def name_this_thread(name: str) -> None:
+    """Give the calling thread `name` in /proc (top -H, ps -L): the kernel keeps 15 bytes.
+
+    Python's thread names are its own; without this every helper shows as "python".
+    """
+    libc.prctl(PR_SET_NAME, name.encode()[:THREAD_NAME_MAX], 0, 0, 0)
+
+
+def start_thread(name: str, target: Callable[[], object]) -> threading.Thread:
+    """Start a daemon thread called `name`, in Python and in /proc, running `target`."""
+
+    def run() -> None:
+        name_this_thread(name)
+        target()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 def raise_nofile_limit() -> tuple[int, int]:

@@ -29,6 +29,7 @@ import httptools
 
 from transparent_md.api.routes import AdminApi, ApiError, Request, Response
 from transparent_md.errors import UserError
+from transparent_md.process import start_thread
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,7 @@ class AdminServer:
         return run
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="admin-api", daemon=True)
-        self._thread.start()
+        self._thread = start_thread("admin-api", self._run)
         self._ready.wait(THREAD_START_TIMEOUT_S)
         if self._failure is not None:
             raise self._failure

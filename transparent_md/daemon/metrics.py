@@ -10,7 +10,6 @@ It runs in a background thread in the daemon's namespace, never on the guests' p
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -18,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.registry import Collector
 
 from transparent_md.errors import UserError
+from transparent_md.process import start_thread
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,6 @@ def start_metrics(address: tuple[str, int], collectors: list[Collector],
     except OSError as exc:
         raise UserError(f"--metrics {host}:{port}: {exc.strerror}") from exc
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    start_thread("metrics", server.serve_forever)
     log.info("metrics on http://%s:%d/metrics, health on /healthz", host, port)
     return server

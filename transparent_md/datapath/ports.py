@@ -34,6 +34,7 @@ from transparent_md.datapath.port_selection import (
     matching_bridges,
     selected_ports,
 )
+from transparent_md.process import start_thread
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +222,7 @@ class PortAttacher:
     # -- following ----------------------------------------------------------------
     def follow(self) -> None:
         """Start the background listener (a thread with its own netlink sockets)."""
-        self._thread = threading.Thread(target=self._run, name="port-follower", daemon=True)
-        self._thread.start()
+        self._thread = start_thread("port-follower", self._run)
 
     def stop_following(self) -> None:
         self._stop.set()

@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from transparent_md.process import start_thread
 from transparent_md.store.etcd_client import (
     EtcdClient,
     EtcdError,
@@ -87,9 +88,7 @@ class FleetFollower:
         """Start following; wait up to `wait_s` for a first sync (not when etcd is down:
         the first failed attempt returns at once, and the cache is served as it is)."""
         for name, target in (("fleet-watch", self._watch_loop), ("fleet-poll", self._poll_loop)):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            self._threads.append(start_thread(name, target))
         self._synced.wait(wait_s)
         if self.state.connected:
             log.info("fleet store %s: cache %s at revision %d, %d records", self.target.describe(),
