@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 from pathlib import Path
 
@@ -220,6 +221,12 @@ class BpfMap:
         values = (ctypes.c_uint64 * possible_cpus())()
         self.lookup(ctypes.c_uint32(index), values)
         return list(values)
+
+    def mapped(self, value_type: type, count: int) -> mmap.mmap:
+        """Read-only mapping of an array map created with BPF_F_MMAPABLE, `count` entries
+        of `value_type`: reading it costs no system call and copies nothing."""
+        return mmap.mmap(self.fd, ctypes.sizeof(value_type) * count, mmap.MAP_SHARED,
+                         mmap.PROT_READ)
 
     def close(self) -> None:
         if self.fd >= 0 and self._owned:

@@ -19,10 +19,12 @@ spoofed SYN comes back in seconds.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
 import itertools
 import logging
+import struct
 import time
 from pathlib import Path
 
@@ -47,6 +49,11 @@ RELEASE_GRACE_S = 2.0
 DEFAULT_SLOT_REUSE_DELAY_S = DEFAULT_CACHE_TTL_S + 5.0
 assert DEFAULT_SLOT_REUSE_DELAY_S > DEFAULT_CACHE_TTL_S, "reuse must outlast the identity cache"
 _NS_PER_S = 1_000_000_000
+# Reading slots in the mapped table: a Slot is 10 u32 words, ifindex first.
+_SLOT_SIZE = ctypes.sizeof(layout.Slot)
+_SLOT_WORDS = _SLOT_SIZE // ctypes.sizeof(ctypes.c_uint32)
+_LAST_SEEN_OFFSET = layout.Slot.last_seen_ns.offset
+_U64 = struct.Struct("=Q")
 
 
 class SlotReleaser:
@@ -67,14 +74,17 @@ class SlotReleaser:
         self._periodic = Periodic("slot-releaser", interval_s, lambda _: self.run_once(),
                                   logger=log)
         self.in_use = 0          # slots taken after the last round (a gauge)
-        # The slot table and key buffers, reused every round (see array_values).
-        self._buffers: tuple[ctypes.Array, ctypes.Array] | None = None
+        # The whole slot table as shared memory (the map is BPF_F_MMAPABLE): a round
+        # reads what the port program wrote, with no copy and no system call.
+        self._mapping = self._slots.mapped(layout.Slot, layout.MAX_SLOTS)
+        self._table = memoryview(self._mapping)
+        self._ifindexes = self._table.cast("I")[::_SLOT_WORDS]
         self.released_total = 0  # slots released since start
 
     # -- one round ------------------------------------------------------------------
     def run_once(self) -> int:
         """Release every idle slot; returns how many were released."""
-        snapshot, taken = self._taken_slots()
+        taken = self._taken_slots()
         if not taken:
             self.in_use = 0
             return 0
@@ -82,7 +92,9 @@ class SlotReleaser:
         # busy (a boot storm, a benchmark) there are none, and the socket dump, the
         # costly part of a round, is skipped.
         recent = time.monotonic_ns() - self._grace_ns
-        idle = [index for index in taken if snapshot[index].last_seen_ns <= recent]
+        table = self._table
+        idle = [index for index in taken
+                if _U64.unpack_from(table, index * _SLOT_SIZE + _LAST_SEEN_OFFSET)[0] <= recent]
         if not idle:
             self.in_use = len(taken)
             return 0
@@ -100,21 +112,15 @@ class SlotReleaser:
         self.released_total += released
         return released
 
-    def _taken_slots(self) -> tuple[ctypes.Array, list[int]]:
-        """Every slot (read in a few batch calls) and the indexes of the taken ones."""
+    def _taken_slots(self) -> list[int]:
+        """Indexes of the taken slots (ifindex set) among the configured ones."""
         cfg = layout.Config()
         if not self._config.lookup(ctypes.c_uint32(0), cfg) or cfg.shadow_slots == 0:
-            return (layout.Slot * 0)(), []
-        count = cfg.shadow_slots + 1
-        if self._buffers is None or len(self._buffers[0]) != count:
-            self._buffers = ((layout.Slot * count)(), (ctypes.c_uint32 * count)())
-        slots = self._slots.array_values(layout.Slot, count, into=self._buffers)
-        # The ifindex of every slot at once (a Slot is 10 u32 words, ifindex first).
-        words = ctypes.sizeof(layout.Slot) // ctypes.sizeof(ctypes.c_uint32)
-        ifindexes = memoryview(slots).cast("B").cast("I")[::words]
-        # compress() walks the words in C: a Python loop over 65,536 slots would hold the
-        # GIL for milliseconds every round, stalling the serving loop meanwhile.
-        return slots, [i for i in itertools.compress(range(len(ifindexes)), ifindexes) if i]
+            return []
+        count = min(cfg.shadow_slots + 1, layout.MAX_SLOTS)
+        # compress() walks the ifindex words in C: a Python loop over 65,536 slots would
+        # hold the GIL for milliseconds every round, stalling the serving loop meanwhile.
+        return [i for i in itertools.compress(range(count), self._ifindexes[:count]) if i]
 
     def _release_if_idle(self, index: int) -> bool:
         key = ctypes.c_uint32(index)
@@ -141,6 +147,10 @@ class SlotReleaser:
 
     def stop(self) -> None:
         self._periodic.stop()
+        self._ifindexes.release()
+        self._table.release()
+        with contextlib.suppress(BufferError):  # a view still held elsewhere: GC unmaps
+            self._mapping.close()
         for handle in (self._slots, self._by_guest, self._released, self._config):
             handle.close()
         self._peers.close()
