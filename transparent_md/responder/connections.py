@@ -55,7 +55,7 @@ class Connections:
         self._epoll = select.epoll()
         self._open: dict[int, SocketTransport] = {}
         # connection_lost calls owed for connections closed during the current pass.
-        self._lost: list[tuple[asyncio.BaseProtocol, Exception | None]] = []
+        self._lost: list[tuple[SocketTransport, Exception | None]] = []
         self._passes = 0
         self._flush_scheduled = False
         self.raw_calls = raw_calls if raw_calls is not None else RawSocketCalls()
@@ -106,10 +106,9 @@ class Connections:
     def _modify(self, fd: int, events: int) -> None:
         self._epoll.modify(fd, events)
 
-    def _closed(self, fd: int, protocol: asyncio.BaseProtocol,
-                exc: Exception | None) -> None:
+    def _closed(self, fd: int, transport: SocketTransport, exc: Exception | None) -> None:
         self._open.pop(fd, None)
-        self._lost.append((protocol, exc))
+        self._lost.append((transport, exc))
         if not self._passes and not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_lost)
@@ -146,7 +145,12 @@ class Connections:
     def _flush_lost(self) -> None:
         self._flush_scheduled = False
         lost, self._lost = self._lost, []
-        for protocol, exc in lost:
+        for transport, exc in lost:
+            protocol = transport._protocol
+            # The protocol holds its transport: without this the pair would be a cycle
+            # that only the cyclic GC frees, a pile of them per second under load and
+            # a GC pause in some request's latency.
+            transport._protocol = None
             try:
                 protocol.connection_lost(exc)
             except Exception:
@@ -324,4 +328,4 @@ class SocketTransport(asyncio.Transport):
             os.close(fd)  # also leaves the epoll: nothing else holds this descriptor
         except OSError:
             pass
-        self._owner._closed(fd, self._protocol, exc)
+        self._owner._closed(fd, self, exc)
