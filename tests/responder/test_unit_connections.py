@@ -288,6 +288,8 @@ def test_a_failing_protocol_loses_its_connection_only():
         good = socket.create_connection(address, timeout=TIMEOUT_S)
         good.sendall(b"fine")
         assert _read_all(good) == b"got fine"
+        # connection_lost comes at the end of the pass, which may have served `good` too
+        assert server.protocols[0].lost.wait(TIMEOUT_S)
         assert isinstance(server.protocols[0].lost_exc, RuntimeError)
         bad.close()
         good.close()
