@@ -45,6 +45,9 @@ STOP_POLL_S = 0.5
 # rtnetlink multicast group RTNLGRP_TC (4) as a bind() mask.
 RTMGRP_TC = 1 << (4 - 1)
 EVENT_BUFFER_BYTES = 1 << 20
+# One read takes what is queued up to this (a tc message is under 1 KiB): a 1 MiB
+# buffer per read would leave glibc holding fragments of them for good.
+RECV_BYTES = 1 << 16
 # Message types that can take our filter away or put a foreign one at our position.
 _TC_CHANGES = frozenset({
     36, 37,    # RTM_NEWQDISC, RTM_DELQDISC (clsact replaced or removed)
@@ -183,7 +186,7 @@ class FilterGuard:
         changed: set[int] = set()
         while True:
             try:
-                changed |= changed_ifindexes(events.recv(EVENT_BUFFER_BYTES))
+                changed |= changed_ifindexes(events.recv(RECV_BYTES))
             except BlockingIOError:
                 return changed, False
             except OSError as exc:
