@@ -22,7 +22,7 @@ from transparent_md.responder.limits import ResponderLimits
 
 # Caps far above the descriptor limit, so only the fd budget stops accepting.
 UNCAPPED = 1 << 20
-# Descriptors kept free: the store, stdin/out/err, the listener and its duplicate.
+# Descriptors kept free: the store, stdin/out/err, the listener, the connections' epoll.
 TEST_FD_RESERVE = 16
 
 

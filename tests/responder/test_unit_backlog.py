@@ -1,7 +1,8 @@
 """The Listener serves with the backlog its socket's owner chose, not asyncio's 100.
 
-create_server() calls listen() again on the duplicate it serves; left to its default
-that shrank the daemon's 4096 to 100 and a 1,000-guest boot storm overflowed it.
+The responder once served through create_server(), which calls listen() again on what
+it serves; left to its default that shrank the daemon's 4096 to 100 and a 1,000-guest
+boot storm overflowed it. The Listener accepts for itself now and never re-listens.
 """
 
 from __future__ import annotations
