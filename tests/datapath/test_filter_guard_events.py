@@ -15,7 +15,7 @@ from pyroute2.netlink import NETLINK_ROUTE
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from tests.conftest import FOREIGN_FILTER
-from transparent_md.datapath.filter_guard import RTMGRP_TC, changed_ifindexes
+from transparent_md.datapath.filter_guard import RTMGRP_TC, SweepSlices, changed_ifindexes
 from transparent_md.datapath.responder_side import entered_netns
 
 pytestmark = pytest.mark.netns
@@ -79,3 +79,13 @@ def test_link_messages_name_nothing(topology):
                                     b"\x00" * 16, b"\xff" * 64])
 def test_truncated_or_garbage_buffers_name_nothing_and_never_raise(buffer):
     assert isinstance(changed_ifindexes(buffer), set)
+
+
+def test_sweep_slices_cover_every_port_once_per_round_then_start_again():
+    slices = SweepSlices(4)
+    ports = set(range(1, 11))
+    seen = [slices.next_slice(ports) for _ in range(4)]
+    assert set().union(*seen) == ports
+    assert sum(len(s) for s in seen) == len(ports)  # each once
+    assert slices.next_slice(ports) <= ports  # a new round
+    assert SweepSlices(60).next_slice({7}) == {7}

@@ -215,7 +215,7 @@ class Datapath:
             self.attacher.reconfigure(self.ipr, self.selection, gateways)
 
     def resync(self) -> None:
-        """Re-read bridge membership now (the follower does this on events and every 30 s)."""
+        """Re-read bridge membership now (the follower does this on events and every 10 min)."""
         if self.attacher and self.ipr:
             self.attacher.sync(self.ipr)
 

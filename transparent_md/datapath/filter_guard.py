@@ -10,8 +10,10 @@ control group, and a filter or qdisc added, replaced or deleted on an attached p
 gets that port checked a moment later (`SETTLE_S`, so a port being deleted is
 forgotten by the port follower first, not "restored"). Checking every port on a timer
 instead cost one filter dump per port per round: with 1,000 guests, a third of a core
-and the responder's GIL. A full round still runs every `SWEEP_S`, and at once when the
-kernel dropped events (ENOBUFS), so nothing depends on every event arriving.
+and the responder's GIL. So nothing depends on every event arriving, every port is
+also checked once per `SWEEP_S`, a slice each second (a whole round at once would hold
+the GIL the serving loop waits for), and all of them at once when the kernel dropped
+events (ENOBUFS).
 
 The status file and `status` read what the last check found (`missing_now`).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import select
 import socket
 import struct
@@ -36,8 +39,9 @@ from transparent_md.process import start_thread
 
 log = logging.getLogger(__name__)
 
-# A full round over every port this often, whatever the events said.
-SWEEP_S = 30.0
+# Every port is checked once in this long, whatever the events said, a slice a second.
+SWEEP_S = 60.0
+SLICE_INTERVAL_S = 1.0
 # A port named by an event is checked this long after it, once the burst is over.
 SETTLE_S = 0.2
 # How often the thread looks whether it was asked to stop.
@@ -74,6 +78,23 @@ def changed_ifindexes(buffer: bytes) -> set[int]:
             out.add(_TCMSG_IFINDEX.unpack_from(buffer, body + _TCMSG_IFINDEX_OFFSET)[0])
         offset += (length + 3) & ~3
     return out
+
+
+class SweepSlices:
+    """Hands out the ports a slice at a time, so `slices` slices cover all of them."""
+
+    def __init__(self, slices: float) -> None:
+        self._slices = max(1.0, slices)
+        self._pending: list[int] = []
+
+    def next_slice(self, ports) -> set[int]:
+        """The next few ports of the current round (a new round starts when one ends)."""
+        if not self._pending:
+            self._pending = sorted(ports, reverse=True)
+            self._size = max(1, math.ceil(len(self._pending) / self._slices))
+        taken = self._pending[-self._size:]
+        del self._pending[-self._size:]
+        return set(taken)
 
 
 class FilterGuard:
@@ -153,30 +174,32 @@ class FilterGuard:
 
     def _run(self, events: socket.socket) -> None:
         with events, IPRoute() as ipr:
-            next_sweep = time.monotonic() + self.sweep_s
+            next_slice = time.monotonic() + SLICE_INTERVAL_S
+            rounds = SweepSlices(self.sweep_s / SLICE_INTERVAL_S)
             dirty: set[int] = set()
             due = None  # when the ports in `dirty` are checked
             while not self._stop.is_set():
                 now = time.monotonic()
-                wake = min(next_sweep, due if due is not None else next_sweep)
+                wake = min(next_slice, due if due is not None else next_slice)
                 ready, _, _ = select.select([events], [], [],
                                             max(0.0, min(STOP_POLL_S, wake - now)))
+                everything = False
                 if ready:
-                    changed, overflowed = self._drain(events)
-                    if overflowed:
-                        next_sweep = 0.0  # events were lost: look at every port now
+                    changed, everything = self._drain(events)
                     dirty |= changed & set(self.attacher.attached)
                     if dirty and due is None:
                         due = time.monotonic() + SETTLE_S
                 now = time.monotonic()
                 try:
-                    if now >= next_sweep:
+                    if everything:  # events were lost: look at every port now
                         dirty, due = set(), None
-                        next_sweep = now + self.sweep_s
                         self.check_once(ipr)
                     elif due is not None and now >= due:
                         ports, dirty, due = dirty, set(), None
                         self.check_once(ipr, ports)
+                    if now >= next_slice:
+                        next_slice = now + SLICE_INTERVAL_S
+                        self.check_once(ipr, rounds.next_slice(self.attacher.attached))
                 except Exception:
                     log.exception("checking our filters failed; the next round runs as usual")
 

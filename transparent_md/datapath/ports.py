@@ -38,9 +38,11 @@ from transparent_md.process import start_thread
 
 log = logging.getLogger(__name__)
 
-# A full resync of bridge membership this often, in case netlink events were lost
-# (events alone keep up otherwise; a full re-read of every link is costly on big hosts).
-RESYNC_INTERVAL_S = 30.0
+# A full resync of bridge membership this often, in case events went missing without an
+# ENOBUFS (which resyncs at once). Events alone keep up otherwise, and a full re-read
+# is costly on big hosts: with 1,000 ports about 0.3 s of Python holding the GIL, which
+# the serving loop in the same process then waits for at every system call.
+RESYNC_INTERVAL_S = 600.0
 # How long the listener waits for events before checking for stop/resync.
 POLL_INTERVAL_S = 0.2
 # Room for a burst of link events (many VMs starting at once) between two reads.

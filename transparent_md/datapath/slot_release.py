@@ -49,6 +49,9 @@ RELEASE_GRACE_S = 2.0
 DEFAULT_SLOT_REUSE_DELAY_S = DEFAULT_CACHE_TTL_S + 5.0
 assert DEFAULT_SLOT_REUSE_DELAY_S > DEFAULT_CACHE_TTL_S, "reuse must outlast the identity cache"
 _NS_PER_S = 1_000_000_000
+# After a socket dump that took T, the next waits at least T * DUMP_PACING: at most 5 %
+# of the time goes to dumping, however many sockets the responder namespace holds.
+DUMP_PACING = 20.0
 # Reading slots in the mapped table: a Slot is 10 u32 words, ifindex first.
 _SLOT_SIZE = ctypes.sizeof(layout.Slot)
 _SLOT_WORDS = _SLOT_SIZE // ctypes.sizeof(ctypes.c_uint32)
@@ -80,6 +83,7 @@ class SlotReleaser:
         self._table = memoryview(self._mapping)
         self._ifindexes = self._table.cast("I")[::_SLOT_WORDS]
         self.released_total = 0  # slots released since start
+        self._next_dump = 0.0    # monotonic time before which no socket dump runs
 
     # -- one round ------------------------------------------------------------------
     def run_once(self) -> int:
@@ -98,10 +102,18 @@ class SlotReleaser:
         if not idle:
             self.in_use = len(taken)
             return 0
+        # The dump is paced by its own cost: with tens of thousands of sockets (TIME_WAIT
+        # after a storm) it is Python work holding the GIL, which the serving loop in this
+        # process waits for at every system call; slots can come back a little later.
+        started = time.monotonic()
+        if started < self._next_dump:
+            self.in_use = len(taken)
+            return 0
         # Sockets are listed before last-seen is judged again (from a fresh read, right
         # before a release): a SYN arriving in between refreshes last-seen, so its slot is
         # kept even though its socket was not seen yet.
         peers = self._peers.peers()
+        self._next_dump = started + (time.monotonic() - started) * DUMP_PACING
         released = 0
         for index in idle:
             if self._shadow_net | index in peers:
