@@ -14,6 +14,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -163,11 +164,18 @@ def test_the_listener_pauses_when_accept_runs_out_of_descriptors(tmp_path):
         assert live.responder.stats.accept_paused == 1
 
 
+def _stop_accepting(loop, fileno: int, done: threading.Event) -> None:
+    loop.remove_reader(fileno)
+    done.set()
+
+
 def test_accepting_restarts_when_the_server_stops_without_a_word(tmp_path):
     """Accepting stopped by something else than a pause (simulated) is restarted."""
     for live in start_responder(str(tmp_path / "i.db"), idle_timeout=0.4):
         listener = live.responder.state.listener
-        live.loop.call_soon_threadsafe(live.loop.remove_reader, listener.fileno)
+        removed = threading.Event()
+        live.loop.call_soon_threadsafe(_stop_accepting, live.loop, listener.fileno, removed)
+        assert removed.wait(5)  # else the connection below may be accepted before it
         sock = live.socket()  # completed by the kernel, waits in the backlog
         sock.sendall(f"GET {ID} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         reply = Conn(sock).read()  # answered once the sweeper restarts accepting
