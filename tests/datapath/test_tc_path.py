@@ -11,6 +11,7 @@ One hypervisor namespace with two tenant bridges:
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -19,6 +20,8 @@ import pytest
 
 from tests.conftest import FOREIGN_FILTER, write_records
 from transparent_md.lab.hypervisor import Hypervisor
+from transparent_md.lab.netns import NETNS_DIR
+from transparent_md.names import DEFAULT_NAME, DaemonNames
 from transparent_md.process import stop_process
 
 pytestmark = pytest.mark.netns
@@ -204,3 +207,22 @@ def test_routerless_guests_offlink_traffic_is_not_flooded_to_neighbours(world):
     seen_text = "".join(seen)
     assert f"> {watcher.ip}.9999" in seen_text, seen_text
     assert "192.168.77.1" not in seen_text, seen_text
+
+
+def test_replies_to_many_identities_share_one_neighbour_entry(world):
+    """The responder namespace reaches every shadow address through one next hop: the
+    kernel's ARP table, shared by all namespaces, holds one entry for it, not one per
+    guest (past about a thousand guests that table refused more: replies were lost)."""
+    hv, daemon, _ = world
+    path = "/latest/meta-data/instance-id"
+    for guest, source in (("a", "10.0.0.5"), ("a", "10.0.0.50"), ("b", ""), ("onlink", "")):
+        assert counts(burst(hv, hv.guests[guest].ns, 2, path, source)) != {}
+    inode = os.stat(f"{NETNS_DIR}/{hv.ns}").st_ino
+    responder_ns = DaemonNames(DEFAULT_NAME, inode).responder_netns
+    # The daemon's responder namespace is mounted in its own mount namespace.
+    res = subprocess.run(["nsenter", "-t", str(daemon.proc.pid), "-m", "-n", "ip", "netns",
+                          "exec", responder_ns, "ip", "-4", "neigh", "show", "nud", "all"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    entries = res.stdout.splitlines()
+    assert len(entries) == 1, entries

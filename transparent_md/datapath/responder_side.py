@@ -1,7 +1,8 @@
 """The responder's side of the datapath: a veth pair and, by default, its own namespace.
 
     host netns:      <name>-md (tc ingress: md_ingress)  <- requests are redirected out of it
-    responder netns: md1 = 169.254.169.254/32, route <shadow prefix> dev md1, arp off
+    responder netns: md1 = 169.254.169.254/32, arp off,
+                     route <shadow prefix> via <its network address> dev md1 onlink
 
 Keeping 169.254.169.254 inside a namespace of its own leaves the host's own route to an
 upstream metadata service (a hypervisor that is itself a cloud VM) untouched.
@@ -24,6 +25,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from transparent_md.names import DaemonNames
 from transparent_md.process import setns_net
+
+# rtnetlink route flag: the next hop is on the link, whatever its address (rtnetlink.h).
+RTNH_F_ONLINK = 4
 
 METADATA_IP = "169.254.169.254"
 METADATA_PORT = 80
@@ -127,7 +131,13 @@ def create(ipr: IPRoute, names: DaemonNames, shadow_prefix: str) -> ResponderSid
         side_ipr.link("set", index=peer_idx, state="up", arp=False)
         side_ipr.addr("add", index=peer_idx, address=METADATA_IP, prefixlen=32)
         net, plen = shadow_prefix.split("/")
-        side_ipr.route("add", dst=net, dst_len=int(plen), oif=peer_idx)
+        # Through one (never resolved) next hop: a route straight out of a NOARP device
+        # makes a neighbour entry per destination, one per guest identity, in the kernel's
+        # ARP table that every namespace shares (1,024 entries before it refuses more by
+        # default): past a thousand guests, replies to new ones were dropped. The
+        # prefix's network address is no guest's (slot 0 means none).
+        side_ipr.route("add", dst=net, dst_len=int(plen), gateway=net, oif=peer_idx,
+                       flags=RTNH_F_ONLINK)
         if netns_name:
             lo = side_ipr.link_lookup(ifname="lo")[0]
             side_ipr.link("set", index=lo, state="up")
