@@ -105,6 +105,9 @@ class BenchRun:
         self.say(f"store: {self.records} records; starting the daemon")
         self.daemon = self.hv.start_daemon(topology.BRIDGES, self.store,
                                            ["--workers", str(s.workers), *LOAD_GENERATOR_FLAGS])
+        if self.storm_guests:
+            topology.pin_metadata_neighbour(self.hv, self.storm_guests,
+                                            daemon_names(self.hv.ns).host_veth)
         self.router_ns = topology.build_router(self.hv)
         self.rt_ns, self.dnat_guests = topology.build_dnat_segment(self.topo, s.guests)
         self.hook = wrk.write_hook(self.workdir)
@@ -265,10 +268,14 @@ class BenchRun:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def daemon_names(hv_ns: str) -> DaemonNames:
+    """The names of the daemon the bench starts in `hv_ns` (derived from hv's inode)."""
+    return DaemonNames(DAEMON_NAME, os.stat(Path(NETNS_DIR) / hv_ns).st_ino)
+
+
 def daemon_namespace(hv_ns: str) -> str | None:
     """The responder namespace the daemon in `hv_ns` creates (named by hv's inode)."""
     try:
-        inode = os.stat(Path(NETNS_DIR) / hv_ns).st_ino
+        return daemon_names(hv_ns).responder_netns
     except OSError:
         return None
-    return DaemonNames(DAEMON_NAME, inode).responder_netns

@@ -24,7 +24,8 @@ BRIDGES = ("brb0", "brb1")
 # Guest addresses: one /16 per bridge, so 200+ guests fit without arithmetic tricks.
 GUEST_NET = "10.{bridge}.0.0/16"
 GUEST_NET_BASE = 20
-METADATA_ROUTE = "169.254.169.254 dev eth0"
+METADATA_IP = "169.254.169.254"
+METADATA_ROUTE = f"{METADATA_IP} dev eth0"
 # The routed (DNAT) segment and its router address.
 DNAT_BRIDGE = "brr"
 DNAT_ROUTER = "10.99.0.1"
@@ -96,6 +97,22 @@ def add_guests(hv: Hypervisor, role: str, count: int) -> list[BenchGuest]:
         out.append(BenchGuest(ns=g.ns, bridge=g.bridge, port=g.port, mac=g.mac, ip=g.ip,
                               instance_id=f"i-bench{role}{i:05d}"))
     return out
+
+
+def pin_metadata_neighbour(hv: Hypervisor, guests: list[BenchGuest], host_veth: str) -> None:
+    """Give each guest a permanent neighbour entry for 169.254.169.254: the MAC the
+    datapath answers its ARP with (the daemon's host veth end).
+
+    Guests here are namespaces, and every namespace shares the host kernel's ARP table,
+    which by default refuses new entries past 1,024 (a host-wide setting the bench must
+    not change); real VMs keep their own. A storm of 1,000 namespace guests, each with
+    its entry for .254, met that limit and its last guests' SYNs were never sent. The
+    kernel does not count permanent entries against it. Asking ARP is tested elsewhere.
+    """
+    out = hv.topo.sh(hv.ns, ["cat", f"/sys/class/net/{host_veth}/address"], check=True)
+    mac = out.stdout.strip()
+    for guest in guests:
+        hv.topo.ip(guest.ns, f"neigh replace {METADATA_IP} lladdr {mac} dev eth0 nud permanent")
 
 
 def build_hypervisor(topo: Topology) -> Hypervisor:
