@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import secrets
 import socket
 import subprocess
@@ -25,7 +24,7 @@ from transparent_md.datapath import layout
 from transparent_md.datapath.port_limits import PortLimits
 from transparent_md.datapath.responder_side import entered_netns
 from transparent_md.datapath.slot_release import SlotReleaser
-from transparent_md.lab.hypervisor import Hypervisor
+from transparent_md.lab.hypervisor import Hypervisor, daemon_names
 from transparent_md.names import DaemonNames
 from transparent_md.process import stop_process
 
@@ -193,10 +192,6 @@ def hv(topology, tmp_path_factory):
     return hv
 
 
-def daemon_names(hv: Hypervisor) -> DaemonNames:
-    return DaemonNames("tmd", os.stat(f"/run/netns/{hv.ns}").st_ino)
-
-
 def slots_in_use(hv: Hypervisor) -> int:
     """The daemon's gauge, scraped from its --metrics endpoint."""
     scraped = hv.topo.sh(hv.ns, ["curl", "-sS", "-m", "5", f"http://{METRICS}/metrics"])
@@ -246,7 +241,7 @@ def spoofed_syn(hv: Hypervisor, src: str) -> None:
 def test_served_guest_and_spoofed_syn_give_their_slots_back(hv):
     daemon = hv.start_daemon(["br0"], hv.store, ["--metrics", METRICS])
     try:
-        with releasing(daemon, daemon_names(hv)):
+        with releasing(daemon, daemon_names(hv.ns)):
             assert hv.curl(hv.guests["g0"].ns, "/latest/meta-data/instance-id") == (200, "i-0")
             spoofed_syn(hv, "10.0.0.99")
             assert slots_in_use(hv) >= 1
@@ -265,10 +260,8 @@ def test_responder_namespace_gives_up_synacks_after_two_retries(hv):
     host_before = hv.topo.sh(hv.ns, setting).stdout
     daemon = hv.start_daemon(["br0"], hv.store)
     try:
-        # The daemon's responder namespace is mounted in its own mount namespace.
         retries = subprocess.run(
-            ["nsenter", "-t", str(daemon.proc.pid), "-m", "-n",
-             "ip", "netns", "exec", daemon_names(hv).responder_netns, *setting],
+            daemon.in_responder_netns(daemon_names(hv.ns).responder_netns, setting),
             capture_output=True, text=True)
     finally:
         daemon.stop()

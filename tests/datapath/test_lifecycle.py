@@ -144,8 +144,7 @@ def listener_pids(hv: Hypervisor, daemon) -> set[int]:
     where its responder namespace is mounted: look from inside it.
     """
     (ns,) = responder_netns_of(hv)
-    out = subprocess.run(["nsenter", "-t", str(daemon.proc.pid), "-m", "ip", "netns", "exec",
-                          ns, "ss", "-Hltnp", "sport = :80"],
+    out = subprocess.run(daemon.in_responder_netns(ns, ["ss", "-Hltnp", "sport = :80"]),
                          capture_output=True, text=True).stdout
     return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
 

@@ -11,7 +11,6 @@ One hypervisor namespace with two tenant bridges:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,9 +18,7 @@ import time
 import pytest
 
 from tests.conftest import FOREIGN_FILTER, write_records
-from transparent_md.lab.hypervisor import Hypervisor
-from transparent_md.lab.netns import NETNS_DIR
-from transparent_md.names import DEFAULT_NAME, DaemonNames
+from transparent_md.lab.hypervisor import Hypervisor, daemon_names
 from transparent_md.process import stop_process
 
 pytestmark = pytest.mark.netns
@@ -217,12 +214,10 @@ def test_replies_to_many_identities_share_one_neighbour_entry(world):
     path = "/latest/meta-data/instance-id"
     for guest, source in (("a", "10.0.0.5"), ("a", "10.0.0.50"), ("b", ""), ("onlink", "")):
         assert counts(burst(hv, hv.guests[guest].ns, 2, path, source)) != {}
-    inode = os.stat(f"{NETNS_DIR}/{hv.ns}").st_ino
-    responder_ns = DaemonNames(DEFAULT_NAME, inode).responder_netns
-    # The daemon's responder namespace is mounted in its own mount namespace.
-    res = subprocess.run(["nsenter", "-t", str(daemon.proc.pid), "-m", "-n", "ip", "netns",
-                          "exec", responder_ns, "ip", "-4", "neigh", "show", "nud", "all"],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        daemon.in_responder_netns(daemon_names(hv.ns).responder_netns,
+                                  ["ip", "-4", "neigh", "show", "nud", "all"]),
+        capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     entries = res.stdout.splitlines()
     assert len(entries) == 1, entries

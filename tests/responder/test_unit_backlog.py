@@ -13,6 +13,7 @@ import socket
 import uvloop
 
 from transparent_md.responder.accepting import Listener, listen_backlog
+from transparent_md.responder.connections import Connections
 
 OWNER_BACKLOG = 4096
 ASYNCIO_DEFAULT_BACKLOG = 100
@@ -21,13 +22,15 @@ ASYNCIO_DEFAULT_BACKLOG = 100
 def _serve_and_read_backlog(sock: socket.socket) -> int:
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        listener = Listener(loop, sock, asyncio.Protocol, pause_s=1.0,
+        connections = Connections(loop)
+        listener = Listener(loop, sock, asyncio.Protocol, connections, pause_s=1.0,
                             open_connections=lambda: 0, budget=1000, on_pause=lambda: None)
         await listener.start()
         try:
             return listen_backlog(sock)
         finally:
             listener.close()
+            connections.close()
 
     return uvloop.run(main())
 

@@ -108,9 +108,9 @@ def serving(on_data, on_made=lambda p: None, family=socket.AF_INET,
     def run() -> None:
         asyncio.set_event_loop(server.loop)
         server.connections = Connections(server.loop)
-        server.listener = Listener(server.loop, sock, lambda: Recorder(server), 1.0,
-                                   lambda: len(server.connections), 1000, lambda: None,
-                                   connections=server.connections)
+        server.listener = Listener(server.loop, sock, lambda: Recorder(server),
+                                   server.connections, 1.0, lambda: len(server.connections),
+                                   1000, lambda: None)
         server.loop.run_until_complete(server.listener.start())
         started.set()
         server.loop.run_forever()

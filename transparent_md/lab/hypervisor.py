@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from transparent_md.daemon.serving import READY_LINE
 from transparent_md.datapath import programs
-from transparent_md.lab.netns import Topology
+from transparent_md.lab.netns import NETNS_DIR, Topology
+from transparent_md.names import DEFAULT_NAME, DaemonNames
 from transparent_md.process import stop_process
 
 METADATA_URL = "http://169.254.169.254"
@@ -32,6 +33,12 @@ class GuestNs:
     port: str
     mac: str
     ip: str
+
+
+def daemon_names(hv_ns: str, name: str = DEFAULT_NAME) -> DaemonNames:
+    """What `run --name NAME` started in namespace `hv_ns` calls its devices, responder
+    namespace, pins and state (derived from the namespace's inode)."""
+    return DaemonNames(name, os.stat(NETNS_DIR / hv_ns).st_ino)
 
 
 class DaemonProcess:
@@ -66,6 +73,12 @@ class DaemonProcess:
                 raise RuntimeError(f"daemon exited ({self.proc.wait()}):\n{self.log()}")
             if line.strip() == READY_LINE:
                 return
+
+    def in_responder_netns(self, responder_netns: str, argv: Sequence[str]) -> list[str]:
+        """`argv` to run inside this daemon's responder namespace. `ip netns exec` gave
+        the daemon a mount namespace of its own, and that is where the name is mounted."""
+        return ["nsenter", "-t", str(self.proc.pid), "-m", "ip", "netns", "exec",
+                responder_netns, *argv]
 
     def log(self) -> str:
         return "".join(self.output)

@@ -90,14 +90,14 @@ def descriptor_budget(reserve: int) -> int:
 
 
 class Listener:
-    """Accepts on `sock` and serves each connection with `protocol_factory`."""
+    """Accepts on `sock` and serves each connection with `protocol_factory` through
+    `connections` (which the caller closes)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                 protocol_factory: Callable[[], asyncio.Protocol],
+                 protocol_factory: Callable[[], asyncio.Protocol], connections: Connections,
                  pause_s: float, open_connections: Callable[[], int], budget: int,
                  on_pause: Callable[[], None],
-                 on_restart: Callable[[], None] = lambda: None,
-                 connections: Connections | None = None) -> None:
+                 on_restart: Callable[[], None] = lambda: None) -> None:
         self._loop = loop
         self._sock = sock
         self._factory = protocol_factory
@@ -106,8 +106,7 @@ class Listener:
         self.budget = budget
         self._on_pause = on_pause
         self._on_restart = on_restart
-        self._own_connections = connections is None
-        self._connections = connections if connections is not None else Connections(loop)
+        self._connections = connections
         self._acceptor = Acceptor(sock)
         self.fileno = sock.fileno()
         self._resume: asyncio.TimerHandle | None = None
@@ -217,8 +216,6 @@ class Listener:
         if self._resume is not None:
             self._resume.cancel()
         self._stop_accepting()
-        if self._own_connections:
-            self._connections.close()
 
     async def wait_closed(self) -> None:
         """For callers written against asyncio.Server."""

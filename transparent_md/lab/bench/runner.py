@@ -33,9 +33,8 @@ from transparent_md.lab.bench.measure import (
     repeat,
 )
 from transparent_md.lab.bench.procstat import CpuWindow, peak_rss_mib, process_tree, rss_mib
-from transparent_md.lab.hypervisor import Hypervisor
+from transparent_md.lab.hypervisor import Hypervisor, daemon_names
 from transparent_md.lab.netns import NETNS_DIR, Topology
-from transparent_md.names import DaemonNames
 
 # Loopback ports in the hypervisor namespace (nothing else listens there).
 LOOPBACK = "127.0.0.1"
@@ -107,7 +106,7 @@ class BenchRun:
                                            ["--workers", str(s.workers), *LOAD_GENERATOR_FLAGS])
         if self.storm_guests:
             topology.pin_metadata_neighbour(self.hv, self.storm_guests,
-                                            daemon_names(self.hv.ns).host_veth)
+                                            daemon_names(self.hv.ns, DAEMON_NAME).host_veth)
         self.router_ns = topology.build_router(self.hv)
         self.rt_ns, self.dnat_guests = topology.build_dnat_segment(self.topo, s.guests)
         self.hook = wrk.write_hook(self.workdir)
@@ -268,14 +267,9 @@ class BenchRun:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def daemon_names(hv_ns: str) -> DaemonNames:
-    """The names of the daemon the bench starts in `hv_ns` (derived from hv's inode)."""
-    return DaemonNames(DAEMON_NAME, os.stat(Path(NETNS_DIR) / hv_ns).st_ino)
-
-
 def daemon_namespace(hv_ns: str) -> str | None:
     """The responder namespace the daemon in `hv_ns` creates (named by hv's inode)."""
     try:
-        return daemon_names(hv_ns).responder_netns
+        return daemon_names(hv_ns, DAEMON_NAME).responder_netns
     except OSError:
         return None
