@@ -12,7 +12,12 @@ add and, on close, an epoll delete. Served on the descriptor instead:
   says `Connection: close` costs accept4, read, send, close, and never joins an epoll;
 - a connection that stays open joins this module's epoll (one epoll_ctl), which the
   event loop watches as a single descriptor; closing the descriptor takes it out of
-  the epoll with no call of its own.
+  the epoll with no call of its own;
+- a connection that sends a second time is a keep-alive client: once that read is
+  served, it moves to the event loop's own transport (uvloop's, in C), which costs
+  about six system calls once and then less CPU per request than this module's Python
+  (user time per keep-alive request 3.3 -> 2.85 us on the bench). A connection that
+  makes one request and closes, as cloud-init's do, never pays for the move.
 
 `SocketTransport` is the part of asyncio.Transport that `MetadataProtocol` uses, with
 asyncio's semantics: writes that the socket does not take wait in a buffer, close()
@@ -25,6 +30,7 @@ import asyncio
 import logging
 import os
 import select
+import socket
 
 from transparent_md.responder.rawsock import RawSocketCalls
 
@@ -50,8 +56,11 @@ class Connections:
     """The open connections of one event loop and the epoll that watches them."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 raw_calls: RawSocketCalls | None = None) -> None:
+                 raw_calls: RawSocketCalls | None = None, hand_over: bool = True) -> None:
         self._loop = loop
+        # Move keep-alive connections to the loop's transports (see the module doc).
+        self._hand_over_keep_alive = hand_over
+        self.handed_over = 0
         self._epoll = select.epoll()
         self._open: dict[int, SocketTransport] = {}
         # connection_lost calls owed for connections closed during the current pass.
@@ -131,6 +140,9 @@ class Connections:
                     if mask & _READ_EVENTS:
                         if transport._reading:
                             transport._read_ready()
+                            if transport._reads > 1 and self._movable(transport):
+                                self._hand_over(transport)
+                                continue
                         else:
                             transport._trouble(mask)
                     if mask & _OUT and transport._fd >= 0:
@@ -141,6 +153,29 @@ class Connections:
                     transport._force_close(exc)
         finally:
             self.end_pass()
+
+    def _movable(self, transport: SocketTransport) -> bool:
+        """Whether `transport` can move to the loop: open, reading, nothing queued."""
+        return (self._hand_over_keep_alive and transport._reading and transport._fd >= 0
+                and not transport._buffer and not transport._eof)
+
+    def _hand_over(self, transport: SocketTransport) -> None:
+        """Give a keep-alive connection to the event loop's own transport.
+
+        Whatever arrives next waits in the kernel until the loop's transport reads
+        it. The protocol keeps its state; its connection_made is called again, with
+        the new transport (see MetadataProtocol.connection_made).
+        """
+        fd, protocol = transport._fd, transport._protocol
+        self._epoll.unregister(fd)
+        transport._detach()
+        del self._open[fd]
+        family = socket.AF_INET6 if len(transport._peer) == 4 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+        self.handed_over += 1
+        task = self._loop.create_task(
+            self._loop.connect_accepted_socket(lambda: protocol, sock))
+        task.add_done_callback(lambda done: _handed_over(done, sock, protocol))
 
     def _flush_lost(self) -> None:
         self._flush_scheduled = False
@@ -157,11 +192,28 @@ class Connections:
                 log.exception("connection_lost failed")
 
 
+def _handed_over(task: asyncio.Task, sock: socket.socket, protocol: asyncio.Protocol) -> None:
+    """After a hand-over: if the loop did not take the socket, the connection is lost."""
+    if task.cancelled():
+        exc: BaseException | None = asyncio.CancelledError()
+    else:
+        exc = task.exception()
+    if exc is None:
+        return
+    log.warning("handing a keep-alive connection to the event loop failed: %s", exc)
+    if sock.fileno() >= 0:  # still ours: uvloop detaches the sockets it took
+        sock.close()
+    try:
+        protocol.connection_lost(exc if isinstance(exc, Exception) else None)
+    except Exception:
+        log.exception("connection_lost failed")
+
+
 class SocketTransport(asyncio.Transport):
     """One connection's descriptor as the asyncio.Transport its protocol writes to."""
 
     __slots__ = ("_owner", "_fd", "_peer", "_protocol", "_buffer", "_events", "_reading",
-                 "_closing", "_eof", "_write_paused")
+                 "_closing", "_eof", "_write_paused", "_reads")
 
     def __init__(self, owner: Connections, fd: int, peer: tuple[str, int],
                  protocol: asyncio.Protocol) -> None:
@@ -175,6 +227,7 @@ class SocketTransport(asyncio.Transport):
         self._closing = False
         self._eof = False  # write_eof() called
         self._write_paused = False
+        self._reads = 0  # reads that brought data: a second one means keep-alive
 
     # -- asyncio.Transport ------------------------------------------------------------
 
@@ -265,6 +318,7 @@ class SocketTransport(asyncio.Transport):
             self._force_close(exc)
             return
         if data:
+            self._reads += 1
             self._protocol.data_received(data)
             return
         self._reading = False
@@ -315,6 +369,13 @@ class SocketTransport(asyncio.Transport):
         else:
             self._owner._modify(self._fd, wanted)
         self._events = wanted
+
+    def _detach(self) -> None:
+        """Let go of the descriptor and protocol without closing or telling anyone."""
+        self._fd = -1
+        self._closing = True
+        self._reading = False
+        self._protocol = None
 
     def _force_close(self, exc: Exception | None) -> None:
         fd = self._fd

@@ -59,28 +59,33 @@ class Dispatcher:
                 body: bytes) -> tuple[Reply, bool]:
         """The reply, and whether it is a token reply (sent with the IP hop limit)."""
         if method in (GET, HEAD):
-            if prepared is None:
-                return NOT_FOUND, False
-            route = prepared.routes.get(url)
-            if route is None:
-                path = paths.canonical_path(url)
-                if _is_password(path):  # written by the guest: read live, never memoised
-                    return self._get_password(prepared), False
-                route = prepared.routes.remember(url, self._route(prepared, path))
-            reply, guarded = route
-            if guarded:
-                if token is not None:
-                    if not self.tokens.is_valid(token, prepared.instance_id):
-                        return UNAUTHORIZED, False
-                elif prepared.imdsv2_required:
-                    return UNAUTHORIZED, False
-            return reply, False
+            return self.get(prepared, url, token), False
         path = paths.canonical_path(url)
         if method == PUT and path == TOKEN_PATH:
             return self._issue_token(prepared, ttl, forwarded)
         if method == POST and path is not None and path.startswith(OPENSTACK_PREFIX):
             return self._post_password(prepared, path, body), False
         return METHOD_NOT_ALLOWED, False
+
+    def get(self, prepared: Prepared | None, url: bytes, token: bytes | None) -> Reply:
+        """The reply to a GET (or HEAD) of `url`: respond() for the commonest request,
+        without the arguments only other methods need."""
+        if prepared is None:
+            return NOT_FOUND
+        route = prepared.routes.get(url)
+        if route is None:
+            path = paths.canonical_path(url)
+            if _is_password(path):  # written by the guest: read live, never memoised
+                return self._get_password(prepared)
+            route = prepared.routes.remember(url, self._route(prepared, path))
+        reply, guarded = route
+        if guarded:
+            if token is not None:
+                if not self.tokens.is_valid(token, prepared.instance_id):
+                    return UNAUTHORIZED
+            elif prepared.imdsv2_required:
+                return UNAUTHORIZED
+        return reply
 
     def _route(self, prepared: Prepared, path: bytes | None) -> Route:
         """The reply for a GET of canonical `path`, and whether IMDSv2 token rules guard it."""

@@ -38,6 +38,7 @@ _FORWARDED_HEADER = b"x-forwarded-for"
 # Only these can make an HTTP/1.0 request keep-alive (llhttp honours both), so only a
 # request carrying one needs the parser's version string (~170 ns to build).
 _CONNECTION_HEADERS = frozenset({b"connection", b"proxy-connection"})
+_GET = b"GET"
 _HEAD = b"HEAD"
 _HTTP10 = "1.0"
 # Headers we care about, recognised by length first so most headers cost no lower().
@@ -85,7 +86,7 @@ class MetadataProtocol(asyncio.Protocol):
         "_in_head", "_unparsed", "_url", "_header_bytes", "_token", "_ttl",
         "_forwarded", "_connection_header", "_body", "_reject", "_admitted", "_forged",
         "_bucket", "_requests_left", "_expires_tick", "_active_tick", "_head_tick",
-        "_linger_left", "_linger_timer", "_last_status",
+        "_linger_left", "_linger_timer", "_last_status", "_fd", "_extras",
     )
 
     def __init__(self, state: ResponderState) -> None:
@@ -95,6 +96,7 @@ class MetadataProtocol(asyncio.Protocol):
         self._responses = state.stats.responses
         self._parser = httptools.HttpRequestParser(self)
         self._transport: SocketTransport | None = None
+        self._fd = -1
         self._guest = None
         self._snapshot = None
         self._prepared = None
@@ -120,6 +122,11 @@ class MetadataProtocol(asyncio.Protocol):
         """Forget the request just answered (or start clean on a new connection)."""
         self._url = b""
         self._header_bytes = 0
+        self._reset_extras()
+
+    def _reset_extras(self) -> None:
+        """Forget what only some requests carry (the hot path skips this when unset)."""
+        self._extras = False
         self._token: bytes | None = None
         self._ttl: bytes | None = None
         self._forwarded = False
@@ -129,7 +136,15 @@ class MetadataProtocol(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._admitted:
+            # A keep-alive connection handed to the event loop's transport (see
+            # `connections`): same connection, same admission, new transport.
+            self._transport = transport  # type: ignore[assignment]
+            if self._closing:
+                transport.close()
+            return
         self._transport = transport  # type: ignore[assignment]
+        self._fd = transport.fileno()
         state = self._state
         stats = state.stats
         stats.connections_opened += 1
@@ -239,20 +254,25 @@ class MetadataProtocol(asyncio.Protocol):
                 self._forwarded = True
             elif name in _CONNECTION_HEADERS:
                 self._connection_header = True
+            else:
+                return
+            self._extras = True
 
     def on_body(self, body: bytes) -> None:
         self._in_head = False
         if len(self._body) + len(body) > http.MAX_BODY_BYTES:
             raise self._abort(413)
         self._body += body
+        self._extras = True
 
     def on_message_complete(self) -> None:
         self._in_head = True
         self._unparsed = 0
         if self._closing:
             return
-        self._active_tick = self._state.tick
-        access_log = self._state.access_log
+        state = self._state
+        self._active_tick = state.tick
+        access_log = state.access_log
         started = perf_counter_ns() if access_log is not None else 0
         try:
             self._respond()
@@ -262,7 +282,10 @@ class MetadataProtocol(asyncio.Protocol):
         if access_log is not None:
             access_log.record(self._guest, self._prepared, self._parser, self._url,
                               self._last_status, (perf_counter_ns() - started) // 1000)
-        self._reset_request()
+        self._url = b""  # _reset_request(), inline: this runs once per request
+        self._header_bytes = 0
+        if self._extras:
+            self._reset_extras()
 
     # -- answering ------------------------------------------------------------------
 
@@ -272,8 +295,9 @@ class MetadataProtocol(asyncio.Protocol):
             return
         parser = self._parser
         method = parser.get_method()
+        is_token = False
         if self._forged:
-            reply, is_token = self._refuse_forged()
+            reply = self._refuse_forged()
         else:
             snapshot = self._store.snapshot()
             if snapshot is not self._snapshot:
@@ -285,9 +309,12 @@ class MetadataProtocol(asyncio.Protocol):
                     self._state.events.warn("no_record", guest,
                                             "asks for metadata but no instance record "
                                             "matches it (404 on every path)")
-            reply, is_token = self._dispatcher.respond(
-                self._prepared, method, self._url, self._token, self._ttl, self._forwarded,
-                self._body)
+            if method == _GET:
+                reply = self._dispatcher.get(self._prepared, self._url, self._token)
+            else:
+                reply, is_token = self._dispatcher.respond(
+                    self._prepared, method, self._url, self._token, self._ttl,
+                    self._forwarded, self._body)
         self._responses[reply.status] += 1
         self._last_status = reply.status
         keep_alive = parser.should_keep_alive()
@@ -321,7 +348,7 @@ class MetadataProtocol(asyncio.Protocol):
 
     def _descriptor(self) -> int:
         """The connection's descriptor for `rawsock` calls (-1 once closed)."""
-        return self._transport.fileno()
+        return -1 if self._transport.is_closing() else self._fd
 
     def _abort(self, status: int) -> _Reject:
         self._reject = status
@@ -335,13 +362,13 @@ class MetadataProtocol(asyncio.Protocol):
                           f"(burst {state.limits.request_burst}): answered 429")
         self._fail(429)
 
-    def _refuse_forged(self) -> tuple[http.Reply, bool]:
+    def _refuse_forged(self) -> http.Reply:
         """A guest using a MAC locked to another port learns nothing: 404."""
         state = self._state
         state.stats.forgery_refused += 1
         state.events.warn("forged", self._guest,
                           "MAC is locked to another port that still exists: answered 404")
-        return http.NOT_FOUND, False
+        return http.NOT_FOUND
 
     def _fail(self, status: int) -> None:
         """Answer a protocol error and close this connection only, lingering."""
