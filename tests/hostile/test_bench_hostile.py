@@ -36,6 +36,8 @@ def test_bench_hostile_quick_table(tmp_path):
         assert r["requests"] > 0, r
         assert all(math.isfinite(r[k]) and r[k] >= 0 for k in ("p50_ms", "p99_ms")), r
         assert r["attacker"], r
+        if r["attack"] in (hostile.WRK_KEEPALIVE, hostile.WRK_CLOSE):  # wrk really ran
+            assert r["attacker"][0].isdigit(), r
     assert "| attack | protections | victim requests | failures | p50 ms | p99 ms |" \
         in res.stdout
     assert not [p.name for p in Path("/run/netns").iterdir() if p.name.startswith(PREFIX)]

@@ -12,6 +12,7 @@ removes them, also on failure.
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import tempfile
@@ -145,11 +146,11 @@ class HostileRun:
         if attack in (WRK_KEEPALIVE, WRK_CLOSE):
             extra = ["-H", "Connection: close"] if attack == WRK_CLOSE else []
             wrk = self.topo.spawn(ns, ["wrk", "-t1", f"-c{WRK_CONNECTIONS}",
-                                       f"-d{lasting:g}s", *extra, WRK_URL],
+                                       f"-d{wrk_seconds(lasting)}s", *extra, WRK_URL],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             time.sleep(s.ramp_s)
             victim = self.crawl(victim_ns)
-            out = wrk.communicate(timeout=lasting + TOOL_GRACE_S)[0]
+            out = wrk.communicate(timeout=wrk_seconds(lasting) + TOOL_GRACE_S)[0]
             return victim, wrk_summary(out)
         if attack == FORGED:
             forger = Tool(self.topo, self.forger.ns, "crawl", ["--seconds", str(lasting)])
@@ -200,9 +201,19 @@ class HostileRun:
                 "elapsed_s": round(time.monotonic() - started, 1)}
 
 
+def wrk_seconds(seconds: float) -> int:
+    """wrk's -d in whole seconds (it refuses "2.5s" with its usage text and does nothing)."""
+    return max(1, math.ceil(seconds))
+
+
 def wrk_summary(out: str) -> str:
+    """The attacker's rate and refusals; an attack that did not run is an error, never a
+    row of victim figures measured without it."""
     rate = next((line.split()[-1] for line in out.splitlines()
-                 if line.startswith("Requests/sec")), "?")
+                 if line.startswith("Requests/sec")), None)
+    if rate is None:
+        first = out.strip().splitlines()[0] if out.strip() else "no output"
+        raise RuntimeError(f"the wrk attack did not run: {first}")
     refused = next((line.split()[-1] for line in out.splitlines() if "Non-2xx" in line), "0")
     return f"{rate} req/s, {refused} refused"
 
