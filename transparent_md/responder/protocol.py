@@ -25,7 +25,6 @@ import httptools
 
 from transparent_md.responder import hoplimit, http, lastreply
 from transparent_md.responder.admission import identity_of
-from transparent_md.responder.prepared import prepared_for
 from transparent_md.responder.tokens import TOKEN_HEADER, TTL_REQUEST_HEADER
 
 if TYPE_CHECKING:
@@ -302,13 +301,8 @@ class MetadataProtocol(asyncio.Protocol):
             snapshot = self._store.snapshot()
             if snapshot is not self._snapshot:
                 self._snapshot = snapshot
-                guest = self._guest
-                entry = self._store.entry_for(guest) if guest is not None else None
-                self._prepared = prepared_for(entry, guest) if entry is not None else None
-                if entry is None and guest is not None:
-                    self._state.events.warn("no_record", guest,
-                                            "asks for metadata but no instance record "
-                                            "matches it (404 on every path)")
+                self._prepared = self._state.views.prepared(self._guest, self._identity,
+                                                            snapshot)
             if method == _GET:
                 reply = self._dispatcher.get(self._prepared, self._url, self._token)
             else:

@@ -22,6 +22,7 @@ from transparent_md.responder.dispatch import Dispatcher
 from transparent_md.responder.limits import ResponderLimits
 from transparent_md.responder.memory import MemoryReclaimer
 from transparent_md.responder.metrics import ResponderStats, StatsCollector
+from transparent_md.responder.prepared import GuestViews
 from transparent_md.responder.protocol import MetadataProtocol
 from transparent_md.responder.ratelog import RateLimitedLog
 from transparent_md.responder.rawsock import RawSocketCalls
@@ -59,6 +60,7 @@ class ResponderState:
         self.token_hop_limit = token_hop_limit
         self.tokens = TokenAuthority(secret=token_secret)
         self.dispatcher = Dispatcher(store, self.tokens)
+        self.views = GuestViews(store, self._no_record)
         self.stats = ResponderStats()
         self.connections: set[MetadataProtocol] = set()
         self.limits = limits = limits or ResponderLimits()
@@ -75,6 +77,10 @@ class ResponderState:
         self.idle_ticks = ticks_for(idle_timeout, self.sweep_s)
         self.header_ticks = ticks_for(limits.header_timeout_s, self.sweep_s)
         self.keepalive_ticks = ticks_for(limits.keepalive_time_s, self.sweep_s)
+
+    def _no_record(self, guest: Guest) -> None:
+        self.events.warn("no_record", guest, "asks for metadata but no instance record "
+                         "matches it (404 on every path)")
 
     def sweep(self) -> None:
         """Advance the clock one tick and enforce the time limits on every connection."""
