@@ -115,13 +115,15 @@ class MetadataProtocol(asyncio.Protocol):
         self._expires_tick = state.tick + state.keepalive_ticks
         self._linger_left = 0
         self._linger_timer: asyncio.TimerHandle | None = None
+        self._extras = True  # nothing is set yet: _reset_request() sets it all
         self._reset_request()
 
     def _reset_request(self) -> None:
         """Forget the request just answered (or start clean on a new connection)."""
         self._url = b""
         self._header_bytes = 0
-        self._reset_extras()
+        if self._extras:
+            self._reset_extras()
 
     def _reset_extras(self) -> None:
         """Forget what only some requests carry (the hot path skips this when unset)."""
@@ -281,10 +283,7 @@ class MetadataProtocol(asyncio.Protocol):
         if access_log is not None:
             access_log.record(self._guest, self._prepared, self._parser, self._url,
                               self._last_status, (perf_counter_ns() - started) // 1000)
-        self._url = b""  # _reset_request(), inline: this runs once per request
-        self._header_bytes = 0
-        if self._extras:
-            self._reset_extras()
+        self._reset_request()
 
     # -- answering ------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from transparent_md.datapath.responder_side import METADATA_IP
 from transparent_md.identity.guest import Guest
 from transparent_md.lab.hypervisor import GuestNs, Hypervisor
 from transparent_md.lab.netns import Topology, run
@@ -24,7 +25,6 @@ BRIDGES = ("brb0", "brb1")
 # Guest addresses: one /16 per bridge, so 200+ guests fit without arithmetic tricks.
 GUEST_NET = "10.{bridge}.0.0/16"
 GUEST_NET_BASE = 20
-METADATA_IP = "169.254.169.254"
 METADATA_ROUTE = f"{METADATA_IP} dev eth0"
 # The routed (DNAT) segment and its router address.
 DNAT_BRIDGE = "brr"
