@@ -83,6 +83,8 @@ def test_bridge_glob_follows_matching_bridges_as_they_appear(hv):
             time.sleep(0.2)
         assert got == (200, "i-gc")
         assert len(hv.our_filters("pc")) == 1
+        # Never dropped and re-attached on the way (a stale event once made it flap).
+        assert "forgot port pc" not in daemon.log()
     finally:
         assert daemon.stop() == 0
 

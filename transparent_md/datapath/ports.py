@@ -64,12 +64,13 @@ class GatewayRule:
     ip: str
 
 
-def _kind_now(ipr: IPRoute, ifindex: int) -> str | None:
+def _link_now(ipr: IPRoute, ifindex: int):
+    """The link as the kernel has it now (an RTM_NEWLINK message), or None if gone."""
     try:
         links = ipr.get_links(ifindex)
     except NetlinkError:
         return None
-    return link_kind(links[0]) if links else None
+    return links[0] if links else None
 
 
 class PortAttacher:
@@ -132,23 +133,44 @@ class PortAttacher:
             if bridge is not None and msg["event"] != "RTM_DELLINK" and not known:
                 kind = link_kind(msg)
                 if kind is None and msg.get_attr("IFLA_LINKINFO") is None:
-                    kind = _kind_now(ipr, ifindex)  # a bridge-family event carries none
+                    link = _link_now(ipr, ifindex)  # a bridge-family event carries none
+                    kind = link_kind(link) if link is not None else None
                 if not self.selection.wants_port(name, kind):
                     bridge = None  # an uplink or an excluded port: not ours
             if msg["event"] == "RTM_DELLINK" or bridge is None:
                 # Deleted, or not (any longer) a member of one of our bridges. A DELLINK
                 # of the AF_BRIDGE family only means "left the bridge": same outcome.
                 if known:
-                    self._forget(ipr, known)
+                    self._leave_if_gone(ipr, known)
                 return
             info = PortInfo(ifindex, name or (known.name if known else ""), bridge)
             if known != info and info.name:
                 self._attach(ipr, info)
 
+    def _leave_if_gone(self, ipr: IPRoute, known: PortInfo) -> None:
+        """Forget `known` only if the kernel says it left. Events queue while a sync
+        reads the kernel directly, so one can predate what is attached: a new bridge's
+        sync attaches its port, then the port's own creation event (no master yet)
+        arrives. Trusting it cut the guest off and released its MAC locks for a moment."""
+        link = _link_now(ipr, known.ifindex)
+        if link is None:
+            self._forget(ipr, known)
+            return
+        name = link.get_attr("IFLA_IFNAME")
+        bridge = self._bridge_names.get(link.get_attr("IFLA_MASTER"))
+        if bridge is None or not self.selection.wants_port(name, link_kind(link)):
+            self._forget(ipr, known)
+        elif (now := PortInfo(known.ifindex, name, bridge)) != known:
+            self._attach(ipr, now)
+
     def _gateway_ips(self, info: PortInfo) -> list[str]:
         return [g.ip for g in self.gateways if g.target in (info.bridge, info.name)]
 
     def _attach(self, ipr: IPRoute, info: PortInfo) -> None:
+        previous = self.attached.get(info.ifindex)
+        if previous is not None:  # moved to another of our bridges: its gateways go
+            for ip in set(self._gateway_ips(previous)) - set(self._gateway_ips(info)):
+                self.arp_map.delete(layout.ArpKey(info.ifindex, layout.be32(ip)))
         # Maps first: identity must be complete when the first request arrives.
         self.ports_map.update(
             ctypes.c_uint32(info.ifindex),
