@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
+import time
 
 from tests.responder.conftest import RECORD_A
 from transparent_md.store import open_store, parse_record
@@ -13,6 +15,8 @@ from transparent_md.store import open_store, parse_record
 OLD = ("m5.large", "eu-west-1a", "eu-west-1")
 NEW = ("c6i.xlarge", "us-east-2b", "us-east-2")
 UPDATES = 6
+# The store looks for a replaced file every CHECK_INTERVAL (1 s); room for a slow CI.
+REPLACED_FILE_SEEN_WITHIN_S = 5.0
 
 
 def cli(*args: str) -> None:
@@ -69,3 +73,21 @@ def test_a_record_changed_after_it_was_served_is_new_on_the_next_request(live):
         assert conn.request("GET", "/latest/meta-data/hostname").body == b"alpha-2"
     finally:
         conn.close()
+
+
+def test_a_store_file_replaced_under_a_serving_responder_is_served_within_seconds(live, tmp_path):
+    """The serving loop's timer looks for a replaced file; requests never read the clock
+    for it (the store hands those checks over to the responder)."""
+    assert live.get("/latest/meta-data/hostname").body == b"alpha"
+    staged = str(tmp_path / "staged.db")
+    replacement = open_store(staged)
+    try:
+        replacement.put_many([parse_record({**RECORD_A, "hostname": "alpha-replaced"})])
+    finally:
+        replacement.close()
+    os.replace(staged, live.store_path)
+    deadline = time.monotonic() + REPLACED_FILE_SEEN_WITHIN_S
+    while (body := live.get("/latest/meta-data/hostname").body) != b"alpha-replaced" and (
+            time.monotonic() < deadline):
+        time.sleep(0.1)
+    assert body == b"alpha-replaced"

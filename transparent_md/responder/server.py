@@ -116,6 +116,7 @@ class Responder:
                                     idle_timeout, access_log=access_log)
         self.idle_timeout = idle_timeout
         self._sweeper: asyncio.TimerHandle | None = None
+        self._store_checker: asyncio.TimerHandle | None = None
         self._connections: Connections | None = None
 
     @property
@@ -154,13 +155,19 @@ class Responder:
         state.listener = listener
         await listener.start()
         self._schedule_sweep(loop)
+        # SQLite stores (what serving opens) look for a replaced file on this loop's
+        # timer instead of reading the clock in every request's snapshot().
+        by_timer = getattr(state.store, "check_files_by_timer", None)
+        if by_timer is not None:
+            self._schedule_store_checks(loop, by_timer())
         return listener
 
     def close(self) -> None:
         """Stop the sweeper and close every open connection."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        for timer in (self._sweeper, self._store_checker):
+            if timer is not None:
+                timer.cancel()
+        self._sweeper = self._store_checker = None
         for connection in list(self.state.connections):
             connection.close()
         if self._connections is not None:
@@ -175,3 +182,11 @@ class Responder:
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self.state.sweep()
         self._schedule_sweep(loop)
+
+    def _schedule_store_checks(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self._store_checker = loop.call_later(interval, self._check_store_files, loop,
+                                              interval)
+
+    def _check_store_files(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self._schedule_store_checks(loop, interval)  # first: a failing check must not stop them
+        self.state.store.check_files()

@@ -2,9 +2,11 @@
 
 `PRAGMA data_version` costs about 3.5 us from Python, half the CPU budget of a whole
 keep-alive request. Every writer instead stamps fresh random bytes into
-`<db>.generation` *after* its commit; readers compare 8 bytes of a shared mmap, which
-costs well under a microsecond. Any change of the stamp means "reload"; a reload reads
-only committed data, so a stamp seen early can never hide a change.
+`<db>.generation` *after* its commit; readers compare 8 bytes of a shared mmap, read as
+one integer through a memoryview (~40 ns; slicing the map into bytes cost ~95 with the
+call). Any change of the stamp means "reload"; a reload reads only committed data, so a
+stamp seen early can never hide a change, and a read torn by a concurrent bump is just
+one more change.
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ class GenerationFile:
             self._map = mmap.mmap(fd, STAMP_BYTES)
         finally:
             os.close(fd)
+        # The stamp as it is in shared memory now: `words[0]` (what current() returns).
+        self.words = memoryview(self._map).cast("Q")
 
-    def current(self) -> bytes:
-        return self._map[:STAMP_BYTES]
+    def current(self) -> int:
+        return self.words[0]
 
     def bump(self) -> None:
         self._map[:STAMP_BYTES] = os.urandom(STAMP_BYTES)
 
     def close(self) -> None:
+        self.words.release()  # a map with a live view refuses to close
         self._map.close()
