@@ -37,6 +37,9 @@ DEFAULT_TOKEN_HOP_LIMIT = 1
 DEFAULT_IDLE_TIMEOUT = 30.0
 # Sweeps per shortest time limit: a limit of T closes between T and T * (1 + 1/2).
 SWEEPS_PER_LIMIT = 2
+# A store asking to be checked more often than this (a test's 0 s) is not worth a
+# timer that fires at every loop iteration.
+STORE_CHECK_FLOOR_S = 0.1
 
 log = logging.getLogger("transparent_md.responder.defences")
 
@@ -159,7 +162,7 @@ class Responder:
         # timer instead of reading the clock in every request's snapshot().
         by_timer = getattr(state.store, "check_files_by_timer", None)
         if by_timer is not None:
-            self._schedule_store_checks(loop, by_timer())
+            self._schedule_store_checks(loop, max(by_timer(), STORE_CHECK_FLOOR_S))
         return listener
 
     def close(self) -> None:
