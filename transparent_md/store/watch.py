@@ -1,9 +1,9 @@
 """Notice that a file was replaced (mv, rsync) or removed.
 
 `snapshot()` runs on every request (75k/s on a keep-alive benchmark); an `os.stat`
-there would cost ~1.7 us, a quarter of the request. So the store calls `check()` at
-most once per CHECK_INTERVAL, behind a monotonic-clock compare (~45 ns); a replacement
-is picked up within that interval of the next request.
+there would cost ~1.7 us, a quarter of the request. So `check()` runs once per
+CHECK_INTERVAL: from the serving responder's loop timer, or, for any other reader of
+the store, from snapshot() behind a monotonic-clock compare (~45 ns).
 """
 
 from __future__ import annotations
