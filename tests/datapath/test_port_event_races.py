@@ -90,33 +90,32 @@ def test_a_stale_creation_event_does_not_cut_off_an_attached_port(attacher, topo
     assert gateway_answered(maps, ifindex, GATEWAY)
 
 
-def test_a_port_that_really_left_is_forgotten(attacher, topology):
+def attached_then_changed(attacher, topology, change: str) -> int:
+    """PORT attached as a member of BRIDGE, then `ip link` `change`d, and the kernel's
+    message about it handed to the attacher; PORT's ifindex."""
     ports, ipr, maps, ns = attacher
     topology.ip(ns, f"link add {PORT} type veth peer name {PORT}-peer",
                 f"link set {PORT} master {BRIDGE}")
     ports.sync(ipr)
     (ifindex,) = ipr.link_lookup(ifname=PORT)
-    assert our_filter_ids(ipr, ifindex)
-    topology.ip(ns, f"link set {PORT} nomaster")
-    (left,) = ipr.get_links(ifindex)
+    assert our_filter_ids(ipr, ifindex) and gateway_answered(maps, ifindex, GATEWAY)
+    topology.ip(ns, change)
+    (event,) = ipr.get_links(ifindex)
+    ports.on_link_event(ipr, event)
+    return ifindex
 
-    ports.on_link_event(ipr, left)
+
+def test_a_port_that_really_left_is_forgotten(attacher, topology):
+    ports, ipr, maps, _ = attacher
+    ifindex = attached_then_changed(attacher, topology, f"link set {PORT} nomaster")
 
     assert ports.attached == {} and our_filter_ids(ipr, ifindex) == []
     assert not gateway_answered(maps, ifindex, GATEWAY)
 
 
 def test_a_port_moved_to_another_of_our_bridges_takes_that_bridges_gateway(attacher, topology):
-    ports, ipr, maps, ns = attacher
-    topology.ip(ns, f"link add {PORT} type veth peer name {PORT}-peer",
-                f"link set {PORT} master {BRIDGE}")
-    ports.sync(ipr)
-    (ifindex,) = ipr.link_lookup(ifname=PORT)
-    assert gateway_answered(maps, ifindex, GATEWAY)
-    topology.ip(ns, f"link set {PORT} master {OTHER_BRIDGE}")
-    (moved,) = ipr.get_links(ifindex)
-
-    ports.on_link_event(ipr, moved)
+    ports, ipr, maps, _ = attacher
+    ifindex = attached_then_changed(attacher, topology, f"link set {PORT} master {OTHER_BRIDGE}")
 
     assert ports.attached[ifindex].bridge == OTHER_BRIDGE and our_filter_ids(ipr, ifindex)
     port = layout.Port()
