@@ -65,8 +65,18 @@ def selected_ports(ipr: IPRoute, selection: PortSelection,
     bridges = matching_bridges(ipr, selection) if bridges is None else bridges
     ports = {}
     for link in ipr.get_links():
-        master = link.get_attr("IFLA_MASTER")
-        name = link.get_attr("IFLA_IFNAME")
-        if master in bridges and selection.wants_port(name, link_kind(link)):
-            ports[link["index"]] = (name, bridges[master])
+        selected = selected_port(link, selection, bridges)
+        if selected is not None:
+            ports[link["index"]] = selected
     return ports
+
+
+def selected_port(link, selection: PortSelection,
+                  bridges: dict[int, str]) -> tuple[str, str] | None:
+    """(port name, bridge name) if the selection attaches `link` (an RTM_NEWLINK as the
+    kernel has it now) as a port of one of `bridges`, else None."""
+    master = link.get_attr("IFLA_MASTER")
+    name = link.get_attr("IFLA_IFNAME")
+    if master in bridges and selection.wants_port(name, link_kind(link)):
+        return name, bridges[master]
+    return None

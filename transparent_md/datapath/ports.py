@@ -32,6 +32,7 @@ from transparent_md.datapath.port_selection import (
     PortSelection,
     link_kind,
     matching_bridges,
+    selected_port,
     selected_ports,
 )
 from transparent_md.process import start_thread
@@ -153,14 +154,11 @@ class PortAttacher:
         sync attaches its port, then the port's own creation event (no master yet)
         arrives. Trusting it cut the guest off and released its MAC locks for a moment."""
         link = _link_now(ipr, known.ifindex)
-        if link is None:
+        selected = (selected_port(link, self.selection, self._bridge_names)
+                    if link is not None else None)
+        if selected is None:
             self._forget(ipr, known)
-            return
-        name = link.get_attr("IFLA_IFNAME")
-        bridge = self._bridge_names.get(link.get_attr("IFLA_MASTER"))
-        if bridge is None or not self.selection.wants_port(name, link_kind(link)):
-            self._forget(ipr, known)
-        elif (now := PortInfo(known.ifindex, name, bridge)) != known:
+        elif (now := PortInfo(known.ifindex, *selected)) != known:
             self._attach(ipr, now)
 
     def _gateway_ips(self, info: PortInfo) -> list[str]:

@@ -67,7 +67,8 @@ class GuestViews:
     identity, the very Guest object the resolver handed out (so a re-resolved slot is
     looked up again) and the snapshot object decide whether the kept view still holds.
     Dropped once on a micro-benchmark's word (1 %); through the tc path, with 10,000
-    records, a new connection then cost ~5 % more CPU (ratio to nginx 1.01 -> 1.07).
+    records, a new connection then cost ~5 % more CPU (dev rounds against nginx on the
+    bridge: 0.999-1.054 with it, 1.004-1.11 without).
     """
 
     __slots__ = ("_store", "_views", "_on_missing")
