@@ -17,7 +17,8 @@ import pytest
 
 pytestmark = pytest.mark.netns
 
-SERVERS = {"tc", "loopback", "nft-dnat", "nginx-router", "nginx", "aiohttp"}
+SERVERS = {"tc", "loopback", "nft-dnat", "nginx-router", "floor-router", "nginx",
+           "aiohttp"}
 MODES = {"keep-alive", "new connection"}
 # Whole quick run is ~20 s here; the rest is room for a busy machine.
 QUICK_TIMEOUT_S = 120
@@ -66,6 +67,10 @@ def test_storm_memory_and_ratio_sections(quick_run):
     assert {"TcpExtListenOverflows", "TcpExtListenDrops"} <= set(storm["responder_tcp"])
     assert r["memory"]["records"] == 10_000 and r["memory"]["rss_mib"] > 0
     assert set(r["tc_over_nginx_cpu"]) == MODES
+    # The uvloop + httptools floor is held against the same nginx, round by round.
+    assert {m: len(v) for m, v in r["floor_over_nginx_cpu"].items()} == {
+        m: len(v) for m, v in r["tc_over_nginx_cpu"].items()}
+    assert all(_number(x) and x > 0 for v in r["floor_over_nginx_cpu"].values() for x in v)
     assert set(r["tc_over_loopback"]) == MODES
     names = " | ".join(c["name"] for c in r["checks"])
     for part in ("CPU per request, tc path, keep-alive", "new connection", "tc path / loopback",
@@ -91,7 +96,7 @@ def test_markdown_shows_targets_and_chart_is_png(quick_run):
     assert "| server | connection | requests/s |" in md
     for needle in ("transparent-md, tc path", "nginx", "aiohttp", "nft DNAT", "Boot storm",
                    "Daemon RSS", "(<= 8", "(<= 30", ">= 0.85x", "nginx on the bridge",
-                   "system calls per request", "ListenOverflows"):
+                   "system calls per request", "ListenOverflows", "uvloop + httptools floor"):
         assert needle in md, needle
     assert quick_run["chart"].read_bytes().startswith(PNG_MAGIC)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from transparent_md.lab.bench import targets as tg
 from transparent_md.lab.bench.measure import MODES, Measurement
 
-# Wide enough for five server labels under each group of bars.
-FIGSIZE_IN = (13, 4.8)
+# Wide enough for seven server labels under each group of bars.
+FIGSIZE_IN = (15, 4.8)
 BAR_WIDTH = 0.38
 
 

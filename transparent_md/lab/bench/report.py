@@ -15,6 +15,8 @@ from transparent_md.lab.bench.targets import Check
 
 # The nginx row the tc path is held against: same guests, same bridge, same ports.
 NGINX_ON_BRIDGE = "nginx-router"
+# uvloop + httptools answering a fixed body beside it: the floor under our responder.
+FLOOR_ON_BRIDGE = "floor-router"
 
 # The CPU target per connection mode (issue 5).
 CPU_TARGET = {KEEP_ALIVE: tg.CPU_US_KEEPALIVE, NEW_CONNECTION: tg.CPU_US_NEW_CONNECTION}
@@ -34,11 +36,11 @@ def ratios(loads: list[Measurement]) -> dict[str, float]:
     return out
 
 
-def nginx_ratios(raw: dict) -> dict[str, list[float]]:
-    """Per mode, the tc path's CPU per request over nginx on the bridge, one per round."""
+def nginx_ratios(raw: dict, ours: str = "tc") -> dict[str, list[float]]:
+    """Per mode, `ours`'s CPU per request over nginx on the bridge, one per round."""
     rounds = raw.get("rounds") or raw["loads"]
     return {mode: r for mode in CPU_TARGET
-            if (r := cpu_ratios(rounds, "tc", NGINX_ON_BRIDGE, mode))}
+            if (r := cpu_ratios(rounds, ours, NGINX_ON_BRIDGE, mode))}
 
 
 def new_connection_syscalls(raw: dict) -> float | None:
@@ -88,6 +90,8 @@ def to_json(raw: dict) -> dict:
         "syscalls": raw.get("syscalls") or [],
         "tc_over_nginx_cpu": {k: [round(x, 3) for x in v]
                               for k, v in nginx_ratios(raw).items()},
+        "floor_over_nginx_cpu": {k: [round(x, 3) for x in v]
+                                 for k, v in nginx_ratios(raw, FLOOR_ON_BRIDGE).items()},
         "tc_over_loopback": {k: round(v, 3) for k, v in ratios(raw["loads"]).items()},
         "checks": [c.to_json() for c in checks(raw)],
     }
@@ -132,6 +136,11 @@ def markdown(raw: dict) -> str:
                      f"**{median(values):.2f}x** median of {len(values)} rounds "
                      f"({', '.join(f'{v:.2f}' for v in values)}; <= {limit:g}x "
                      f"{_mark(median(values) <= limit)})")
+    for mode, values in nginx_ratios(raw, FLOOR_ON_BRIDGE).items():
+        lines.append(f"- CPU per request, uvloop + httptools floor / nginx on the bridge, "
+                     f"{mode}: {median(values):.2f}x median of {len(values)} rounds "
+                     f"({', '.join(f'{v:.2f}' for v in values)}; the least any responder "
+                     f"on this stack costs, see `lab/bench/floor_server.py`)")
     lines += syscall_lines(raw.get("syscalls") or [])
     storm = raw.get("storm")
     if storm:

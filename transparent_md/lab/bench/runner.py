@@ -43,6 +43,8 @@ NGINX_PORT = 8081
 AIOHTTP_PORT = 8082
 # nginx in the router-like namespace listens where a guest's web server would.
 ROUTER_NGINX_PORT = 80
+# ... and the uvloop + httptools floor beside it.
+ROUTER_FLOOR_PORT = 81
 # The storm driver's own limit: M guests x ~50 requests must end well within this.
 STORM_TIMEOUT_S = 120.0
 # The daemon's responder namespace: `<--name>-<inode of its netns>-responder`.
@@ -126,13 +128,14 @@ class BenchRun:
             dnat_ids, self.workdir, "dnat")
         nginx = servers.start_nginx(self.topo, hv.ns, LOOPBACK, NGINX_PORT,
                                     records.FIXED_BODY, self.workdir)
-        router_urls = tuple(
-            f"http://{topology.router_ip(topology.bridge_index_of(g))}:{ROUTER_NGINX_PORT}{path}"
-            for g in self.guests)
         (self.workdir / "router-nginx").mkdir()
         router_nginx = servers.start_nginx(self.topo, self.router_ns, "0.0.0.0",
                                            ROUTER_NGINX_PORT, records.FIXED_BODY,
                                            self.workdir / "router-nginx")
+        floor = servers.start_floor(self.topo, self.router_ns, "0.0.0.0", ROUTER_FLOOR_PORT,
+                                    records.FIXED_BODY)
+        nginx_urls = router_urls(self.guests, ROUTER_NGINX_PORT, path)
+        floor_urls = router_urls(self.guests, ROUTER_FLOOR_PORT, path)
         aio = servers.start_aiohttp(self.topo, hv.ns, LOOPBACK, AIOHTTP_PORT,
                                     records.FIXED_BODY)
         n = self.s.guests
@@ -145,7 +148,10 @@ class BenchRun:
             Target("nft-dnat", "transparent-md, nft DNAT", dnat.pid, metadata,
                    tuple(self.dnat_guests), True),
             Target("nginx-router", "nginx on the bridge (fixed body)", router_nginx.pid,
-                   router_urls[0], tuple(g.ns for g in self.guests), False, router_urls),
+                   nginx_urls[0], tuple(g.ns for g in self.guests), False, nginx_urls),
+            Target("floor-router", "uvloop + httptools floor on the bridge (fixed body)",
+                   floor.pid, floor_urls[0], tuple(g.ns for g in self.guests), False,
+                   floor_urls),
             Target("nginx", "nginx (fixed body)", nginx.pid, nginx.url + path,
                    repeat(hv.ns, n), False),
             Target("aiohttp", "aiohttp (fixed body)", aio.pid, aio.url + path,
@@ -265,6 +271,12 @@ class BenchRun:
             # Only if the daemon died without cleaning up: it is this run's namespace.
             subprocess.run(["ip", "netns", "del", responder_ns], capture_output=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def router_urls(guests: list[topology.BenchGuest], port: int, path: str) -> tuple[str, ...]:
+    """Each guest's URL for a server in the router namespace: its own subnet's router."""
+    return tuple(f"http://{topology.router_ip(topology.bridge_index_of(g))}:{port}{path}"
+                 for g in guests)
 
 
 def daemon_namespace(hv_ns: str) -> str | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transparent_md.datapath.responder_side import entered_netns
 from transparent_md.identity.guest import Guest
-from transparent_md.lab.bench import fixed_aiohttp, static_responder
+from transparent_md.lab.bench import fixed_aiohttp, floor_server, static_responder
 from transparent_md.lab.netns import Topology
 
 # Python servers import uvloop/aiohttp and open the store: seconds on a loaded machine.
@@ -110,6 +110,15 @@ def start_aiohttp(topo: Topology, ns: str, host: str, port: int, body: str) -> S
                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_line(proc, fixed_aiohttp.READY_LINE, "aiohttp")
     return Server(name="aiohttp", ns=ns, url=f"http://{host}:{port}", proc=proc)
+
+
+def start_floor(topo: Topology, ns: str, host: str, port: int, body: str) -> Server:
+    """uvloop + httptools answering a fixed body: the floor under our responder."""
+    proc = topo.spawn(ns, [sys.executable, "-m", "transparent_md.lab.bench.floor_server",
+                           "--listen", f"{host}:{port}", "--body", body],
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_line(proc, floor_server.READY_LINE, "floor server")
+    return Server(name="floor", ns=ns, url=f"http://{host}:{port}", proc=proc)
 
 
 def nginx_config(workdir: Path, host: str, port: int, body: str) -> str:
