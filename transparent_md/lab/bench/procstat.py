@@ -88,3 +88,11 @@ class CpuWindow:
 
     def peak_rss_mib(self) -> float:
         return peak_rss_mib(process_tree(self.pid))
+
+
+def host_cpu_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of every CPU since boot, from the first line of
+    /proc/stat (busy: all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)

@@ -18,6 +18,9 @@ NGINX_ON_BRIDGE = "nginx-router"
 # uvloop + httptools answering a fixed body beside it: the floor under our responder.
 FLOOR_ON_BRIDGE = "floor-router"
 
+# Host CPUs busier than this during the storm leave every process waiting for a CPU.
+SATURATED = 0.9
+
 # The CPU target per connection mode (issue 5).
 CPU_TARGET = {KEEP_ALIVE: tg.CPU_US_KEEPALIVE, NEW_CONNECTION: tg.CPU_US_NEW_CONNECTION}
 
@@ -155,6 +158,14 @@ def markdown(raw: dict) -> str:
             f"max {storm['max_ms']:.1f} ms, last guest done after "
             f"{storm['last_guest_done_s']:.2f} s; daemon CPU "
             f"{storm['server_cpu_us_per_request']} us/request.")
+        busy = storm.get("host_cpu_busy")
+        if busy is not None:
+            lines.append(
+                f"  - the storm driver (one Python process standing in for every guest) used "
+                f"{storm['driver_cpu_us_per_request']} us/request; all CPUs were "
+                f"{busy:.0%} busy during the storm"
+                + (" (saturated: the latency includes waiting for a CPU)"
+                   if busy >= SATURATED else ""))
         causes = storm.get("failure_causes") or {}
         if causes:
             lines.append("  - failures by cause: " + ", ".join(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,13 @@ from transparent_md.lab.bench.measure import (
     median_rows,
     repeat,
 )
-from transparent_md.lab.bench.procstat import CpuWindow, peak_rss_mib, process_tree, rss_mib
+from transparent_md.lab.bench.procstat import (
+    CpuWindow,
+    host_cpu_ticks,
+    peak_rss_mib,
+    process_tree,
+    rss_mib,
+)
 from transparent_md.lab.hypervisor import Hypervisor, daemon_names
 from transparent_md.lab.netns import NETNS_DIR, Topology
 
@@ -206,10 +213,14 @@ class BenchRun:
         daemon_pid = self.daemon.proc.pid
         tcp_before = netstat.counters(responder_ns, daemon_pid) if responder_ns else {}
         window = CpuWindow(self.daemon.proc.pid)
+        driver_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        host_before = host_cpu_ticks()
         window.start()
         res = subprocess.run([sys.executable, "-m", "transparent_md.lab.bench.storm", str(spec)],
                              capture_output=True, text=True, timeout=STORM_TIMEOUT_S)
         cpu = window.stop()
+        host_after = host_cpu_ticks()
+        driver_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if res.returncode != 0:
             raise RuntimeError(f"storm driver failed:\n{res.stderr}")
         result = json.loads(res.stdout.strip().splitlines()[-1])
@@ -218,6 +229,15 @@ class BenchRun:
             if responder_ns else {})
         result["server_cpu_us_per_request"] = (
             round(cpu * 1e6 / result["requests"], 2) if result["requests"] else None)
+        # The driver shares the host's CPUs with the daemon: when they are all busy the
+        # storm's latency is queueing for a CPU, not the daemon's own.
+        driver_cpu = (driver_after.ru_utime + driver_after.ru_stime
+                      - driver_before.ru_utime - driver_before.ru_stime)
+        result["driver_cpu_us_per_request"] = (
+            round(driver_cpu * 1e6 / result["requests"], 2) if result["requests"] else None)
+        busy, total = (after - before for after, before in zip(host_after, host_before,
+                                                                 strict=True))
+        result["host_cpu_busy"] = round(busy / total, 3) if total else None
         self.say(f"storm: {result['requests']} requests, {result['failures']} failures, "
                  f"p99 {result['p99_ms']:.1f} ms, last guest done at "
                  f"{result['last_guest_done_s']:.2f} s")
