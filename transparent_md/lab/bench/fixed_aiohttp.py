@@ -6,11 +6,12 @@ prints READY_LINE once it accepts connections.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 
 from aiohttp import web
+
+from transparent_md.lab.bench.server_args import listen_and_body
 
 READY_LINE = "fixed-aiohttp: ready"
 
@@ -34,13 +35,9 @@ async def serve(host: str, port: int, body: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--listen", required=True, metavar="HOST:PORT")
-    parser.add_argument("--body", required=True)
-    args = parser.parse_args()
-    host, _, port = args.listen.rpartition(":")
+    host, port, body = listen_and_body(__doc__)
     # aiohttp's default loop, as a typical aiohttp service runs it.
-    asyncio.run(serve(host, int(port), args.body))
+    asyncio.run(serve(host, port, body))
 
 
 if __name__ == "__main__":

@@ -16,13 +16,14 @@ prints READY_LINE once it accepts connections.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 import socket
 
 import httptools
 import uvloop
+
+from transparent_md.lab.bench.server_args import listen_and_body
 
 READY_LINE = "floor-server: ready"
 # The same backlog as the daemon's and nginx's listening sockets.
@@ -85,12 +86,8 @@ async def serve(host: str, port: int, body: bytes) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--listen", required=True, metavar="HOST:PORT")
-    parser.add_argument("--body", required=True)
-    args = parser.parse_args()
-    host, _, port = args.listen.rpartition(":")
-    uvloop.run(serve(host, int(port), args.body.encode()))
+    host, port, body = listen_and_body(__doc__)
+    uvloop.run(serve(host, port, body.encode()))
 
 
 if __name__ == "__main__":

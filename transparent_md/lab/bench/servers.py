@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from transparent_md.datapath.responder_side import entered_netns
 from transparent_md.identity.guest import Guest
@@ -105,20 +106,22 @@ def _guest_fields(guest: Guest) -> dict:
 
 
 def start_aiohttp(topo: Topology, ns: str, host: str, port: int, body: str) -> Server:
-    proc = topo.spawn(ns, [sys.executable, "-m", "transparent_md.lab.bench.fixed_aiohttp",
-                           "--listen", f"{host}:{port}", "--body", body],
-                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_line(proc, fixed_aiohttp.READY_LINE, "aiohttp")
-    return Server(name="aiohttp", ns=ns, url=f"http://{host}:{port}", proc=proc)
+    return _start_fixed_body(topo, ns, host, port, body, fixed_aiohttp, "aiohttp")
 
 
 def start_floor(topo: Topology, ns: str, host: str, port: int, body: str) -> Server:
     """uvloop + httptools answering a fixed body: the floor under our responder."""
-    proc = topo.spawn(ns, [sys.executable, "-m", "transparent_md.lab.bench.floor_server",
+    return _start_fixed_body(topo, ns, host, port, body, floor_server, "floor")
+
+
+def _start_fixed_body(topo: Topology, ns: str, host: str, port: int, body: str,
+                      module: ModuleType, name: str) -> Server:
+    """One of the Python fixed-body servers (`module`: its command line is server_args')."""
+    proc = topo.spawn(ns, [sys.executable, "-m", module.__name__,
                            "--listen", f"{host}:{port}", "--body", body],
                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_line(proc, floor_server.READY_LINE, "floor server")
-    return Server(name="floor", ns=ns, url=f"http://{host}:{port}", proc=proc)
+    _wait_line(proc, module.READY_LINE, name)
+    return Server(name=name, ns=ns, url=f"http://{host}:{port}", proc=proc)
 
 
 def nginx_config(workdir: Path, host: str, port: int, body: str) -> str:
