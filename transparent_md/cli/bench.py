@@ -44,6 +44,8 @@ what is measured (all in one run, so ratios hold on a noisy machine):
   nginx on the bridge       one worker, `return 200`, in a router-like namespace on
                             the guests' bridges: the same guests over the same ports,
                             what the tc path's CPU is held against
+  uvloop + httptools floor  beside nginx on the bridge: parse, answer a fixed body,
+                            nothing else (the least a responder on our stack costs)
   nginx (fixed body)        one worker, `return 200`, over loopback: native ceiling
   aiohttp (fixed body)      a plain aiohttp app over loopback: the usual Python choice
   each in two modes: keep-alive, and `Connection: close` (a new connection per
@@ -56,9 +58,10 @@ what is measured (all in one run, so ratios hold on a noisy machine):
   boot storm                M guests start within --storm-window S, each making cloud-init's
                             requests (token PUT, version probes, user-data, the
                             meta-data crawl, identity document), one connection per
-                            request, from one driver: failures, p50/p99, time until
-                            the last guest is done, failures by cause, and the
-                            responder namespace's accept-queue overflows (nstat)
+                            request, from --storm-drivers processes: failures,
+                            p50/p99, time until the last guest is done, failures by
+                            cause, the responder namespace's accept-queue overflows
+                            (nstat), the drivers' own CPU and how busy the CPUs were
   memory                    the daemon's RSS while holding --records instances
 
 examples:
@@ -84,6 +87,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storm-window", type=float, metavar="S",
                    help="seconds over which the storm's guests start, evenly spread "
                    "(default 1: a rack powered on at once)")
+    p.add_argument("--storm-drivers", type=int, metavar="N",
+                   help="processes that play the storm's guests between them, each over "
+                   "the whole window (default: one per CPU)")
     p.add_argument("--rounds", type=int, metavar="R",
                    help="interleaved load rounds; each row reports the median round "
                    "(default 3)")
@@ -123,6 +129,7 @@ def settings_from(args: argparse.Namespace):
     chosen = {k: v for k, v in (("guests", args.guests), ("duration_s", args.duration),
                                 ("storm_guests", args.storm_guests),
                                 ("storm_window_s", args.storm_window),
+                                ("storm_drivers", args.storm_drivers),
                                 ("rounds", args.rounds),
                                 ("syscall_requests", args.syscall_requests),
                                 ("records", args.records), ("workers", args.workers))
@@ -134,10 +141,10 @@ def settings_from(args: argparse.Namespace):
     s = Settings(**{**base.__dict__, **chosen})
     if (s.guests < 1 or s.duration_s <= 0 or s.storm_guests < 0 or s.records < 0
             or s.workers < 1 or s.rounds < 1 or s.storm_window_s < 0
-            or s.syscall_requests < 0):
-        raise UserError("--guests, --workers and --rounds must be >= 1, --duration > 0, "
-                        "--storm-guests, --storm-window, --syscall-requests and "
-                        "--records >= 0")
+            or s.syscall_requests < 0 or s.storm_drivers < 1):
+        raise UserError("--guests, --workers, --rounds and --storm-drivers must be >= 1, "
+                        "--duration > 0, --storm-guests, --storm-window, "
+                        "--syscall-requests and --records >= 0")
     return s
 
 

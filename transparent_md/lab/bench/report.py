@@ -18,7 +18,7 @@ NGINX_ON_BRIDGE = "nginx-router"
 # uvloop + httptools answering a fixed body beside it: the floor under our responder.
 FLOOR_ON_BRIDGE = "floor-router"
 
-# Host CPUs busier than this during the storm leave every process waiting for a CPU.
+# A storm driver, or all the host's CPUs, busier than this: processes wait for a CPU.
 SATURATED = 0.9
 
 # The CPU target per connection mode (issue 5).
@@ -160,10 +160,14 @@ def markdown(raw: dict) -> str:
             f"{storm['server_cpu_us_per_request']} us/request.")
         busy = storm.get("host_cpu_busy")
         if busy is not None:
+            share = storm["driver_busiest_cpu_share"]
             lines.append(
-                f"  - the storm driver (one Python process standing in for every guest) used "
-                f"{storm['driver_cpu_us_per_request']} us/request; all CPUs were "
-                f"{busy:.0%} busy during the storm"
+                f"  - the {storm['drivers']} driver processes playing the guests used "
+                f"{storm['driver_cpu_us_per_request']} us/request, the busiest "
+                f"{share:.0%} of a CPU"
+                + (" (CPU-bound: its latencies include its own queue)"
+                   if share >= SATURATED else "")
+                + f"; all CPUs were {busy:.0%} busy during the storm"
                 + (" (saturated: the latency includes waiting for a CPU)"
                    if busy >= SATURATED else ""))
         causes = storm.get("failure_causes") or {}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from transparent_md.datapath.responder_side import METADATA_IP
-from transparent_md.lab.bench import hostile, netstat, records, servers, syscalls, topology, wrk
+from transparent_md.lab.bench import (
+    hostile,
+    netstat,
+    records,
+    servers,
+    storm,
+    syscalls,
+    topology,
+    wrk,
+)
 from transparent_md.lab.bench.measure import (
     KEEP_ALIVE,
     MODES,
@@ -52,8 +60,10 @@ AIOHTTP_PORT = 8082
 ROUTER_NGINX_PORT = 80
 # ... and the uvloop + httptools floor beside it.
 ROUTER_FLOOR_PORT = 81
-# The storm driver's own limit: M guests x ~50 requests must end well within this.
+# The storm drivers' own limit: M guests x ~50 requests must end well within this.
 STORM_TIMEOUT_S = 120.0
+# The drivers start this long before the storm's first guest: room to import and set up.
+STORM_LEAD_S = 2.0
 # The daemon's responder namespace: `<--name>-<inode of its netns>-responder`.
 DAEMON_NAME = "tmd"
 
@@ -75,6 +85,7 @@ class Settings:
     storm_guests: int = 200
     workers: int = 1  # the daemon's `run --workers`
     storm_window_s: float = 1.0
+    storm_drivers: int = os.cpu_count() or 1  # processes playing the storm's guests
     rounds: int = 3  # interleaved load rounds; each row is the median round
     syscall_requests: int = syscalls.DEFAULT_REQUESTS  # per traced run; 0 skips tracing
     records: int = records.DEFAULT_RECORDS
@@ -205,36 +216,27 @@ class BenchRun:
 
     def boot_storm(self) -> dict:
         s = self.s
-        self.say(f"boot storm: {s.storm_guests} guests within {s.storm_window_s:g} s")
-        spec = self.workdir / "storm.json"
-        spec.write_text(json.dumps({"namespaces": [g.ns for g in self.storm_guests],
-                                    "window_s": s.storm_window_s}))
+        self.say(f"boot storm: {s.storm_guests} guests within {s.storm_window_s:g} s, "
+                 f"{s.storm_drivers} driver processes")
+        specs = storm.split([g.ns for g in self.storm_guests], s.storm_window_s,
+                            s.storm_drivers, time.monotonic() + STORM_LEAD_S)
         responder_ns = daemon_namespace(self.hv.ns)
         daemon_pid = self.daemon.proc.pid
         tcp_before = netstat.counters(responder_ns, daemon_pid) if responder_ns else {}
         window = CpuWindow(self.daemon.proc.pid)
-        driver_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         host_before = host_cpu_ticks()
         window.start()
-        res = subprocess.run([sys.executable, "-m", "transparent_md.lab.bench.storm", str(spec)],
-                             capture_output=True, text=True, timeout=STORM_TIMEOUT_S)
+        parts = self._run_storm_drivers(specs)
         cpu = window.stop()
         host_after = host_cpu_ticks()
-        driver_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if res.returncode != 0:
-            raise RuntimeError(f"storm driver failed:\n{res.stderr}")
-        result = json.loads(res.stdout.strip().splitlines()[-1])
+        result = storm.merge(parts, len(self.storm_guests), s.storm_window_s)
         result["responder_tcp"] = (
             netstat.delta(tcp_before, netstat.counters(responder_ns, daemon_pid))
             if responder_ns else {})
         result["server_cpu_us_per_request"] = (
             round(cpu * 1e6 / result["requests"], 2) if result["requests"] else None)
-        # The driver shares the host's CPUs with the daemon: when they are all busy the
+        # The drivers share the host's CPUs with the daemon: when they are all busy the
         # storm's latency is queueing for a CPU, not the daemon's own.
-        driver_cpu = (driver_after.ru_utime + driver_after.ru_stime
-                      - driver_before.ru_utime - driver_before.ru_stime)
-        result["driver_cpu_us_per_request"] = (
-            round(driver_cpu * 1e6 / result["requests"], 2) if result["requests"] else None)
         busy, total = (after - before for after, before in zip(host_after, host_before,
                                                                  strict=True))
         result["host_cpu_busy"] = round(busy / total, 3) if total else None
@@ -242,6 +244,31 @@ class BenchRun:
                  f"p99 {result['p99_ms']:.1f} ms, last guest done at "
                  f"{result['last_guest_done_s']:.2f} s")
         return result
+
+    def _run_storm_drivers(self, specs: list[dict]) -> list[dict]:
+        """Run one driver process per spec at once; their parts, or an error naming the
+        driver that failed (all are stopped)."""
+        procs = []
+        try:
+            for k, spec in enumerate(specs):
+                path = self.workdir / f"storm-{k}.json"
+                path.write_text(json.dumps(spec))
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "transparent_md.lab.bench.storm", str(path)],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            deadline = time.monotonic() + STORM_TIMEOUT_S
+            parts = []
+            for k, proc in enumerate(procs):
+                out, err = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+                if proc.returncode != 0:
+                    raise RuntimeError(f"storm driver {k} failed:\n{err}")
+                parts.append(json.loads(out.strip().splitlines()[-1]))
+            return parts
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
 
     def memory(self, responder_only_pid: int) -> dict:
         """The daemon's RSS, and for contrast the loopback Responder's: same code, same

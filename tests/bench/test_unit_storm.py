@@ -1,0 +1,49 @@
+"""The storm's guests dealt to several driver processes, and their parts merged back.
+
+Every guest must start where one driver would have started it (i/M of the window), each
+driver's guests must span the whole window, and the merged figures must be those of
+all requests together (percentiles over every latency, not an average of parts).
+"""
+
+from __future__ import annotations
+
+from transparent_md.lab.bench import storm
+
+
+def _part(latencies: list[float], failures: int = 0, done: float = 1.0, cpu: float = 0.5,
+          elapsed: float = 2.0, causes: dict | None = None) -> dict:
+    return {"requests": len(latencies) + failures, "latencies_ms": latencies,
+            "failures": failures, "failure_examples": [f"e{i}" for i in range(failures)],
+            "failure_causes": causes or {}, "last_guest_done_s": done, "cpu_s": cpu,
+            "elapsed_s": elapsed}
+
+
+def test_split_keeps_every_guest_at_its_place_in_the_window():
+    names = [f"g{i}" for i in range(10)]
+    specs = storm.split(names, 10.0, 3, start_at=123.0)
+    assert len(specs) == 3 and all(s["start_at"] == 123.0 for s in specs)
+    placed = {n: o for s in specs for n, o in zip(s["namespaces"], s["offsets"], strict=True)}
+    assert placed == {f"g{i}": float(i) for i in range(10)}
+    # Round-robin: each driver starts guests from the first second to the last.
+    assert [s["offsets"][0] for s in specs] == [0.0, 1.0, 2.0]
+    assert [s["offsets"][-1] for s in specs] == [9.0, 7.0, 8.0]
+
+
+def test_split_never_makes_an_empty_driver():
+    specs = storm.split(["a", "b"], 1.0, 8, start_at=0.0)
+    assert [s["namespaces"] for s in specs] == [["a"], ["b"]]
+    assert len(storm.split(["a"], 1.0, 0, start_at=0.0)) == 1
+
+
+def test_merge_takes_percentiles_over_all_requests():
+    fast = _part([1.0] * 98, done=3.0, cpu=1.0, elapsed=4.0)
+    slow = _part([100.0, 200.0], failures=1, done=9.5, cpu=3.6, elapsed=4.0,
+                 causes={"reply TimeoutError": 1})
+    merged = storm.merge([fast, slow], guests=4, window_s=10.0)
+    assert merged["requests"] == 101 and merged["failures"] == 1
+    assert merged["p50_ms"] == 1.0 and merged["p99_ms"] == 100.0 and merged["max_ms"] == 200.0
+    assert merged["last_guest_done_s"] == 9.5
+    assert merged["failure_causes"] == {"reply TimeoutError": 1}
+    assert merged["requests_per_guest"] == 101 / 4 and merged["drivers"] == 2
+    assert merged["driver_cpu_us_per_request"] == round(4.6e6 / 101, 2)
+    assert merged["driver_busiest_cpu_share"] == 0.9  # 3.6 s of CPU over 4 s
