@@ -31,7 +31,8 @@ BACKLOG = 4096
 
 
 def replies(body: bytes) -> tuple[bytes, bytes]:
-    """(keep-alive reply, closing reply) carrying `body`, as nginx's return 200 sends it."""
+    """(keep-alive reply, closing reply) carrying `body`: status, type and length, as
+    nginx's `return 200` answers (less its Server and Date headers)."""
     head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
             % len(body))
     return head + b"\r\n" + body, head + b"Connection: close\r\n\r\n" + body
