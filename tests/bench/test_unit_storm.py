@@ -7,6 +7,11 @@ all requests together (percentiles over every latency, not an average of parts).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 from transparent_md.lab.bench import storm
 
 
@@ -47,3 +52,19 @@ def test_merge_takes_percentiles_over_all_requests():
     assert merged["requests_per_guest"] == 101 / 4 and merged["drivers"] == 2
     assert merged["driver_cpu_us_per_request"] == round(4.6e6 / 101, 2)
     assert merged["driver_busiest_cpu_share"] == 0.9  # 3.6 s of CPU over 4 s
+
+
+def test_a_driver_writes_its_part_to_the_result_file_not_to_stdout(tmp_path):
+    """A part holds every latency; through a pipe nobody read yet, an unbuffered Python
+    lost all but the first 64 KiB of it. The driver writes it to the file it is given."""
+    spec = tmp_path / "storm-0.json"
+    result = tmp_path / "storm-0.json.out"
+    spec.write_text(json.dumps({"namespaces": [], "offsets": [], "start_at": 0.0,
+                                "result": str(result)}))
+    res = subprocess.run([sys.executable, "-m", "transparent_md.lab.bench.storm", str(spec)],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == ""
+    part = json.loads(result.read_text())
+    assert part["requests"] == 0 and part["latencies_ms"] == [] and part["failures"] == 0

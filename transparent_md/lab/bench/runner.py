@@ -247,22 +247,25 @@ class BenchRun:
 
     def _run_storm_drivers(self, specs: list[dict]) -> list[dict]:
         """Run one driver process per spec at once; their parts, or an error naming the
-        driver that failed (all are stopped)."""
+        driver that failed (all are stopped). Each writes its part and its stderr to
+        files, so no driver ever waits on a pipe while another is being read."""
         procs = []
         try:
             for k, spec in enumerate(specs):
                 path = self.workdir / f"storm-{k}.json"
-                path.write_text(json.dumps(spec))
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "transparent_md.lab.bench.storm", str(path)],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+                path.write_text(json.dumps({**spec, "result": str(path) + ".out"}))
+                with open(f"{path}.err", "w") as err:
+                    procs.append(subprocess.Popen(
+                        [sys.executable, "-m", "transparent_md.lab.bench.storm", str(path)],
+                        stdout=subprocess.DEVNULL, stderr=err))
             deadline = time.monotonic() + STORM_TIMEOUT_S
             parts = []
             for k, proc in enumerate(procs):
-                out, err = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
-                if proc.returncode != 0:
-                    raise RuntimeError(f"storm driver {k} failed:\n{err}")
-                parts.append(json.loads(out.strip().splitlines()[-1]))
+                path = self.workdir / f"storm-{k}.json"
+                if proc.wait(timeout=max(0.0, deadline - time.monotonic())) != 0:
+                    raise RuntimeError(f"storm driver {k} failed:\n"
+                                       f"{Path(f'{path}.err').read_text()[-3000:]}")
+                parts.append(json.loads(Path(f"{path}.out").read_text()))
             return parts
         finally:
             for proc in procs:

@@ -10,8 +10,10 @@ made with this thread briefly inside the guest's namespace (setns there and back
 nothing else runs in between); the event loop then serves them all from here. Every
 request opens a fresh connection, as cloud-init's URL helper does.
 
-Run as `python -m transparent_md.lab.bench.storm SPEC.json` (one of `split()`'s specs);
-prints one JSON line, the part `merge()` combines.
+Run as `python -m transparent_md.lab.bench.storm SPEC.json` (one of `split()`'s specs
+with a "result" path added); writes there the JSON part that `merge()` combines. Not to
+stdout: a part holds every latency (hundreds of KB), and a pipe nobody reads yet, with
+Python unbuffered (PYTHONUNBUFFERED), lost all but its first 64 KiB in a short write.
 """
 
 from __future__ import annotations
@@ -191,7 +193,8 @@ def main() -> None:
     with open(sys.argv[1]) as f:
         spec = json.load(f)
     part = uvloop.run(run_part(spec["namespaces"], spec["offsets"], spec["start_at"]))
-    print(json.dumps(part), flush=True)
+    with open(spec["result"], "w") as f:
+        json.dump(part, f)
 
 
 if __name__ == "__main__":
