@@ -17,6 +17,11 @@ from transparent_md.lab.bench.targets import Check
 NGINX_ON_BRIDGE = "nginx-router"
 # uvloop + httptools answering a fixed body beside it: the floor under our responder.
 FLOOR_ON_BRIDGE = "floor-router"
+# What its row says per mode: a new connection on uvloop's transports costs more system
+# calls than the daemon's own accept path, so there it is no floor.
+FLOOR_MEANING = {KEEP_ALIVE: "the least any responder on this stack costs",
+                 NEW_CONNECTION: "uvloop's own transports, which the daemon's accept "
+                                 "path bypasses"}
 
 # A storm driver, or all the host's CPUs, busier than this: processes wait for a CPU.
 SATURATED = 0.9
@@ -142,8 +147,8 @@ def markdown(raw: dict) -> str:
     for mode, values in nginx_ratios(raw, FLOOR_ON_BRIDGE).items():
         lines.append(f"- CPU per request, uvloop + httptools floor / nginx on the bridge, "
                      f"{mode}: {median(values):.2f}x median of {len(values)} rounds "
-                     f"({', '.join(f'{v:.2f}' for v in values)}; the least any responder "
-                     f"on this stack costs, see `lab/bench/floor_server.py`)")
+                     f"({', '.join(f'{v:.2f}' for v in values)}; {FLOOR_MEANING[mode]}, "
+                     f"see `lab/bench/floor_server.py`)")
     lines += syscall_lines(raw.get("syscalls") or [])
     storm = raw.get("storm")
     if storm:

@@ -250,22 +250,21 @@ class BenchRun:
         driver that failed (all are stopped). Each writes its part and its stderr to
         files, so no driver ever waits on a pipe while another is being read."""
         procs = []
+        paths = [self.workdir / f"storm-{k}.json" for k in range(len(specs))]
         try:
-            for k, spec in enumerate(specs):
-                path = self.workdir / f"storm-{k}.json"
-                path.write_text(json.dumps({**spec, "result": str(path) + ".out"}))
-                with open(f"{path}.err", "w") as err:
+            for spec, path in zip(specs, paths, strict=True):
+                path.write_text(json.dumps({**spec, "result": str(path.with_suffix(".out"))}))
+                with path.with_suffix(".err").open("w") as err:
                     procs.append(subprocess.Popen(
                         [sys.executable, "-m", "transparent_md.lab.bench.storm", str(path)],
                         stdout=subprocess.DEVNULL, stderr=err))
             deadline = time.monotonic() + STORM_TIMEOUT_S
             parts = []
-            for k, proc in enumerate(procs):
-                path = self.workdir / f"storm-{k}.json"
+            for k, (proc, path) in enumerate(zip(procs, paths, strict=True)):
                 if proc.wait(timeout=max(0.0, deadline - time.monotonic())) != 0:
                     raise RuntimeError(f"storm driver {k} failed:\n"
-                                       f"{Path(f'{path}.err').read_text()[-3000:]}")
-                parts.append(json.loads(Path(f"{path}.out").read_text()))
+                                       f"{path.with_suffix('.err').read_text()[-3000:]}")
+                parts.append(json.loads(path.with_suffix(".out").read_text()))
             return parts
         finally:
             for proc in procs:
