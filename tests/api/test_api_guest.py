@@ -18,7 +18,7 @@ from transparent_md.lab.hypervisor import Hypervisor
 
 pytestmark = pytest.mark.netns
 
-README = Path(os.environ.get("TMD_README", Path(__file__).parents[2] / "README.md"))
+README = Path(os.environ.get("TMD_README", Path(__file__).parents[2] / "docs" / "vm-managers.md"))
 EXAMPLES = re.compile(r"<!-- admin-api-examples -->\s*```sh\n(.*?)```", re.S)
 PRINTED_SOCKET = "/run/transparent-md/tmd.sock"
 # Acceptance 2: generous, on a shared 2-core machine.

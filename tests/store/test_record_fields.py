@@ -16,7 +16,7 @@ from transparent_md.store.fieldspec import SPEC
 from transparent_md.store.record import FIELDS, record_specs
 
 REPO = Path(__file__).resolve().parents[2]
-README = REPO / "README.md"
+README = REPO / "docs" / "records.md"
 EXAMPLE = REPO / "examples" / "instances.yaml"
 
 
@@ -28,7 +28,7 @@ def test_every_instance_field_carries_its_declaration():
 
 def test_the_readme_record_table_is_the_generated_one():
     readme = README.read_text()
-    section = readme.split("### Record format", 1)[-1].split("\n#", 1)[0]
+    section = readme.split("## Record format", 1)[-1].split("\n#", 1)[0]
     rows = re.findall(r"^\| (`[^|]+`) \|", section, flags=re.MULTILINE)
     listed = [k for cell in rows for k in re.findall(r"`([^`]+)`", cell)]
     assert sorted(set(listed)) == sorted(file_keys()), (
