@@ -173,7 +173,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="responder processes sharing the port with SO_REUSEPORT "
                    "(default 1; more only help with spare cores and heavy boot storms)")
     limits = p.add_argument_group(
-        "hostile guests, in the datapath (per port; 0 disables each; see README)")
+        "hostile guests, in the datapath (per port; 0 disables each; see docs/hostile-guests.md)")
     limits.add_argument("--port-identity-quota", type=_count, metavar="N",
                         default=DEFAULT_PORT_IDENTITY_QUOTA,
                         help="identities (MAC, IP) one port may hold at once "
@@ -202,7 +202,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             help=f"{text} (default {default:g})")
     p.add_argument("--access-log", action="store_true",
                    help="log one line per request: port, bridge, MAC, IP, instance, method, "
-                   "path, status and microseconds (costs CPU; see the README)")
+                   "path, status and microseconds (costs CPU; see docs/operations.md)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     p.add_argument("--log-format", default="text", choices=["text", "json"],
                    help="log lines on stderr as plain text (default) or one JSON object "

@@ -1,7 +1,7 @@
-"""The record's fields as documentation: the README table, rendered from `Instance`.
+"""The record's fields as documentation: the table in docs/records.md, rendered from `Instance`.
 
 `python -m transparent_md.store.fields --markdown` prints the "Record format" table;
-a test checks that the README carries exactly this table, so the docs cannot drift
+a test checks that docs/records.md carries exactly this table, so the docs cannot drift
 from the declaration in `store.record`.
 """
 
@@ -27,7 +27,7 @@ def clearable_fields() -> list[str]:
 
 
 def markdown_table() -> str:
-    """The README's record-format table, one row per field."""
+    """The record-format table of docs/records.md, one row per field."""
     rows = [TABLE_HEADER, ("---",) * len(TABLE_HEADER)]
     rows += [_row(s) for _, s in record_specs()]
     return "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m transparent_md.store.fields",
         description="Print the instance record's fields, as declared in store.record.")
     parser.add_argument("--markdown", action="store_true",
-                        help="the README's record-format table (default: one key a line)")
+                        help="the record-format table of docs/records.md (default: one key a line)")
     args = parser.parse_args(argv)
     sys.stdout.write(markdown_table() if args.markdown else "\n".join(file_keys()) + "\n")
     return 0

@@ -2,7 +2,7 @@
 
 Each field of `Instance` carries one `FieldSpec` in its dataclass metadata. That one
 declaration is what the parser, `to_mapping`, the `instance add/update` flags, the
-`--clear` choices and the README's record table are all derived from, so a field
+`--clear` choices and the record table in docs/records.md are all derived from, so a field
 added, renamed or re-documented changes everywhere at once.
 """
 
