@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from tests import reaper
 from transparent_md.lab.netns import Topology
 from transparent_md.store import open_store, parse_record
 
@@ -38,6 +39,7 @@ def _can_write(path: str) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    reaper.pytest_configure(config)
     storage = os.environ.get(HYPOTHESIS_STORAGE_ENV, HYPOTHESIS_DEFAULT_STORAGE)
     if not _can_write(storage):
         hypothesis_settings.register_profile(READ_ONLY_PROFILE, database=None)

@@ -17,8 +17,13 @@ from transparent_md.lab.netns import NETNS_PREFIX_ENV
 pytestmark = pytest.mark.netns
 
 DEMO = [sys.executable, "-m", "transparent_md", "demo"]
-# Namespace name bases, one given through the environment and one through the option.
-ENV_PREFIX, OPTION_PREFIX, FLEET_PREFIX = "tmdenv", "tmdopt", "tmdfleet"
+# Namespace name bases, one given through the environment and one through the option;
+# each starts with the run's own base (tests/reaper.py), so a timed-out demo's
+# namespaces are found and removed.
+RUN_BASE = os.environ.get(NETNS_PREFIX_ENV, "tmd")[:24]
+ENV_PREFIX, OPTION_PREFIX, FLEET_PREFIX = (f"{RUN_BASE}{role}" for role in ("env", "opt", "flt"))
+# A demo taking its topology down (a daemon, an etcd, namespaces) on a loaded machine.
+CLEANUP_TIMEOUT_S = 180
 
 
 def namespaces() -> set[str]:
@@ -62,7 +67,7 @@ def test_demo_hold_stays_up_until_interrupted():
         assert {f"{prefix}-{g.role}" for g in DEMO_GUESTS} <= alive
         assert f"ip netns exec {prefix}-t1-web curl" in output
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
+        rest, _ = proc.communicate(timeout=CLEANUP_TIMEOUT_S)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -115,7 +120,7 @@ def test_demo_fleet_serves_every_guest_from_its_own_etcd_and_cleans_up_on_ctrl_c
         etcd_token = f"tmd-{prefix}"  # lab.etcd names its cluster token after the topology
         assert processes_naming(etcd_token)
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
+        rest, _ = proc.communicate(timeout=CLEANUP_TIMEOUT_S)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from transparent_md.names import STATE_ROOT
+from transparent_md.names import PIN_ROOT, STATE_ROOT
 from transparent_md.process import stop_process
 
 NETNS_DIR = Path("/run/netns")
@@ -134,14 +134,7 @@ class Topology:
             stop_process(proc)
         self.processes.clear()
         for ns in reversed(self.namespaces):
-            kill_pids_in(ns)
-            forget_daemon_state(ns)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-            resolv = Path("/etc/netns") / ns
-            if resolv.is_dir():
-                for child in resolv.iterdir():
-                    child.unlink()
-                resolv.rmdir()
+            remove_namespace(ns)
         self.namespaces.clear()
 
     def __enter__(self) -> Topology:
@@ -151,18 +144,37 @@ class Topology:
         self.close()
 
 
+def remove_namespace(ns: str) -> None:
+    """Delete namespace `ns` (one we created) with everything living in it or named
+    after it: its processes, daemons' state and responder namespace, /etc/netns/NS."""
+    kill_pids_in(ns)
+    forget_daemon_state(ns)
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    resolv = Path("/etc/netns") / ns
+    if resolv.is_dir():
+        for child in resolv.iterdir():
+            child.unlink()
+        resolv.rmdir()
+
+
 def forget_daemon_state(ns: str) -> None:
-    """Remove what daemons run in namespace `ns` kept under /run/transparent-md (their
-    lock, token secret, status): named after `ns`'s inode, so only ours match, and
-    useless once the namespace is gone."""
+    """Remove what daemons run in namespace `ns` left behind: their state under
+    /run/transparent-md (lock, token secret, status), their pins, and the responder
+    namespace of a daemon that was killed. All are named after `ns`'s inode, so only
+    ours match, and all are useless once the namespace is gone."""
     try:
         inode = os.stat(NETNS_DIR / ns).st_ino
     except OSError:
         return
-    if STATE_ROOT.is_dir():
-        for state in STATE_ROOT.glob(f"*-{inode}"):
-            if state.is_dir():
-                shutil.rmtree(state, ignore_errors=True)
+    for root in (STATE_ROOT, PIN_ROOT):
+        if root.is_dir():
+            for state in root.glob(f"*-{inode}"):
+                if state.is_dir():
+                    shutil.rmtree(state, ignore_errors=True)
+    if NETNS_DIR.is_dir():
+        for responder in NETNS_DIR.glob(f"*-{inode}-responder"):
+            kill_pids_in(responder.name)
+            subprocess.run(["ip", "netns", "del", responder.name], capture_output=True)
 
 
 def run(argv: Sequence[str], stdin: str | None = None) -> str:
