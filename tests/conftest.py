@@ -68,3 +68,18 @@ def write_records(path: str, records: list[dict]) -> None:
         store.put_many([parse_record(r) for r in records])
     finally:
         store.close()
+
+
+class Clock:
+    """A clock the test moves by hand (`clock.now += 61`), for token and backoff timing."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import Clock
 from transparent_md.store.errors import StoreUnavailable
 from transparent_md.store.etcd_url import parse_etcd_url
 from transparent_md.store.fleet_cache import FleetCache, remember_posted_password
@@ -15,14 +16,6 @@ pytest.importorskip("etcd3gw")
 
 # Port 1 (tcpmux) on loopback: nothing listens there, so a connection is refused at once.
 REFUSING_URL = "etcd://127.0.0.1:1/fleet"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 import uvloop
 
+from tests.responder.fakes import make_store
 from tests.responder.http_client import Conn, Response
 from transparent_md.identity import Guest
 from transparent_md.responder import Responder
@@ -82,6 +83,13 @@ class Live:
 
 def _resolver(peer_ip: str) -> Guest | None:
     return GUESTS.get(peer_ip)
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = make_store(str(tmp_path / "instances.db"))
+    yield store
+    store.close()
 
 
 @pytest.fixture

@@ -4,33 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.responder.fakes import GUEST, STRICT, make_store
+from tests.responder.fakes import GUEST, STRICT
 from transparent_md.responder import http
 from transparent_md.responder.dispatch import Dispatcher
 from transparent_md.responder.prepared import prepared_for
 from transparent_md.responder.tokens import MEMO_LIMIT, SECRET_BYTES, TokenAuthority
 
 TTL = b"60"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def store(tmp_path):
-    store = make_store(str(tmp_path / "instances.db"))
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from tests.responder.fakes import (
     FakeClient,
     FakeTransport,
     make_state,
-    make_store,
     one,
     parse_responses,
     request,
@@ -21,13 +20,6 @@ from transparent_md.responder import http
 from transparent_md.responder.limits import ResponderLimits
 
 ID = "/latest/meta-data/instance-id"
-
-
-@pytest.fixture
-def store(tmp_path):
-    store = make_store(str(tmp_path / "instances.db"))
-    yield store
-    store.close()
 
 
 @pytest.fixture

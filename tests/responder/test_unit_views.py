@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
-
-from tests.responder.fakes import GUEST, RECORD, make_store
+from tests.responder.fakes import GUEST, RECORD
 from transparent_md.responder import prepared as prepared_module
 from transparent_md.responder.admission import identity_of
 from transparent_md.responder.prepared import GuestViews
@@ -26,13 +24,6 @@ class CountingStore:
     def entry_for(self, guest):
         self.lookups += 1
         return self.store.entry_for(guest)
-
-
-@pytest.fixture
-def store(tmp_path):
-    store = make_store(str(tmp_path / "instances.db"))
-    yield store
-    store.close()
 
 
 def _views(store) -> tuple[GuestViews, CountingStore, list]:
