@@ -37,6 +37,22 @@ def demo_prefix(output: str) -> str:
     return match.group(1)
 
 
+def held_demo(args: list[str], env_prefix: str) -> subprocess.Popen:
+    """`demo ARGS` with its output on a pipe and `env_prefix` in the environment."""
+    return subprocess.Popen(DEMO + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, NETNS_PREFIX_ENV: env_prefix})
+
+
+def output_until_held(proc: subprocess.Popen) -> str:
+    """What a `demo --hold` printed up to its Ctrl-C hint (its topology is then up)."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "Ctrl-C to clean up" in line:
+            break
+    return "".join(seen)
+
+
 def test_demo_serves_every_guest_and_cleans_up():
     res = subprocess.run(DEMO, capture_output=True, text=True, timeout=300,
                          env={**os.environ, NETNS_PREFIX_ENV: ENV_PREFIX})
@@ -51,16 +67,9 @@ def test_demo_serves_every_guest_and_cleans_up():
 
 
 def test_demo_hold_stays_up_until_interrupted():
-    proc = subprocess.Popen(DEMO + ["--hold", "--netns-prefix", OPTION_PREFIX],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, NETNS_PREFIX_ENV: ENV_PREFIX})
+    proc = held_demo(["--hold", "--netns-prefix", OPTION_PREFIX], ENV_PREFIX)
     try:
-        seen = []
-        for line in proc.stdout:
-            seen.append(line)
-            if "Ctrl-C to clean up" in line:
-                break
-        output = "".join(seen)
+        output = output_until_held(proc)
         prefix = demo_prefix(output)
         assert prefix.startswith(OPTION_PREFIX)  # the option wins over the environment
         alive = {ns for ns in namespaces() if ns.startswith(prefix)}
@@ -93,16 +102,9 @@ def processes_naming(text: str) -> list[int]:
 
 
 def test_demo_fleet_serves_every_guest_from_its_own_etcd_and_cleans_up_on_ctrl_c():
-    proc = subprocess.Popen(DEMO + ["--fleet", "--hold"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, NETNS_PREFIX_ENV: FLEET_PREFIX})
+    proc = held_demo(["--fleet", "--hold"], FLEET_PREFIX)
     try:
-        seen = []
-        for line in proc.stdout:
-            seen.append(line)
-            if "Ctrl-C to clean up" in line:
-                break
-        output = "".join(seen)
+        output = output_until_held(proc)
         prefix = demo_prefix(output)
         for guest in DEMO_GUESTS:
             row = next(line for line in output.splitlines()
