@@ -8,7 +8,8 @@ formats, import rules) runs anywhere: `pytest -m "not netns"`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -83,3 +84,13 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, poll: float = 0.05) -> bool:
+    """Whether `predicate()` came true within `timeout` s: a deadline, never a guessed sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return bool(predicate())

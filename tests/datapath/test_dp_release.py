@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests.conftest import write_records
+from tests.conftest import wait_for, write_records
 from tests.pinned_maps import pinned_programs
 from transparent_md.datapath import layout
 from transparent_md.datapath.port_limits import PortLimits
@@ -199,15 +199,6 @@ def slots_in_use(hv: Hypervisor) -> int:
         if line.startswith("transparent_md_shadow_slots_in_use "):
             return int(float(line.split()[1]))
     raise AssertionError(f"no slots gauge in:\n{scraped.stdout}{scraped.stderr}")
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
 
 
 @contextlib.contextmanager
