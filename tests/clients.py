@@ -40,6 +40,14 @@ result["userdata"] = ud.decode() if isinstance(ud, bytes) else ud
 print(json.dumps(result, default=str))
 """
 
+_CLOUDINIT_NOCLOUD = r"""
+import json, sys
+from cloudinit import util
+md, ud, vd = util.read_seeded(base=sys.argv[1], timeout=5, retries=0)
+print(json.dumps({"meta-data": md, "user-data": ud.decode() if ud is not None else None,
+                  "vendor-data": vd.decode() if vd is not None else None}))
+"""
+
 _BOTOCORE_ROLE = r"""
 import json, sys
 from botocore.utils import InstanceMetadataFetcher
@@ -70,6 +78,12 @@ def cloudinit_ec2_crawl(base_url: str, *, imdsv2: bool, netns: str | None = None
 def cloudinit_openstack_read(base_url: str, *, netns: str | None = None) -> dict:
     """cloud-init's OpenStack MetadataReader(base_url).read_v2() result."""
     return run_client(_CLOUDINIT_OPENSTACK, base_url, netns=netns)
+
+
+def cloudinit_nocloud_read(seed_url: str, *, netns: str | None = None) -> dict:
+    """cloud-init's NoCloud seed read over HTTP (`util.read_seeded`, what `ds=nocloud-net;
+    s=SEED_URL` runs): {'meta-data', 'user-data', 'vendor-data'}."""
+    return run_client(_CLOUDINIT_NOCLOUD, seed_url, netns=netns)
 
 
 def botocore_role_credentials(base_url: str, *, netns: str | None = None,

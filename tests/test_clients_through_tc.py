@@ -105,6 +105,18 @@ def test_cloudinit_openstack_reader(world):
     assert result["networkdata"]["links"][0]["ethernet_mac_address"] == web.mac
 
 
+def test_cloudinit_nocloud_seed(world):
+    hv, web, locked = world
+    seeded = clients.cloudinit_nocloud_read(METADATA_URL + "/nocloud/", netns=web.ns)
+    assert seeded["meta-data"] == {"instance-id": "i-0web00000000001",
+                                   "local-hostname": "web-1", "public-keys": [SSH_KEY]}
+    assert seeded["user-data"] == USER_DATA
+    # A guest without user-data still gets the file NoCloud insists on.
+    other = clients.cloudinit_nocloud_read(METADATA_URL + "/nocloud/", netns=locked.ns)
+    assert other["meta-data"]["instance-id"] == "i-0locked00000001"
+    assert other["user-data"].startswith("#cloud-config")
+
+
 def test_botocore_role_credentials_with_imdsv1_disabled(world):
     hv, _, locked = world
     # IMDSv1 is refused for this instance: the token-less GET gets 401 ...

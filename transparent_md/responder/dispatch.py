@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from transparent_md.responder import ec2, openstack, paths
+from transparent_md.responder import ec2, nocloud, openstack, paths
 from transparent_md.responder.http import (
     BAD_REQUEST,
     CONFLICT,
@@ -93,6 +93,8 @@ class Dispatcher:
             return NOT_FOUND, False
         if path.startswith(OPENSTACK_PREFIX):
             return self._openstack(prepared, path), False
+        if path == nocloud.PREFIX or path.startswith(nocloud.PREFIX + b"/"):
+            return prepared.nocloud.get(path[len(nocloud.PREFIX) + 1:], NOT_FOUND), False
         if path == TOKEN_PATH:
             return METHOD_NOT_ALLOWED, False  # tokens are only PUT
         return self._ec2(prepared, path)
