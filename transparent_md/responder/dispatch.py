@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from transparent_md.responder import ec2, nocloud, openstack, paths
+from transparent_md.responder import ec2, gce, nocloud, openstack, paths
 from transparent_md.responder.http import (
     BAD_REQUEST,
     CONFLICT,
@@ -45,6 +45,9 @@ _NO_PASSWORD = Reply(200, b"")  # nova answers an unset password with an empty 2
 # (cloudbase-init does at its next run); the Retry-After matches the store's back-off.
 STORE_UNAVAILABLE_RETRY_S = 5
 _STORE_UNAVAILABLE = error_reply(503, b"Retry-After: %d\r\n" % STORE_UNAVAILABLE_RETRY_S)
+_GCE_ROOT = gce.reply(gce.ROOT_LISTING)
+_GCE_VERSIONS = gce.reply(b"v1/\n")
+_GCE_TOP = b"/computeMetadata"
 
 
 class Dispatcher:
@@ -87,12 +90,31 @@ class Dispatcher:
                 return UNAUTHORIZED
         return reply
 
+    def gce(self, prepared: Prepared | None, url: bytes, flavor: bytes,
+            forwarded: bool) -> Reply:
+        """A GET carrying `Metadata-Flavor`: the GCE flavour, with Google's refusals."""
+        if forwarded or flavor != gce.FLAVOR_HEADER_VALUE:
+            return gce.FORBIDDEN
+        if prepared is None:
+            return gce.NOT_FOUND
+        path = paths.canonical_path(url)
+        if path == paths.ROOT:
+            return _GCE_ROOT
+        if path == _GCE_TOP:
+            return _GCE_VERSIONS
+        if path is None or not (path == gce.PREFIX or path.startswith(gce.PREFIX + b"/")):
+            return gce.NOT_FOUND
+        query = url.partition(b"?")[2].partition(b"#")[0]
+        return prepared.gce.answer(path[len(gce.PREFIX) + 1:], query)
+
     def _route(self, prepared: Prepared, path: bytes | None) -> Route:
         """The reply for a GET of canonical `path`, and whether IMDSv2 token rules guard it."""
         if path is None:
             return NOT_FOUND, False
         if path.startswith(OPENSTACK_PREFIX):
             return self._openstack(prepared, path), False
+        if path.startswith(_GCE_TOP):  # without Metadata-Flavor: Google refuses it
+            return gce.FORBIDDEN, False
         if path == nocloud.PREFIX or path.startswith(nocloud.PREFIX + b"/"):
             return prepared.nocloud.get(path[len(nocloud.PREFIX) + 1:], NOT_FOUND), False
         if path == TOKEN_PATH:

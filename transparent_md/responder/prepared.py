@@ -11,7 +11,7 @@ from collections.abc import Callable, Hashable
 from typing import TypeAlias
 
 from transparent_md.identity import Guest
-from transparent_md.responder import ec2, nocloud, openstack
+from transparent_md.responder import ec2, gce, nocloud, openstack
 from transparent_md.responder.http import NOT_FOUND, Reply
 from transparent_md.store.snapshot import Entry
 
@@ -48,7 +48,8 @@ class Routes(dict[bytes, Route]):
 class Prepared:
     """Everything the dispatcher needs for one instance, built before any request."""
 
-    __slots__ = ("instance_id", "imdsv2_required", "ec2", "openstack", "nocloud", "routes")
+    __slots__ = ("instance_id", "imdsv2_required", "ec2", "openstack", "nocloud", "gce",
+                 "routes")
 
     def __init__(self, entry: Entry, mac: str, ip: str) -> None:
         instance = entry.instance
@@ -57,6 +58,7 @@ class Prepared:
         self.ec2: dict[bytes, Reply] = ec2.render(instance, mac, ip)
         self.openstack: dict[bytes, Reply] = openstack.render(instance, mac, ip)
         self.nocloud: dict[bytes, Reply] = nocloud.render(instance, mac, ip)
+        self.gce = gce.GceView(instance, mac, ip)  # built on its first GCE request
         self.routes = Routes()
 
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _FORWARDED_HEADER = b"x-forwarded-for"
+_FLAVOR_HEADER = b"metadata-flavor"  # GCE's clients send it; it selects that flavour
 # Only these can make an HTTP/1.0 request keep-alive (llhttp honours both), so only a
 # request carrying one needs the parser's version string (~170 ns to build).
 _CONNECTION_HEADERS = frozenset({b"connection", b"proxy-connection"})
@@ -43,7 +44,7 @@ _HTTP10 = "1.0"
 # Headers we care about, recognised by length first so most headers cost no lower().
 _INTERESTING_LENGTHS = frozenset(
     len(name) for name in (TOKEN_HEADER, TTL_REQUEST_HEADER, _FORWARDED_HEADER,
-                           *_CONNECTION_HEADERS))
+                           _FLAVOR_HEADER, *_CONNECTION_HEADERS))
 # Bytes that may sit unparsed before a request line and headers complete: the header
 # and URL limits plus slack, so a never-ending header line cannot grow the parser's
 # buffer without bound.
@@ -83,7 +84,7 @@ class MetadataProtocol(asyncio.Protocol):
         "_state", "_store", "_dispatcher", "_responses", "_parser", "_transport", "_guest",
         "_identity", "_snapshot", "_prepared", "_closing", "_write_paused", "_ttl_lowered",
         "_in_head", "_unparsed", "_url", "_header_bytes", "_token", "_ttl",
-        "_forwarded", "_connection_header", "_body", "_reject", "_admitted", "_forged",
+        "_forwarded", "_flavor", "_connection_header", "_body", "_reject", "_admitted", "_forged",
         "_bucket", "_requests_left", "_expires_tick", "_active_tick", "_head_tick",
         "_linger_left", "_linger_timer", "_last_status", "_fd", "_extras",
     )
@@ -131,6 +132,7 @@ class MetadataProtocol(asyncio.Protocol):
         self._token: bytes | None = None
         self._ttl: bytes | None = None
         self._forwarded = False
+        self._flavor: bytes | None = None
         self._connection_header = False
         self._body = b""
 
@@ -253,6 +255,8 @@ class MetadataProtocol(asyncio.Protocol):
                 self._ttl = value
             elif name == _FORWARDED_HEADER:
                 self._forwarded = True
+            elif name == _FLAVOR_HEADER:
+                self._flavor = value
             elif name in _CONNECTION_HEADERS:
                 self._connection_header = True
             else:
@@ -302,7 +306,10 @@ class MetadataProtocol(asyncio.Protocol):
                 self._snapshot = snapshot
                 self._prepared = self._state.views.prepared(self._guest, self._identity,
                                                             snapshot)
-            if method == _GET:
+            if self._flavor is not None and method in (_GET, _HEAD):
+                reply = self._dispatcher.gce(self._prepared, self._url, self._flavor,
+                                             self._forwarded)
+            elif method == _GET:
                 reply = self._dispatcher.get(self._prepared, self._url, self._token)
             else:
                 reply, is_token = self._dispatcher.respond(
