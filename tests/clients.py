@@ -9,6 +9,7 @@ package lives there); botocore under this venv's interpreter.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -57,14 +58,31 @@ print(json.dumps(fetcher.retrieve_iam_role_credentials()))
 """
 
 
+_GOOGLE_AUTH = r"""
+import json, sys
+import urllib3
+from google.auth import compute_engine
+from google.auth.compute_engine import _metadata
+from google.auth.transport.urllib3 import Request
+request = Request(urllib3.PoolManager())
+pinged = _metadata.ping(request)
+credentials = compute_engine.Credentials()
+credentials.refresh(request)
+print(json.dumps({"ping": pinged, "token": credentials.token,
+                  "email": credentials.service_account_email,
+                  "expiry": credentials.expiry.isoformat(),
+                  "project": _metadata.get_project_id(request)}))
+"""
+
+
 def run_client(code: str, *args: str, python: str = DEBIAN_PYTHON,
-               netns: str | None = None) -> dict:
+               netns: str | None = None, env: dict[str, str] | None = None) -> dict:
     """Run `code` with `args`, optionally inside network namespace `netns`; parse JSON."""
     command = [python, "-c", code, *args]
     if netns:
         command = ["ip", "netns", "exec", netns, *command]
     done = subprocess.run(command, capture_output=True, text=True,
-                          timeout=CLIENT_TIMEOUT_SECONDS, check=False)
+                          timeout=CLIENT_TIMEOUT_SECONDS, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"client failed ({done.returncode}): {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -90,3 +108,11 @@ def botocore_role_credentials(base_url: str, *, netns: str | None = None,
                               python: str = sys.executable) -> dict:
     """botocore's InstanceMetadataFetcher credentials (it always uses IMDSv2 tokens)."""
     return run_client(_BOTOCORE_ROLE, base_url, python=python, netns=netns)
+
+
+def google_auth_compute_engine(host: str, *, netns: str | None = None) -> dict:
+    """google-auth's compute-engine credentials and project id, with the metadata server
+    at `host` (GCE_METADATA_HOST / GCE_METADATA_IP, as google-auth reads them)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GCE_", "GOOGLE_"))}
+    env.update(GCE_METADATA_HOST=host, GCE_METADATA_IP=host)
+    return run_client(_GOOGLE_AUTH, python=sys.executable, netns=netns, env=env)

@@ -117,6 +117,16 @@ def test_cloudinit_nocloud_seed(world):
     assert other["user-data"].startswith("#cloud-config")
 
 
+def test_google_auth_compute_engine_credentials(world):
+    hv, _, locked = world
+    got = clients.google_auth_compute_engine("169.254.169.254", netns=locked.ns)
+    assert got["ping"] is True
+    assert got["token"] == "tok"
+    assert got["email"] == "app-role@project-000000000000.iam.gserviceaccount.com"
+    assert got["project"] == "project-000000000000"
+    assert got["expiry"] >= "2098-12-31"  # now + expires_in, less google-auth's margin
+
+
 def test_botocore_role_credentials_with_imdsv1_disabled(world):
     hv, _, locked = world
     # IMDSv1 is refused for this instance: the token-less GET gets 401 ...
