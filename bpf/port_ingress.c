@@ -7,8 +7,11 @@
  *   and of locked MACs, and its SYNs pass a token bucket.
  * - ARP who-has 169.254.169.254 (route-based mode) or a gateway address configured for
  *   this port (segments with no router): answered in place, back out of the port. Any
- *   ARP whose sender claims one of those addresses is dropped: it would poison the
- *   neighbours' caches.
+ *   ARP whose sender claims one of those addresses is dropped, whatever its ar_hrd and
+ *   however it is tagged: it would poison the neighbours' caches.
+ * - VLAN-tagged frames (802.1Q or 802.1ad, one or two tags, VID 0 priority tags
+ *   included: Linux takes those as untagged) are never served: one aimed at
+ *   169.254.169.254 is dropped, not flooded; more than two tags are dropped unread.
  * - Anything else addressed to 169.254.169.254 is dropped: that address is ours.
  * - Anything else sent to the MAC we answer ARP with is dropped too: a guest on a
  *   routerless segment sends all its off-link traffic there, and the bridge, which
@@ -26,6 +29,18 @@
  * The slot releaser's grace (2 s) is longer, so a live identity always looks live. */
 #define TMD_LAST_SEEN_REFRESH_NS 1000000000ULL
 
+/* A guest whose ARP (any op: request, reply, gratuitous) says it is 169.254.169.254 or
+ * a gateway address we answer for on this port is lying. */
+static __always_inline int claims_ours(__u32 ifindex, __be32 sender)
+{
+	if (sender == TMD_METADATA_IP)
+		return 1;
+	struct tmd_arp_key claimed = {};
+	claimed.ifindex = ifindex;
+	claimed.ip = sender;
+	return tmd_arp.lookup(&claimed) != 0;
+}
+
 static __always_inline int answer_arp(struct __sk_buff *skb, struct tmd_config *cfg)
 {
 	void *data = (void *)(long)skb->data;
@@ -34,20 +49,9 @@ static __always_inline int answer_arp(struct __sk_buff *skb, struct tmd_config *
 	struct arphdr *arp = (void *)(eth + 1);
 	struct tmd_arp_eth *body = (void *)(arp + 1);
 
-	if ((void *)(body + 1) > data_end)
+	if ((void *)(body + 1) > data_end || !tmd_arp_is_ipv4(arp))
 		return TC_ACT_OK;
-	if (arp->ar_hrd != bpf_htons(ARPHRD_ETHER) || arp->ar_pro != bpf_htons(ETH_P_IP) ||
-	    arp->ar_hln != ETH_ALEN || arp->ar_pln != 4)
-		return TC_ACT_OK;
-
-	/* A guest claiming our addresses (any op: request, reply, gratuitous) is lying. */
-	__be32 sender = body->spa;
-	if (sender == TMD_METADATA_IP)
-		return tmd_drop(TMD_DROP_ARP_CLAIM);
-	struct tmd_arp_key claimed = {};
-	claimed.ifindex = skb->ifindex;
-	claimed.ip = sender;
-	if (tmd_arp.lookup(&claimed))
+	if (claims_ours(skb->ifindex, body->spa))
 		return tmd_drop(TMD_DROP_ARP_CLAIM);
 
 	if (arp->ar_op != bpf_htons(ARPOP_REQUEST))
@@ -279,6 +283,33 @@ static __always_inline int intercept_ipv4(struct __sk_buff *skb, struct tmd_conf
 	return bpf_redirect(cfg->md_ifindex, 0);
 }
 
+/* A tagged frame is the bridge's VLAN business unless it is aimed at us: then it is
+ * dropped, never served (a reply would have to carry the tag back) and never passed
+ * (the bridge would flood it to every guest, and a guest takes a VID 0 tag as none). */
+static __always_inline int judge_tagged(struct __sk_buff *skb, const struct tmd_frame *f)
+{
+	if (f->proto == bpf_htons(ETH_P_IP)) {
+		__be32 daddr;
+		if (bpf_skb_load_bytes(skb, f->l3_off + offsetof(struct iphdr, daddr), &daddr,
+				       sizeof(daddr)))
+			return TC_ACT_OK; /* cut short: no stack takes it either */
+		if (daddr == TMD_METADATA_IP)
+			return tmd_drop(TMD_DROP_TAGGED_METADATA);
+		return TC_ACT_OK;
+	}
+	if (f->proto == bpf_htons(ETH_P_ARP)) {
+		struct tmd_arp_ipv4 arp;
+		if (bpf_skb_load_bytes(skb, f->l3_off, &arp, sizeof(arp)) ||
+		    !tmd_arp_is_ipv4(&arp.hdr))
+			return TC_ACT_OK;
+		if (claims_ours(skb->ifindex, arp.body.spa))
+			return tmd_drop(TMD_DROP_TAGGED_ARP_CLAIM);
+		if (arp.body.tpa == TMD_METADATA_IP)
+			return tmd_drop(TMD_DROP_TAGGED_METADATA);
+	}
+	return TC_ACT_OK;
+}
+
 /* Our ARP MAC belongs to no port of the bridge: whatever reaches it unserved would be
  * flooded as unknown unicast. */
 static __always_inline int drop_if_sent_to_us(struct __sk_buff *skb, struct tmd_config *cfg)
@@ -297,13 +328,17 @@ int port_ingress(struct __sk_buff *skb)
 	struct tmd_config *cfg = tmd_cfg();
 	if (!cfg || cfg->md_ifindex == 0)
 		return TC_ACT_OK;
-	/* Tagged frames belong to the bridge's VLAN handling; we do not serve VLANs yet. */
-	if (skb->vlan_present)
-		return TC_ACT_OK;
+	struct tmd_frame frame = {};
+	if (tmd_parse_frame(skb, &frame))
+		return TC_ACT_OK; /* shorter than an Ethernet header: the stack drops it */
+	if (frame.too_deep)
+		return tmd_drop(TMD_DROP_TOO_MANY_TAGS);
 	int verdict = TC_ACT_OK;
-	if (skb->protocol == bpf_htons(ETH_P_IP))
+	if (frame.tagged)
+		verdict = judge_tagged(skb, &frame);
+	else if (frame.proto == bpf_htons(ETH_P_IP))
 		verdict = intercept_ipv4(skb, cfg);
-	else if (skb->protocol == bpf_htons(ETH_P_ARP))
+	else if (frame.proto == bpf_htons(ETH_P_ARP))
 		verdict = answer_arp(skb, cfg);
 	if (verdict != TC_ACT_OK)
 		return verdict;

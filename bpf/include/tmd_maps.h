@@ -119,6 +119,9 @@ enum tmd_drop {
 	TMD_DROP_ARP_CLAIM,           /* ARP whose sender claims 169.254.169.254 or a gateway */
 	TMD_DROP_REPLY_UNSERVED,      /* on md0 but not a TCP reply to a shadow address */
 	TMD_DROP_REPLY_NO_SLOT,       /* reply to a shadow address with no live slot */
+	TMD_DROP_TAGGED_ARP_CLAIM,    /* ARP_CLAIM inside a VLAN or priority (VID 0) tag */
+	TMD_DROP_TAGGED_METADATA,     /* tagged frame to 169.254.169.254: only untagged is served */
+	TMD_DROP_TOO_MANY_TAGS,       /* more than two VLAN tags: what they carry is not read */
 	TMD_DROP_MAX,
 };
 

@@ -33,6 +33,79 @@ struct tmd_arp_eth {
 	__be32 tpa;
 } __attribute__((packed));
 
+/* The whole ARP packet for IPv4 with 6-byte hardware addresses, read in one copy. */
+struct tmd_arp_ipv4 {
+	struct arphdr hdr;
+	struct tmd_arp_eth body;
+} __attribute__((packed));
+
+/* ARP carrying IPv4 addresses behind 6-byte hardware addresses, whatever ar_hrd says:
+ * Linux on Ethernet takes ar_hrd 1 (Ethernet) and 6 (IEEE 802) alike, and another
+ * stack may take more, so the hardware type proves nothing either way. */
+static __always_inline int tmd_arp_is_ipv4(const struct arphdr *arp)
+{
+	return arp->ar_pro == bpf_htons(ETH_P_IP) && arp->ar_hln == ETH_ALEN &&
+	       arp->ar_pln == 4;
+}
+
+/* Tags a frame may carry and still be judged: one or two, 802.1Q or 802.1ad, VID 0
+ * (a priority tag, which Linux takes as untagged) or not. */
+#define TMD_MAX_VLAN_TAGS 2
+
+struct tmd_vlan_tag {
+	__be16 tci;
+	__be16 encapsulated_proto;
+};
+
+static __always_inline int tmd_vlan_proto(__be16 proto)
+{
+	return proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD);
+}
+
+/* What a frame carries once its VLAN tags are walked. On tc ingress the kernel has
+ * usually moved the outer tag out of the packet already (skb->vlan_present, VID in
+ * skb->vlan_tci), leaving an inner tag, if any, in the packet: both count. */
+struct tmd_frame {
+	__be16 proto;   /* ethertype of the payload; 0 when a tag is cut short */
+	__u16 l3_off;   /* where the payload starts in the packet */
+	__u8 tagged;    /* carried a tag, in skb->vlan_tci or in the packet */
+	__u8 too_deep;  /* more than TMD_MAX_VLAN_TAGS tags: the payload is not looked at */
+};
+
+/* Fills *f; -1 for a frame shorter than an Ethernet header. Untagged frames cost one
+ * comparison: tags are read with bpf_skb_load_bytes only when there are some. */
+static __always_inline int tmd_parse_frame(struct __sk_buff *skb, struct tmd_frame *f)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	__u32 tags = skb->vlan_present ? 1 : 0;
+	__be16 proto = eth->h_proto;
+	__u32 off = ETH_HLEN;
+#pragma unroll
+	for (int i = 0; i < TMD_MAX_VLAN_TAGS; i++) {
+		if (!tmd_vlan_proto(proto))
+			break;
+		struct tmd_vlan_tag tag;
+		if (bpf_skb_load_bytes(skb, off, &tag, sizeof(tag))) {
+			proto = 0;
+			tags++;
+			break;
+		}
+		proto = tag.encapsulated_proto;
+		off += sizeof(tag);
+		tags++;
+	}
+	f->proto = proto;
+	f->l3_off = off;
+	f->tagged = tags != 0;
+	f->too_deep = tags > TMD_MAX_VLAN_TAGS || tmd_vlan_proto(proto);
+	return 0;
+}
+
 static __always_inline int tmd_mac_eq(const __u8 *a, const __u8 *b)
 {
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] &&

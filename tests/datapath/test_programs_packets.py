@@ -203,7 +203,8 @@ ADDRESSED_TO_US_DROPPED = {
 PASSED_TO_BRIDGE = {
     "tcp-elsewhere": Ether() / IP(src="10.0.0.5", dst="10.0.0.1") / TCP(dport=80),
     "udp-elsewhere": Ether() / IP(src="10.0.0.5", dst="8.8.8.8") / UDP(dport=53),
-    "vlan-tagged": Ether() / Dot1Q(vlan=7) / IP(src="10.0.0.5", dst=MD) / TCP(dport=80),
+    "vlan-tagged-elsewhere": Ether() / Dot1Q(vlan=7) / IP(src="10.0.0.5", dst="10.0.0.1") /
+    TCP(dport=80),
     "arp-reply": Ether() / ARP(op=2, psrc="10.0.0.5", pdst=MD),
     "arp-other-target": Ether() / ARP(op=1, psrc="10.0.0.5", pdst="10.0.0.1"),
     "arp-probe": Ether() / ARP(op=1, psrc="0.0.0.0", pdst=MD),

@@ -35,7 +35,7 @@ CASES = {
     104: ("tcp to .254:80 with IP options", False),
     105: ("first fragment to .254:80", False),
     106: ("later fragment to .254", False),
-    107: ("vlan-tagged tcp to .254:80", True),
+    107: ("vlan-tagged tcp to .254:80", False),
     108: ("truncated IPv4 header", False),
     109: ("truncated TCP header to .254", False),
     110: ("tcp to the router", True),

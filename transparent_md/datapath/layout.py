@@ -62,6 +62,9 @@ class Drop(IntEnum):
     ARP_CLAIM = 9
     REPLY_UNSERVED = 10
     REPLY_NO_SLOT = 11
+    TAGGED_ARP_CLAIM = 12
+    TAGGED_METADATA = 13
+    TOO_MANY_TAGS = 14
 
 
 class Config(ctypes.Structure):
