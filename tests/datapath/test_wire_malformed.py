@@ -7,23 +7,19 @@ the captures say exactly which passed. The daemon must keep serving afterwards.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
 
 import dpkt
 import pytest
 
+from tests.capture import Capture
 from tests.conftest import write_records
 from transparent_md.lab.hypervisor import Hypervisor
-from transparent_md.process import stop_process
 
 pytestmark = pytest.mark.netns
 
 MD = "169.254.169.254"
 GUEST_IP, FORGED_IP, ROUTER_IP = "10.0.0.5", "10.0.0.99", "10.0.0.1"
-# Bound on waiting for a capture to show what was sent (never an assertion on time).
-CAPTURE_WAIT_S = 10.0
 
 # IP id -> (what the frame is, whether the router sees it). Our program passes a frame
 # with a cut IPv4 header to the bridge (not ours to judge), and Linux's bridge drops such
@@ -73,41 +69,6 @@ def ip_id(frame: bytes) -> int | None:
     if ethertype != 0x0800 or len(frame) < offset + 6:
         return None
     return int.from_bytes(frame[offset + 4:offset + 6], "big")
-
-
-def read_pcap(path: str) -> list[bytes]:
-    with open(path, "rb") as handle:
-        return [bytes(buf) for _, buf in dpkt.pcap.Reader(handle)]
-
-
-class Capture:
-    """tcpdump in a namespace, stopped by PID; frames read back with dpkt."""
-
-    def __init__(self, hv: Hypervisor, ns: str, path: str, expression: str = "") -> None:
-        self.path = path
-        # --immediate-mode: without it frames wait in a ring block that a stop can lose.
-        argv = ["tcpdump", "-i", "eth0", "--immediate-mode", "-U", "-n", "-s", "0", "-w", path]
-        self.proc = hv.topo.spawn(ns, argv + ([expression] if expression else []),
-                                  stderr=subprocess.PIPE, text=True)
-        # Wait until it listens, so no frame is missed.
-        for line in self.proc.stderr:
-            if "listening on" in line:
-                break
-
-    def frames(self, until) -> list[bytes]:
-        """Frames captured once `until(frames)` holds (or after a bounded wait)."""
-        deadline = time.monotonic() + CAPTURE_WAIT_S
-        frames: list[bytes] = []
-        while time.monotonic() < deadline:
-            try:
-                frames = read_pcap(self.path)
-            except (ValueError, dpkt.NeedData):
-                frames = []  # the file is being written: read again
-            if until(frames):
-                break
-            time.sleep(0.05)
-        stop_process(self.proc)
-        return read_pcap(self.path)
 
 
 def forged_syn_acks(frames: list) -> list:

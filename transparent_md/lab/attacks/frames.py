@@ -1,4 +1,5 @@
-"""Ethernet frames built byte by byte: TCP segments to the metadata address and ARP.
+"""Ethernet frames built byte by byte: TCP segments to the metadata address and ARP,
+optionally inside VLAN tags.
 
 A flood must not spend its time building packets, so frames are made once with
 `struct` (checksums computed here, as a NIC without offload would) and then sent
@@ -7,13 +8,25 @@ over and over. Nothing here touches a socket: it is pure and unit-tested.
 
 from __future__ import annotations
 
+import argparse
 import random
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
+# VLAN tag protocol identifiers: a customer tag (802.1Q) and a service tag (802.1ad).
+ETH_P_8021Q = 0x8100
+ETH_P_8021AD = 0x88A8
+TAG_PROTOCOLS = (ETH_P_8021Q, ETH_P_8021AD)
+# The largest VLAN id; 0 is a priority tag, which Linux takes as no tag at all.
+MAX_VID = 4095
+# Where a tag goes: after the destination and source MACs.
+MACS_LEN = 12
+# ARP hardware types: Ethernet, and IEEE 802 (Linux accepts both on Ethernet).
+ARPHRD_ETHER = 1
+ARPHRD_IEEE802 = 6
 IPPROTO_TCP = 6
 # A guest's default IP TTL.
 IP_TTL = 64
@@ -67,12 +80,49 @@ def tcp_frame(*, src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, sport: in
 
 
 def arp_frame(*, op: int, src_mac: str, dst_mac: str, sender_mac: str, sender_ip: str,
-              target_mac: str, target_ip: str) -> bytes:
-    """One Ethernet ARP frame (IPv4 over Ethernet)."""
-    body = struct.pack("!HHBBH6s4s6s4s", 1, ETH_P_IP, 6, 4, op, mac_bytes(sender_mac),
-                       socket.inet_aton(sender_ip), mac_bytes(target_mac),
-                       socket.inet_aton(target_ip))
+              target_mac: str, target_ip: str, hardware: int = ARPHRD_ETHER) -> bytes:
+    """One Ethernet ARP frame (IPv4 over 6-byte MACs), ar_hrd = `hardware`."""
+    body = struct.pack("!HHBBH6s4s6s4s", hardware, ETH_P_IP, 6, 4, op,
+                       mac_bytes(sender_mac), socket.inet_aton(sender_ip),
+                       mac_bytes(target_mac), socket.inet_aton(target_ip))
     return mac_bytes(dst_mac) + mac_bytes(src_mac) + struct.pack("!H", ETH_P_ARP) + body
+
+
+def tagged(frame: bytes, tags: Sequence[tuple[int, int]]) -> bytes:
+    """`frame` with VLAN tags, given outermost first as (TPID, VID), put after its MACs."""
+    inserted = b"".join(struct.pack("!HH", tpid, vid) for tpid, vid in tags)
+    return frame[:MACS_LEN] + inserted + frame[MACS_LEN:]
+
+
+def parse_tag(text: str) -> tuple[int, int]:
+    """'VID' (an 802.1Q tag) or 'TPID:VID' with TPID 8100 or 88a8 -> (TPID, VID)."""
+    tpid_text, _, vid_text = text.rpartition(":")
+    try:
+        tpid = int(tpid_text, 16) if tpid_text else ETH_P_8021Q
+        vid = int(vid_text)
+    except ValueError:
+        raise ValueError(f"VLAN tag {text!r} is not VID or TPID:VID") from None
+    if tpid not in TAG_PROTOCOLS:
+        raise ValueError(f"VLAN tag {text!r}: TPID must be 8100 or 88a8")
+    if not 0 <= vid <= MAX_VID:
+        raise ValueError(f"VLAN tag {text!r}: VID must be 0-{MAX_VID}")
+    return tpid, vid
+
+
+def vlan_tag_arg(text: str) -> tuple[int, int]:
+    """parse_tag for argparse: a bad tag is a one-line usage error."""
+    try:
+        return parse_tag(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_vlan_option(parser: argparse.ArgumentParser) -> None:
+    """The tools' shared --vlan option (repeatable, outermost tag first)."""
+    parser.add_argument("--vlan", action="append", default=[], type=vlan_tag_arg,
+                        metavar="[TPID:]VID",
+                        help="send inside this VLAN tag (repeatable, outermost first; "
+                             "TPID 8100 or 88a8, default 8100; VID 0 is a priority tag)")
 
 
 def random_mac(rng: random.Random) -> str:
