@@ -31,7 +31,6 @@ from transparent_md.datapath.port_selection import PortSelection
 from transparent_md.datapath.ports import GatewayRule, PortAttacher
 from transparent_md.datapath.slot_release import DEFAULT_SLOT_REUSE_DELAY_S
 from transparent_md.errors import UserError
-from transparent_md.identity.shadow_map import DEFAULT_CACHE_TTL_S
 from transparent_md.names import DaemonNames
 
 log = logging.getLogger(__name__)
@@ -183,9 +182,9 @@ class Datapath:
         cfg.flags = ((layout.CFG_ANSWER_METADATA_ARP if self.config.answer_metadata_arp else 0)
                      | (layout.CFG_MAC_LOCK if self.config.mac_lock else 0))
         limits = self.config
-        if limits.slot_reuse_delay_s <= DEFAULT_CACHE_TTL_S:
+        if limits.slot_reuse_delay_s <= layout.IDENTITY_CACHE_TTL_S:
             raise UserError(f"slot reuse delay {limits.slot_reuse_delay_s} s must exceed the "
-                            f"responder's identity cache ({DEFAULT_CACHE_TTL_S} s)")
+                            f"responder's identity cache ({layout.IDENTITY_CACHE_TTL_S} s)")
         cfg.port_identity_quota = limits.port_identity_quota
         cfg.port_mac_quota = limits.port_mac_quota
         if limits.port_syn_rate > 0 and limits.port_syn_burst > 0:

@@ -35,6 +35,11 @@ ALL_MAPS = (MAP_CONFIG, MAP_PORTS, MAP_ARP, MAP_BY_GUEST, MAP_SLOTS, MAP_NEXT_SL
 
 # TMD_MAX_SLOTS: slot 0 means "none", so at most MAX_SLOTS - 1 identities at once.
 MAX_SLOTS = 65536
+# The longest a reader of the slot map (identity's ShadowResolver, in the responder) may
+# cache what a slot stands for. Declared here, with the slots, because the datapath
+# keeps its side of it: a released slot goes to another identity only after the slot
+# reuse delay, which must be longer (slot_release, and checked where it is set).
+IDENTITY_CACHE_TTL_S = 10.0
 
 
 class Event(IntEnum):

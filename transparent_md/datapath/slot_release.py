@@ -32,7 +32,6 @@ from transparent_md.datapath import layout
 from transparent_md.datapath.bpf_syscall import BpfMap
 from transparent_md.datapath.port_limits import add_released
 from transparent_md.datapath.sock_diag import TcpPeers
-from transparent_md.identity.shadow_map import DEFAULT_CACHE_TTL_S
 from transparent_md.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -45,9 +44,10 @@ RELEASE_INTERVAL_S = 1.0
 # last-seen refresh period (1 s), so a live identity always looks live.
 RELEASE_GRACE_S = 2.0
 # A released slot waits this long before another identity may take it: the responder
-# caches identity per slot for DEFAULT_CACHE_TTL_S, plus room for a slow worker.
-DEFAULT_SLOT_REUSE_DELAY_S = DEFAULT_CACHE_TTL_S + 5.0
-assert DEFAULT_SLOT_REUSE_DELAY_S > DEFAULT_CACHE_TTL_S, "reuse must outlast the identity cache"
+# caches identity per slot for layout.IDENTITY_CACHE_TTL_S, plus room for a slow worker.
+DEFAULT_SLOT_REUSE_DELAY_S = layout.IDENTITY_CACHE_TTL_S + 5.0
+assert DEFAULT_SLOT_REUSE_DELAY_S > layout.IDENTITY_CACHE_TTL_S, \
+    "reuse must outlast the identity cache"
 _NS_PER_S = 1_000_000_000
 # After a socket dump that took T, the next waits at least T * DUMP_PACING: at most 5 %
 # of the time goes to dumping, however many sockets the responder namespace holds.

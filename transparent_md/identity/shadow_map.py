@@ -26,8 +26,9 @@ from transparent_md.datapath.bpf_syscall import BpfMap
 from transparent_md.identity.guest import Guest
 
 # Below the slot reuse delay (see above) yet long enough that a booting guest's burst
-# of connections costs one pair of map reads.
-DEFAULT_CACHE_TTL_S = 10.0
+# of connections costs one pair of map reads; the datapath declares it, as it keeps
+# the reuse delay above it.
+DEFAULT_CACHE_TTL_S = layout.IDENTITY_CACHE_TTL_S
 
 
 class ShadowResolver:
