@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from transparent_md.lab.extra import INSTALL_HINT
+from transparent_md.cli.lab_extra import INSTALL_HINT
 
 # Loaded by every interpreter started with this directory on PYTHONPATH.
 REFUSER = """\

@@ -1,7 +1,8 @@
 #!/usr/bin/perl
 # Proxmox VE hookscript: bind VM VMID's metadata record to its tap at start, unbind at stop.
 #
-# Install:  cp examples/proxmox/transparent-md-hook.pl /var/lib/vz/snippets/
+# Install:  cp /usr/share/transparent-md/proxmox-hook.pl \
+#              /var/lib/vz/snippets/transparent-md-hook.pl   (from a checkout: examples/proxmox/)
 #           chmod +x /var/lib/vz/snippets/transparent-md-hook.pl
 #           qm set VMID --hookscript local:snippets/transparent-md-hook.pl
 # The record's id is "pve-VMID" (create it with `transparent-md instance add` or the admin
@@ -11,15 +12,18 @@ use strict;
 use warnings;
 
 my $api = $ENV{TMD_API} // '/run/transparent-md/tmd.sock';
+# The install step writes its CLI path here; a checkout's copy falls back to PATH.
+my $tmd = '/opt/transparent-md/venv/bin/transparent-md';
+$tmd = 'transparent-md' unless -x $tmd;
 my ($vmid, $phase) = @ARGV;
 my $id = "pve-$vmid";
 
 if ($phase eq 'post-start') {
-    system('transparent-md', 'instance', 'bind', $id, '--port', "tap${vmid}i0",
+    system($tmd, 'instance', 'bind', $id, '--port', "tap${vmid}i0",
            '--api', $api) == 0
         or die "transparent-md: could not bind $id to tap${vmid}i0\n";
 } elsif ($phase eq 'pre-stop') {
-    system('transparent-md', 'instance', 'unbind', $id, '--api', $api) == 0
+    system($tmd, 'instance', 'unbind', $id, '--api', $api) == 0
         or warn "transparent-md: could not unbind $id\n";
 }
 exit(0);

@@ -14,6 +14,14 @@ from transparent_md.errors import UserError
 DEFAULT_TIMEOUT_S = 5.0
 
 
+class ApiUnreachable(UserError):
+    """Nothing listens on the socket (no file, or refused): no request reached a daemon."""
+
+
+# What connect() raises when no daemon is there; any other error may follow a request.
+_NOBODY_LISTENING = (FileNotFoundError, ConnectionRefusedError)
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
@@ -59,7 +67,8 @@ class ApiClient:
             raw = response.read()
         except OSError as exc:
             self._conn.close()
-            raise UserError(f"cannot reach the admin API at {self.path}: "
+            error = ApiUnreachable if isinstance(exc, _NOBODY_LISTENING) else UserError
+            raise error(f"cannot reach the admin API at {self.path}: "
                             f"{exc.strerror or exc} (is `transparent-md run` running with "
                             "this --api path?)") from exc
         except http.client.HTTPException as exc:
@@ -86,4 +95,4 @@ def raise_for(reply: Reply) -> Reply:
     return reply
 
 
-__all__ = ["ApiClient", "Reply", "raise_for"]
+__all__ = ["ApiClient", "ApiUnreachable", "Reply", "raise_for"]

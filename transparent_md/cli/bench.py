@@ -9,9 +9,12 @@ import shutil
 import signal
 import sys
 
+from transparent_md.cli.lab_extra import (
+    DEFAULT_NETNS_PREFIX,
+    NETNS_PREFIX_ENV,
+    require_lab_extra,
+)
 from transparent_md.errors import UserError
-from transparent_md.lab.extra import require_lab_extra
-from transparent_md.lab.netns import DEFAULT_NETNS_PREFIX, NETNS_PREFIX_ENV, netns_prefix
 
 # --quick: enough to prove every section works, small enough for the test suite.
 QUICK_GUESTS = 2
@@ -29,7 +32,7 @@ namespaces (named <prefix><random>-<role>, see --netns-prefix), starts
 `transparent-md run` on it, loads it and the usual alternatives with the same wrk
 load, drives a boot storm, and prints a markdown report with each figure beside its
 target. Everything it built is removed afterwards, also on failure or Ctrl-C. Needs
-root and the lab extra (pip install 'transparent-md[lab]'); nothing outside its own
+root and the lab (a clone's ./scripts/setup installs it); nothing outside its own
 namespaces is touched."""
 
 EPILOG = """\
@@ -121,6 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def settings_from(args: argparse.Namespace):
     from transparent_md.lab.bench import hostile
     from transparent_md.lab.bench.runner import Settings
+    from transparent_md.lab.netns import netns_prefix
 
     base = (Settings(guests=QUICK_GUESTS, duration_s=QUICK_DURATION_S,
                      storm_guests=QUICK_STORM_GUESTS, neighbour_attacks=hostile.QUICK,

@@ -17,17 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from transparent_md.errors import UserError
-from transparent_md.lab.extra import require_lab_extra
-from transparent_md.lab.netns import (
+from transparent_md.cli.lab_extra import (
     DEFAULT_NETNS_PREFIX,
     NETNS_PREFIX_ENV,
-    Topology,
-    netns_prefix,
+    require_lab_extra,
 )
+from transparent_md.errors import UserError
 
-if TYPE_CHECKING:  # the hypervisor (datapath, daemon) loads only once the demo runs
+if TYPE_CHECKING:  # the lab loads only once the demo runs: installs leave it out
     from transparent_md.lab.hypervisor import GuestNs, Hypervisor
+    from transparent_md.lab.netns import Topology
     from transparent_md.store import Instance
 
 INSTANCE_ID_PATH = "/latest/meta-data/instance-id"
@@ -107,6 +106,8 @@ def demo_command(args: argparse.Namespace) -> int:
         from transparent_md.lab.demo_fleet import require_fleet_tools
 
         require_fleet_tools()
+    from transparent_md.lab.netns import Topology, netns_prefix
+
     try:
         prefix = netns_prefix(args.netns_prefix)
     except ValueError as exc:

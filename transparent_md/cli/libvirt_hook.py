@@ -12,13 +12,22 @@ line and exits 1. Operations it has nothing to do for exit 0 at once.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import syslog
 
 from transparent_md.errors import UserError
+from transparent_md.store import DEFAULT_STORE_PATH
 
 # libvirt shows the hook's exit status; 1 is "the hook failed".
 EXIT_FAILED = 1
 DEFAULT_ON_STOP = "unbind"
+# With --api, when no daemon listens on the socket (stopped, restarting, crashed):
+#   refuse: fail the hook, so libvirt does not start the VM (nothing is written);
+#   store:  write the store file (--fallback-store) directly; the daemon reads it at start;
+#   allow:  write nothing, let the VM start, log a WARNING (stderr and syslog).
+IF_DAEMON_DOWN_CHOICES = ("refuse", "store", "allow")
+DEFAULT_IF_DAEMON_DOWN = "refuse"
 
 
 def _network(value: str) -> tuple[str, str]:
@@ -51,6 +60,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    metavar="NETWORK=BRIDGE",
                    help="bridge of a libvirt network, for type='network' interfaces whose "
                    "XML names none (repeatable)")
+    p.add_argument("--if-daemon-down", choices=IF_DAEMON_DOWN_CHOICES,
+                   default=DEFAULT_IF_DAEMON_DOWN,
+                   help="with --api, when no daemon listens on SOCKET: refuse (default: "
+                   "the hook fails and libvirt does not start the VM), store (write "
+                   "--fallback-store directly; the daemon reads it when it starts), or "
+                   "allow (write nothing, start the VM, log a WARNING to stderr and syslog)")
+    p.add_argument("--fallback-store", metavar="PATH", default=None,
+                   help="the daemon's store, for --if-daemon-down store (default "
+                   f"{DEFAULT_STORE_PATH}); it must exist already")
     p.add_argument("--on-stop", choices=ON_STOP_CHOICES, default=DEFAULT_ON_STOP,
                    help="at stopped/release: drop the port binding (default; the record "
                    "stays for the next start), remove the records, or keep them bound")
@@ -62,6 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def hook_command(args: argparse.Namespace) -> int:
+    from transparent_md.api.client import ApiUnreachable
     from transparent_md.integrations import libvirt
 
     if args.operation not in libvirt.START_OPERATIONS | libvirt.STOP_OPERATIONS:
@@ -80,17 +99,58 @@ def hook_command(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         if not domain.nics:
             return 0
-        writer = _writer(args)
-        if args.operation in libvirt.START_OPERATIONS:
-            writer.upsert(domain.patches())
-        else:
-            writer.stop(domain.record_ids(), remove=args.on_stop == "remove")
+        try:
+            _write(_writer(args), args, domain)
+        except ApiUnreachable as exc:
+            if args.if_daemon_down == "refuse":
+                raise UserError(f"{exc}; to let VMs start while it is down: "
+                                "--if-daemon-down store|allow") from exc
+            if args.if_daemon_down == "store":
+                fallback = _fallback_store(args)
+                outcome = f"writing the store file {fallback} instead"
+            elif args.operation in libvirt.START_OPERATIONS:
+                outcome = "the VM starts without its record bound"
+            else:
+                outcome = "the record keeps its port binding"
+            _warn(f"{args.domain} {args.operation}: {exc}; --if-daemon-down "
+                  f"{args.if_daemon_down}: {outcome}")
+            if args.if_daemon_down == "store":
+                from transparent_md.integrations.writers import StoreWriter
+
+                _write(StoreWriter(fallback), args, domain)
     except (UserError, libvirt.DomainError, ValueError, OSError) as exc:
         message = " ".join(str(exc).split())  # one line: libvirt shows it as is
         print(f"transparent-md libvirt-hook: {args.domain} {args.operation}: {message}",
               file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _write(writer, args: argparse.Namespace, domain) -> None:
+    from transparent_md.integrations import libvirt
+
+    if args.operation in libvirt.START_OPERATIONS:
+        writer.upsert(domain.patches())
+    else:
+        writer.stop(domain.record_ids(), remove=args.on_stop == "remove")
+
+
+def _fallback_store(args: argparse.Namespace) -> str:
+    """The store the daemon serves: it must exist, or the write would serve nobody."""
+    from transparent_md.store.etcd_url import is_etcd_url
+
+    path = args.fallback_store or DEFAULT_STORE_PATH
+    if not is_etcd_url(path) and not os.path.isfile(path):
+        raise UserError(f"--fallback-store {path} does not exist (give the daemon's --store)")
+    return path
+
+
+def _warn(message: str) -> None:
+    """One WARNING line on stderr (libvirt's log) and in syslog (the journal)."""
+    line = f"transparent-md libvirt-hook: WARNING: {message}"
+    print(line, file=sys.stderr)
+    syslog.openlog("transparent-md", syslog.LOG_PID, syslog.LOG_DAEMON)
+    syslog.syslog(syslog.LOG_WARNING, line)
 
 
 def _writer(args: argparse.Namespace):

@@ -22,13 +22,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from transparent_md.cli.lab_extra import DEFAULT_NETNS_PREFIX, NETNS_PREFIX_ENV
 from transparent_md.names import PIN_ROOT, STATE_ROOT
 from transparent_md.process import stop_process
 
 NETNS_DIR = Path("/run/netns")
 NAMESPACE_RESOLV_CONF = "nameserver 127.0.0.1\n"
-NETNS_PREFIX_ENV = "TMD_NETNS_PREFIX"
-DEFAULT_NETNS_PREFIX = "tmd"
 # Namespace names become file names under /run/netns and /etc/netns and appear in
 # shell commands we print: letters, digits, '-' and '_' only, starting with a letter.
 # 32 characters leaves the whole name (prefix + 6 hex + "-" + role) far below NAME_MAX.
