@@ -15,6 +15,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 from tests import reaper
+from tests.installed import installed_package, installed_prefix  # noqa: F401 - session fixtures
 from transparent_md.lab.netns import Topology
 from transparent_md.store import open_store, parse_record
 
