@@ -1,31 +1,35 @@
 """The libvirt hook driven exactly as libvirtd drives it: `qemu DOMAIN OPERATION SUBOP
 EXTRA`, the domain XML (files under tests/libvirt/domains) on stdin. Checks the records
 and port bindings that result, the stop choices, and that a failure is one line on
-stderr, a non-zero exit and an unchanged store. No root needed."""
+stderr, a non-zero exit and an unchanged store. The wrapper's tests run the one that
+`scripts/install` put in a temporary prefix (as root), under libvirtd's bare environment;
+the others need no root."""
 
 from __future__ import annotations
 
-import os
+import contextlib
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.installed import Install, run_as_libvirtd
 from transparent_md.api.server import AdminServer
 from transparent_md.store import open_store
 
 DOMAINS = Path(__file__).parent / "domains"
-WRAPPER = Path(__file__).parents[2] / "examples" / "libvirt" / "qemu"
-VENV_BIN = os.path.dirname(sys.executable)
 
 
 def hook(store: str, domain: str, operation: str, xml: str, *extra: str,
-         subop: str = "begin") -> subprocess.CompletedProcess:
-    """As libvirtd: argv DOMAIN OPERATION SUBOP EXTRA, the XML on stdin."""
+         subop: str = "begin", api: str | None = None) -> subprocess.CompletedProcess:
+    """As libvirtd: argv DOMAIN OPERATION SUBOP EXTRA, the XML on stdin; `api`: through
+    the admin API at that socket instead of the store file."""
+    target = ["--api", api] if api else ["--store", store]
     return subprocess.run(
-        [sys.executable, "-m", "transparent_md", "libvirt-hook", "--store", store, *extra,
+        [sys.executable, "-m", "transparent_md", "libvirt-hook", *target, *extra,
          domain, operation, subop, "-"],
         input=(DOMAINS / xml).read_bytes(), capture_output=True, timeout=30)
 
@@ -130,24 +134,75 @@ def test_operations_it_does_not_handle_exit_at_once(store):
     assert records(store) == {}
 
 
-def test_the_example_wrapper_through_the_admin_api(store, tmp_path):
+@contextlib.contextmanager
+def _conf(install: Install, **settings: str) -> Iterator[None]:
+    """The wrapper's settings file as an operator writes it; the installed one after."""
+    shipped = install.hook_conf().read_text()
+    install.hook_conf().write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    try:
+        yield
+    finally:
+        install.hook_conf().write_text(shipped)
+
+
+def _wrapped(install: Install, operation: str, subop: str) -> subprocess.CompletedProcess:
+    """The installed wrapper as libvirtd runs it: its argv, the XML, its bare environment."""
+    return run_as_libvirtd([str(install.libvirt_hook), "web-1", operation, subop, "-"],
+                           (DOMAINS / "web-1.xml").read_bytes(), timeout=30)
+
+
+def test_the_installed_wrapper_through_the_admin_api(installed_prefix, store, tmp_path):
     server = AdminServer(str(tmp_path / "api.sock"), lambda: open_store(store))
     server.start()
     try:
-        env = {**os.environ, "TMD_API": server.path, "TMD_BRIDGES": "br0",
-               "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-        started = time.monotonic()
-        result = subprocess.run([str(WRAPPER), "web-1", "started", "begin", "-"],
-                                input=(DOMAINS / "web-1.xml").read_bytes(),
-                                capture_output=True, env=env, timeout=30)
-        elapsed_ms = (time.monotonic() - started) * 1000
-        assert result.returncode == 0, result.stderr
-        assert records(store)["web-1"].instance.port == "vnet0"
-        stopped = subprocess.run([str(WRAPPER), "web-1", "stopped", "end", "-"],
-                                 input=(DOMAINS / "web-1.xml").read_bytes(),
-                                 capture_output=True, env=env, timeout=30)
-        assert stopped.returncode == 0, stopped.stderr
-        assert records(store)["web-1"].instance.port is None
+        with _conf(installed_prefix, TMD_API=server.path, TMD_BRIDGES="br0"):
+            started = time.monotonic()
+            result = _wrapped(installed_prefix, "started", "begin")
+            elapsed_ms = (time.monotonic() - started) * 1000
+            assert result.returncode == 0, result.stderr
+            assert records(store)["web-1"].instance.port == "vnet0"
+            stopped = _wrapped(installed_prefix, "stopped", "end")
+            assert stopped.returncode == 0, stopped.stderr
+            assert records(store)["web-1"].instance.port is None
     finally:
         server.stop()
-    print(f"hook through the wrapper and the API: {elapsed_ms:.0f} ms")
+    print(f"hook through the installed wrapper and the API: {elapsed_ms:.0f} ms")
+
+
+def test_with_the_daemon_down_the_wrapper_refuses_by_default(installed_prefix, store,
+                                                             tmp_path):
+    with _conf(installed_prefix, TMD_API=str(tmp_path / "nobody.sock")):
+        result = _wrapped(installed_prefix, "start", "begin")
+    assert result.returncode == 1 and result.stderr.count(b"\n") == 1, result.stderr
+    assert b"cannot reach the admin API" in result.stderr
+    assert b"--if-daemon-down store|allow" in result.stderr
+    assert not Path(store).exists()
+
+
+def test_with_the_daemon_down_the_wrapper_can_write_the_store(installed_prefix, store,
+                                                              tmp_path):
+    open_store(store).close()  # the daemon's store exists already
+    with _conf(installed_prefix, TMD_API=str(tmp_path / "nobody.sock"),
+               TMD_IF_DAEMON_DOWN="store", TMD_FALLBACK_STORE=store):
+        result = _wrapped(installed_prefix, "started", "begin")
+    assert result.returncode == 0, result.stderr
+    assert b"WARNING" in result.stderr and store.encode() in result.stderr
+    assert records(store)["web-1"].instance.port == "vnet0"
+
+
+def test_with_the_daemon_down_allow_starts_the_vm_unbound_and_says_so(store, tmp_path):
+    result = hook(store, "web-1", "start", "web-1.xml", "--if-daemon-down", "allow",
+                  api=str(tmp_path / "nobody.sock"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count(b"\n") == 1
+    assert b"WARNING" in result.stderr and b"the VM starts without its record bound" \
+        in result.stderr
+    assert not Path(store).exists()
+
+
+def test_the_fallback_store_must_exist(store, tmp_path):
+    result = hook(store, "web-1", "start", "web-1.xml", "--if-daemon-down", "store",
+                  "--fallback-store", store, api=str(tmp_path / "nobody.sock"))
+    assert result.returncode == 1 and result.stderr.count(b"\n") == 1, result.stderr
+    assert f"--fallback-store {store} does not exist".encode() in result.stderr
+    assert not Path(store).exists()
