@@ -1,5 +1,6 @@
-"""Acceptance 3, with a real qemu guest: the libvirt hook (the example wrapper, driven as
-libvirtd drives it, through the daemon's admin API) binds web-1's record to its tap
+"""Acceptance 3, with a real qemu guest: the libvirt hook (the wrapper and daemon that
+`scripts/install` put in a temporary prefix, the wrapper driven as libvirtd drives it,
+with libvirtd's bare environment, through the daemon's admin API) binds web-1's record to its tap
 `vnet0`; a guest on another port with the same MAC and IP, asking first, gets nothing,
 and then a qemu guest booted on vnet0 gets web-1's instance-id and user-data.
 
@@ -16,14 +17,12 @@ MAC and bridge (what `--on-stop unbind` leaves) returns the victim's data.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.installed import INSTALLED_ONLY, run_as_libvirtd
 from tests.libvirt import tiny_vm
 from transparent_md.integrations.libvirt import parse_domain
 from transparent_md.lab.hypervisor import Hypervisor
@@ -31,7 +30,6 @@ from transparent_md.lab.hypervisor import Hypervisor
 pytestmark = pytest.mark.netns
 
 DOMAINS = Path(__file__).parent / "domains"
-WRAPPER = Path(__file__).parents[2] / "examples" / "libvirt" / "qemu"
 WEB1_XML = (DOMAINS / "web-1.xml").read_bytes()
 WEB1_NIC = parse_domain(WEB1_XML).nics[0]  # MAC 52:54:00:a1:00:01, tap vnet0 on br0
 WEB1_UUID = "6c0f2a4e-9d3b-4a55-8e0a-6f1d2c3b4a51"  # its <uuid>
@@ -52,7 +50,7 @@ PORT_ATTACH_POLL_S = 0.1
 
 
 @pytest.fixture(scope="module")
-def hv(topology, tmp_path_factory):
+def hv(topology, tmp_path_factory, installed_prefix):
     hv = Hypervisor(topology)
     hv.bridge("br0")
     route = ["169.254.169.254/32 dev eth0"]
@@ -64,18 +62,21 @@ def hv(topology, tmp_path_factory):
              mac=CONTROL_MAC, routes=route)
     tmp = tmp_path_factory.mktemp("libvirt")
     hv.api = str(tmp / "api.sock")
-    hv.daemon = hv.start_daemon(["br0"], str(tmp / "instances.db"), ["--api", hv.api])
+    hv.daemon = hv.start_daemon(["br0"], str(tmp / "instances.db"), ["--api", hv.api],
+                                python=str(installed_prefix.python), env=INSTALLED_ONLY)
+    hv.wrapper = str(installed_prefix.libvirt_hook)
+    conf = installed_prefix.hook_conf()
+    shipped = conf.read_text()
+    conf.write_text(f"TMD_API={hv.api}\nTMD_BRIDGES=br0\n")
     yield hv
+    conf.write_text(shipped)
     hv.daemon.stop()
 
 
 def libvirtd_runs_hook(hv, domain: str, operation: str, xml: bytes) -> None:
     """/etc/libvirt/hooks/qemu DOMAIN OPERATION SUBOP EXTRA, the XML on stdin."""
-    env = {**os.environ, "TMD_API": hv.api, "TMD_BRIDGES": "br0",
-           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
     subop = "begin" if operation in ("prepare", "start", "started") else "end"
-    result = subprocess.run([str(WRAPPER), domain, operation, subop, "-"], input=xml,
-                            capture_output=True, env=env, timeout=30)
+    result = run_as_libvirtd([hv.wrapper, domain, operation, subop, "-"], xml, timeout=30)
     assert result.returncode == 0 and result.stdout == b"", result.stderr
 
 
