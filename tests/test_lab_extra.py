@@ -1,4 +1,5 @@
-"""Without the `lab` extra, `bench` and `demo` say in one line what to install.
+"""Without the `lab` extra, `bench` and `demo` say in one line what to install; without
+the `etcd` extra, so does an `etcd://` store.
 
 The interpreter is made to lack a lab module by a sitecustomize on PYTHONPATH that
 refuses to import it, exactly as an install without the extra would fail.
@@ -67,3 +68,13 @@ def test_help_needs_no_extra(tmp_path):
         res = run_without(tmp_path, {"aiohttp", "matplotlib"}, verb, "--help")
         assert res.returncode == 0, res.stderr
         assert "--netns-prefix" in res.stdout and "TMD_NETNS_PREFIX" in res.stdout
+
+
+@pytest.mark.parametrize("argv", [("instance", "list"), ("run", "--bridge", "br-none")])
+def test_an_etcd_store_without_etcd3gw_is_one_line_naming_the_extra(tmp_path, argv):
+    from transparent_md.store.etcd_client import ETCD_EXTRA_HINT
+
+    res = run_without(tmp_path, {"etcd3gw"}, *argv, "--store", "etcd://127.0.0.1:9/x")
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert ETCD_EXTRA_HINT in res.stderr and "etcd3gw" in res.stderr

@@ -59,11 +59,19 @@ def prefix_end(prefix: str) -> str:
     return data.decode()
 
 
+# scripts/install and the .deb always carry it; a plain pip install may not.
+ETCD_EXTRA_HINT = "pip install 'transparent-md[etcd]'"
+
+
 class EtcdClient:
     """Requests to the first member that answers; the one that did is tried first next."""
 
     def __init__(self, target: EtcdTarget, *, timeout: float = REQUEST_TIMEOUT_S) -> None:
-        from etcd3gw.client import Etcd3Client
+        try:
+            from etcd3gw.client import Etcd3Client
+        except ImportError as exc:  # a pip install without the extra
+            raise UserError(f"an etcd:// store needs the etcd extra (missing {exc.name}): "
+                            f"{ETCD_EXTRA_HINT}") from exc
 
         self.target = target
         tls = target.tls
