@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -77,6 +78,17 @@ def run_as_libvirtd(argv: list[str], stdin: bytes = b"",
     """`argv` with libvirtd's environment and nothing else."""
     return subprocess.run(argv, input=stdin, capture_output=True, env=dict(LIBVIRTD_ENV),
                           timeout=timeout)
+
+
+def systemd_analyze(unit: str, *, man: bool) -> tuple[subprocess.CompletedProcess, float | None]:
+    """`systemd-analyze verify` of `unit` (checking its man: pages if `man`), and the
+    overall exposure `systemd-analyze security --offline=true` gives it (None: unread)."""
+    verify = subprocess.run(["systemd-analyze", "verify", f"--man={'yes' if man else 'no'}",
+                             unit], capture_output=True, text=True, timeout=120)
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+                               unit], capture_output=True, text=True, timeout=120)
+    found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
+    return verify, float(found.group(1)) if found else None
 
 
 def _need_root() -> None:

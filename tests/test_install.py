@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_records
-from tests.installed import INSTALLED_ONLY, Install, install_prefix, run_as_libvirtd
+from tests.daemon.test_service_unit import MAX_EXPOSURE
+from tests.installed import (
+    INSTALLED_ONLY,
+    Install,
+    install_prefix,
+    run_as_libvirtd,
+    systemd_analyze,
+)
 from transparent_md.cli.lab_extra import GET_THE_LAB
 from transparent_md.lab.hypervisor import Hypervisor
 
@@ -91,3 +98,11 @@ def test_the_installed_daemon_serves_a_guest(installed_prefix: Install, topology
         assert hv.curl(guest.ns, "/latest/meta-data/instance-id") == (200, "i-installed")
     finally:
         assert daemon.stop() == 0
+
+
+def test_the_installed_unit_passes_systemd_analyze(installed_prefix: Install):
+    """As tests/test_package.py does for the package's unit; the man page named in
+    Documentation= comes with the package only, hence no man check here."""
+    verify, exposure = systemd_analyze(str(installed_prefix.unit), man=False)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    assert exposure is not None and exposure <= MAX_EXPOSURE

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon.test_service_unit import MAX_EXPOSURE
 from tests.installed import (
     INSTALLED_ONLY,
     PACKAGE,
@@ -29,6 +30,7 @@ from tests.installed import (
     installed_version,
     newer_revision,
     run_as_libvirtd,
+    systemd_analyze,
 )
 from tests.libvirt.test_libvirt_guest import WEB1_NIC
 from transparent_md.cli.lab_extra import GET_THE_LAB
@@ -39,7 +41,6 @@ from transparent_md.store import DEFAULT_STORE_PATH, open_store
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 DOMAIN_XML = (Path(__file__).parent / "libvirt" / "domains" / "web-1.xml").read_bytes()
-MAX_EXPOSURE = 4.0
 TOKEN_TTL_S = "21600"
 INSTANCE_ID = "/latest/meta-data/instance-id"
 HOSTNAME = "/latest/meta-data/hostname"
@@ -111,15 +112,9 @@ def test_the_files_are_where_the_package_says(installed_package):
 
 
 def test_the_installed_unit_passes_systemd_analyze(installed_package):
-    unit = str(installed_package.install.unit)
-    verify = subprocess.run(["systemd-analyze", "verify", unit], capture_output=True,
-                            text=True, timeout=120)
+    verify, exposure = systemd_analyze(str(installed_package.install.unit), man=True)
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
-    security = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
-                               unit], capture_output=True, text=True, timeout=120)
-    found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
-    assert found, security.stdout[-2000:] + security.stderr
-    assert float(found.group(1)) <= MAX_EXPOSURE, security.stdout[-3000:]
+    assert exposure is not None and exposure <= MAX_EXPOSURE
 
 
 def test_the_hook_wrapper_binds_under_libvirtds_environment(installed_package, served):

@@ -2,18 +2,20 @@
 
 `systemd-analyze` reads unit files without systemd running as PID 1. The unit names
 the documented install path (/opt/transparent-md/venv); for `verify`, which checks that
-ExecStart exists, a copy points at this checkout's venv instead.
+ExecStart exists, a copy points at this checkout's venv instead. The installed units are
+checked the same way in tests/test_install.py and tests/test_package.py.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.installed import systemd_analyze
 
 UNIT = Path(__file__).resolve().parents[2] / "examples" / "transparent-md.service"
 INSTALL_PREFIX = "/opt/transparent-md/venv"
@@ -33,19 +35,13 @@ def unit_for_this_checkout(tmp_path: Path) -> Path:
 
 
 def test_unit_passes_systemd_analyze_verify(tmp_path):
-    res = subprocess.run(["systemd-analyze", "verify", "--man=no",
-                          str(unit_for_this_checkout(tmp_path))],
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0 and not res.stderr.strip(), res.stderr
+    verify, _ = systemd_analyze(str(unit_for_this_checkout(tmp_path)), man=False)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
 
 
 def test_unit_is_hardened(tmp_path):
-    res = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager",
-                          str(unit_for_this_checkout(tmp_path))],
-                         capture_output=True, text=True, timeout=60)
-    found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", res.stdout)
-    assert found, res.stdout[-2000:] + res.stderr
-    assert float(found.group(1)) <= MAX_EXPOSURE, res.stdout[-3000:]
+    _, exposure = systemd_analyze(str(unit_for_this_checkout(tmp_path)), man=False)
+    assert exposure is not None and exposure <= MAX_EXPOSURE
 
 
 def test_unit_is_type_notify_with_a_file_limit():
