@@ -19,6 +19,10 @@ IFNAME_MAX = 15
 NAME_MAX = 11
 PIN_ROOT = Path("/sys/fs/bpf/transparent-md")
 STATE_ROOT = Path("/run/transparent-md")
+# The base of the namespace names a lab topology (demo, bench, tests) creates; here, not
+# in the lab, because `demo --help` and `bench --help` name it where the lab is absent.
+NETNS_PREFIX_ENV = "TMD_NETNS_PREFIX"
+DEFAULT_NETNS_PREFIX = "tmd"
 # The responder-side veth end inside a namespace of our own: nobody else lives there.
 RESPONDER_VETH_IN_OWN_NETNS = "md1"
 

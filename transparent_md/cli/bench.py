@@ -9,12 +9,9 @@ import shutil
 import signal
 import sys
 
-from transparent_md.cli.lab_extra import (
-    DEFAULT_NETNS_PREFIX,
-    NETNS_PREFIX_ENV,
-    require_lab_extra,
-)
+from transparent_md.cli.lab_extra import require_lab_extra
 from transparent_md.errors import UserError
+from transparent_md.names import DEFAULT_NETNS_PREFIX, NETNS_PREFIX_ENV
 
 # --quick: enough to prove every section works, small enough for the test suite.
 QUICK_GUESTS = 2

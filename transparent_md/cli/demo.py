@@ -17,12 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from transparent_md.cli.lab_extra import (
-    DEFAULT_NETNS_PREFIX,
-    NETNS_PREFIX_ENV,
-    require_lab_extra,
-)
+from transparent_md.cli.lab_extra import require_lab_extra
 from transparent_md.errors import UserError
+from transparent_md.names import DEFAULT_NETNS_PREFIX, NETNS_PREFIX_ENV
 
 if TYPE_CHECKING:  # the lab loads only once the demo runs: installs leave it out
     from transparent_md.lab.hypervisor import GuestNs, Hypervisor

@@ -14,11 +14,6 @@ import importlib.util
 
 from transparent_md.errors import UserError
 
-# The namespace-name base every lab topology starts from; declared here (not in the lab)
-# because `demo --help` and `bench --help` name it in installs without the lab.
-NETNS_PREFIX_ENV = "TMD_NETNS_PREFIX"
-DEFAULT_NETNS_PREFIX = "tmd"
-
 LAB_PACKAGE = "transparent_md.lab"
 # Top-level modules the `lab` extra in pyproject.toml provides.
 LAB_MODULES = ("aiohttp", "matplotlib")

@@ -22,8 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from transparent_md.cli.lab_extra import DEFAULT_NETNS_PREFIX, NETNS_PREFIX_ENV
-from transparent_md.names import PIN_ROOT, STATE_ROOT
+from transparent_md.names import DEFAULT_NETNS_PREFIX, NETNS_PREFIX_ENV, PIN_ROOT, STATE_ROOT
 from transparent_md.process import stop_process
 
 NETNS_DIR = Path("/run/netns")
