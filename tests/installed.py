@@ -42,7 +42,7 @@ TEST_LOCK = Path("/run/lock/transparent-md-package-test.lock")
 
 @dataclass(frozen=True)
 class Install:
-    """Where one install put things; `root` is "/" for the package."""
+    """Where one install put things."""
 
     cli: Path            # the command on PATH
     python: Path         # the venv's interpreter
