@@ -3,9 +3,10 @@ operator: `scripts/install` into a temporary prefix, and the .deb that `scripts/
 builds, installed with dpkg.
 
 The .deb installs into this machine's root (its venv must live in /opt/transparent-md,
-as on a hypervisor): only as root, only when no transparent-md is installed and none of
-its directories exist, one test run at a time (a lock), and purged afterwards with
-everything it or the tests made, also on failure.
+as on a hypervisor): only as root, only when no transparent-md package, /opt or /etc
+directory is there, one test run at a time (a lock), and purged afterwards with
+everything it or the tests made, also on failure. A /var/lib/transparent-md that
+exists before is moved aside and put back.
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ DPKG_TIMEOUT_S = 300
 # Another dpkg (apt on the shared machine) may hold its lock for a while.
 DPKG_LOCK_WAIT_S = 300
 # The package's own places: present before the test means a real install to leave alone.
-PACKAGE_DIRS = (Path("/opt/transparent-md"), Path("/etc/transparent-md"),
-                Path("/var/lib/transparent-md"))
+INSTALL_DIRS = (Path("/opt/transparent-md"), Path("/etc/transparent-md"))
+# The state directory: a test that ran `run` with a default path may have made it. It is
+# moved aside for the package's tests and put back afterwards.
+STATE_DIR = Path("/var/lib/transparent-md")
+PACKAGE_DIRS = (*INSTALL_DIRS, STATE_DIR)
 TEST_LOCK = Path("/run/lock/transparent-md-package-test.lock")
 
 
@@ -178,10 +182,13 @@ def installed_package(tmp_path_factory) -> Iterator[Package]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if installed_version() is not None:
             pytest.skip("transparent-md is installed on this machine; not touching it")
-        present = [str(d) for d in PACKAGE_DIRS if d.exists()]
+        present = [str(d) for d in INSTALL_DIRS if d.exists()]
         if present:
             pytest.skip(f"{', '.join(present)} exist(s); not touching a real install")
         work = tmp_path_factory.mktemp("package")
+        aside = STATE_DIR.with_name(f"{STATE_DIR.name}.before-package-test-{os.getpid()}")
+        if STATE_DIR.exists():
+            STATE_DIR.rename(aside)
         try:
             deb = build_package(work)
             res = dpkg("-i", str(deb))
@@ -192,3 +199,5 @@ def installed_package(tmp_path_factory) -> Iterator[Package]:
             dpkg("--purge", PACKAGE)
             for directory in PACKAGE_DIRS:
                 shutil.rmtree(directory, ignore_errors=True)
+            if aside.exists():
+                aside.rename(STATE_DIR)

@@ -74,7 +74,9 @@ def test_help_needs_no_extra(tmp_path):
 def test_an_etcd_store_without_etcd3gw_is_one_line_naming_the_extra(tmp_path, argv):
     from transparent_md.store.etcd_client import ETCD_EXTRA_HINT
 
-    res = run_without(tmp_path, {"etcd3gw"}, *argv, "--store", "etcd://127.0.0.1:9/x")
+    # run's local copy of the fleet's records goes here, not to /var/lib/transparent-md
+    cache = ("--cache", str(tmp_path / "cache.db")) if argv[0] == "run" else ()
+    res = run_without(tmp_path, {"etcd3gw"}, *argv, *cache, "--store", "etcd://127.0.0.1:9/x")
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1, res.stderr
     assert ETCD_EXTRA_HINT in res.stderr and "etcd3gw" in res.stderr
