@@ -223,6 +223,28 @@ static __always_inline __u32 new_slot(struct tmd_config *cfg, struct tmd_guest_k
 	return chosen;
 }
 
+/* A SYN of an identity that already has a slot takes its MAC's lock if nobody holds it
+ * (the operator released it, or its port went with no other port waiting for it): the
+ * responder serves a slot only while the slot's port holds the MAC's lock. */
+static __always_inline void lock_if_free(struct tmd_config *cfg, struct tmd_guest_key *key,
+					 struct tmd_port_usage *usage)
+{
+	if (!(cfg->flags & TMD_CFG_MAC_LOCK))
+		return;
+	struct tmd_mac_key mac_key = {};
+	tmd_mac_copy(mac_key.mac, key->mac);
+	if (tmd_mac_locks.lookup(&mac_key))
+		return;
+	__u32 ifindex = key->ifindex;
+	struct tmd_port_released *released = tmd_port_released.lookup(&ifindex);
+	__u64 macs_unlocked = released ? released->macs_unlocked : 0;
+	if (cfg->port_mac_quota &&
+	    in_use(usage->macs_locked, macs_unlocked) >= cfg->port_mac_quota)
+		return;
+	if (tmd_mac_locks.insert(&mac_key, &ifindex) == 0)
+		__sync_fetch_and_add(&usage->macs_locked, 1);
+}
+
 static __always_inline int intercept_ipv4(struct __sk_buff *skb, struct tmd_config *cfg)
 {
 	void *data = (void *)(long)skb->data;
@@ -264,6 +286,8 @@ static __always_inline int intercept_ipv4(struct __sk_buff *skb, struct tmd_conf
 			return tmd_drop(TMD_DROP_SYN_RATE);
 	}
 	__u32 slot = known_slot(&key, gw_mac, now);
+	if (slot && usage)
+		lock_if_free(cfg, &key, usage);
 	if (!slot) {
 		if (!usage)
 			return tmd_drop(TMD_DROP_NOT_SYN);

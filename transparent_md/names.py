@@ -87,6 +87,11 @@ class DaemonNames:
         return self.state_dir / "ports.json"
 
     @property
+    def locks_file(self) -> Path:
+        """The MAC locks, kept across restarts (datapath.lock_file)."""
+        return self.state_dir / "mac-locks.json"
+
+    @property
     def stats_dir(self) -> Path:
         return self.state_dir / "stats"
 

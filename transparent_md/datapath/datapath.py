@@ -18,6 +18,7 @@ from transparent_md.datapath import (
     bpf_syscall,
     bpffs,
     layout,
+    locks,
     ownership,
     port_state,
     programs,
@@ -26,6 +27,7 @@ from transparent_md.datapath import (
 )
 from transparent_md.datapath.bpf_syscall import BpfMap
 from transparent_md.datapath.filter_guard import FilterGuard
+from transparent_md.datapath.lock_keeper import LockKeeper
 from transparent_md.datapath.port_limits import PortLimits
 from transparent_md.datapath.port_selection import PortSelection
 from transparent_md.datapath.ports import GatewayRule, PortAttacher
@@ -95,6 +97,7 @@ class Datapath:
         self.side: responder_side.ResponderSide | None = None
         self.attacher: PortAttacher | None = None
         self.guard: FilterGuard | None = None
+        self.keeper: LockKeeper | None = None
         self._maps: dict[str, BpfMap] = {}
 
     @property
@@ -119,6 +122,7 @@ class Datapath:
         ownership.refuse_claimed(self.names,
                                  ownership.bridge_members(self.ipr, self.selection))
         bpffs.ensure_mounted()
+        leftover_locks = locks.leftover(self.pin_dir)  # a `kill -9` left its pins
         bpffs.unpin(self.pin_dir)
         self.programs = programs.compile_and_pin(
             self.pin_dir, (f"-DTMD_MAX_SLOTS={layout.MAX_SLOTS}",)
@@ -130,14 +134,23 @@ class Datapath:
                   self.config.filter_position)
         self._write_config()
 
+        self.keeper = LockKeeper(self.pin_dir, self.names.locks_file)
+        limits = self._port_limits()
         self.attacher = PortAttacher(
             self.selection, self.programs.port_fd, self._maps[layout.MAP_PORTS],
             self._maps[layout.MAP_ARP], self.config.gateways, self.config.filter_position,
-            limits=self._port_limits(),
+            limits=limits,
         )
         state = self.names.ports_file
         recorded = port_state.load(state)
-        self.attacher.sync(self.ipr)
+        # The MAC locks of the last run go back before the first port is attached: no
+        # request may find a lock missing that the daemon had before it stopped.
+        about_to_attach = {i: p.name for i, p in self.attacher.current_ports(self.ipr).items()}
+        limits.restored_locks = self.keeper.restore(about_to_attach, leftover_locks)
+        try:
+            self.attacher.sync(self.ipr)
+        finally:
+            limits.restored_locks = None
         current = {i: p.name for i, p in self.attacher.attached.items()}
         for name in port_state.detach_leftovers(self.ipr, recorded, current,
                                                 self.config.filter_position):
@@ -148,6 +161,7 @@ class Datapath:
         self.guard = FilterGuard(self.attacher, bpf_syscall.prog_id(self.programs.port_fd),
                                  self.config.filter_position)
         self.guard.start()
+        self.keeper.start()
         log.info("datapath up: bridges %s, %d ports, responder netns %s",
                  ",".join(self.config.bridges), len(self.attacher.attached),
                  self.names.responder_netns)
@@ -195,7 +209,8 @@ class Datapath:
 
     def _port_limits(self) -> PortLimits:
         return PortLimits(self._maps[layout.MAP_PORT_USAGE], self._maps[layout.MAP_PORT_RELEASED],
-                          self._maps[layout.MAP_MAC_LOCKS], self._maps[layout.MAP_BY_GUEST])
+                          self._maps[layout.MAP_MAC_LOCKS], self._maps[layout.MAP_BY_GUEST],
+                          keeper=self.keeper)
 
     def reconfigure(self, bridges: list[str], include_ports: list[str],
                     exclude_ports: list[str], gateways: list[GatewayRule]) -> None:
@@ -224,6 +239,10 @@ class Datapath:
         if self.guard:
             self.guard.stop()
             self.guard = None
+        if self.keeper:
+            # Before the ports are detached: their locks are kept for the next run.
+            self.keeper.close()
+            self.keeper = None
         if self.attacher:
             self.attacher.stop_following()
             self.attacher.on_change = None

@@ -10,12 +10,16 @@ MAC). When a VM legitimately moves to another port while its old port still exis
 from __future__ import annotations
 
 import ctypes
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from transparent_md.datapath import layout
 from transparent_md.datapath.bpf_syscall import BpfMap
+from transparent_md.datapath.lock_file import PortLink, SavedLock
 from transparent_md.datapath.port_limits import add_released
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,20 @@ def list_locks(pin_dir: str | Path) -> list[MacLock]:
     finally:
         locks.close()
         ports.close()
+
+
+def leftover(pin_dir: Path) -> list[SavedLock]:
+    """The locks in the pins an earlier run left (it was killed): exact to its last
+    packet. Empty when there are none or they cannot be read (logged)."""
+    if not (Path(pin_dir) / layout.MAP_MAC_LOCKS).exists():
+        return []
+    try:
+        return [SavedLock(lock.mac, PortLink(lock.ifindex, lock.port))
+                for lock in list_locks(pin_dir)]
+    except OSError as exc:
+        log.warning("the MAC locks left pinned in %s cannot be read (%s): using the lock "
+                    "file alone", pin_dir, exc)
+        return []
 
 
 def release_mac(pin_dir: str | Path, mac: str) -> bool:

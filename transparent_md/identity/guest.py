@@ -13,8 +13,9 @@ class Guest:
     colon form ("52:54:00:12:34:56"); `ip` is dotted IPv4. The store matches
     instance records against these fields.
 
-    `locked_elsewhere` is set when this MAC first asked from another port that still
-    exists: a guest copying a neighbour's MAC. The responder answers it nothing.
+    `locked_elsewhere` is set when MAC locks are on and this guest's port does not hold
+    its MAC's lock: another port asked with this MAC first and still exists (a guest
+    copying a neighbour's MAC). The responder answers it nothing.
     """
 
     bridge: str

@@ -9,12 +9,18 @@ handed to another identity only after the slot reuse delay
 (transparent_md.datapath.slot_release.DEFAULT_SLOT_REUSE_DELAY_S), which is longer
 than this cache: a cached answer always expires before its slot can change hands.
 
-A slot whose MAC is locked to another port (a guest copying a neighbour's MAC) resolves
-to a Guest with `locked_elsewhere=True`: the responder answers it nothing of anyone's.
+With MAC locks on, a slot is its MAC's only voice while its port holds the MAC's lock
+(tmd_mac_locks); any other slot with that MAC (a guest copying a neighbour's MAC, or the
+former holder after `identity release`) resolves to a Guest with
+`locked_elsewhere=True`, and the responder answers it nothing of anyone's. Such answers
+are not cached: a port handed the lock (transparent_md.datapath.lock_keeper) is served
+from its next connection on. A holder's answer is cached like any other, so a lock
+released by the operator stops serving its former holder within the cache's lifetime.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
 import socket
@@ -39,6 +45,11 @@ class ShadowResolver:
         pin_dir = Path(pin_dir)
         self.slots = BpfMap.from_pin(str(pin_dir / layout.MAP_SLOTS))
         self.ports = BpfMap.from_pin(str(pin_dir / layout.MAP_PORTS))
+        self.locks = BpfMap.from_pin(str(pin_dir / layout.MAP_MAC_LOCKS))
+        config = layout.Config()
+        with contextlib.closing(BpfMap.from_pin(str(pin_dir / layout.MAP_CONFIG))) as cfg:
+            self._mac_lock = (cfg.lookup(ctypes.c_uint32(0), config)
+                              and bool(config.flags & layout.CFG_MAC_LOCK))
         net = ipaddress.IPv4Network(shadow_prefix)
         self._net = int(net.network_address)
         self._mask = int(net.netmask)
@@ -49,6 +60,8 @@ class ShadowResolver:
         self._slot = layout.Slot()
         self._port_key = ctypes.c_uint32()
         self._port = layout.Port()
+        self._mac_key = layout.MacKey()
+        self._holder = ctypes.c_uint32()
 
     def __call__(self, peer_ip: str) -> Guest | None:
         try:
@@ -63,7 +76,7 @@ class ShadowResolver:
         if cached is not None and cached[1] > now:
             return cached[0]
         guest = self._read(slot)
-        if guest is None:
+        if guest is None or guest.locked_elsewhere:
             self._cache.pop(slot, None)
         else:
             self._cache[slot] = (guest, now + self._ttl)
@@ -83,9 +96,18 @@ class ShadowResolver:
             ifindex=slot.ifindex,
             mac=layout.mac_str(slot.mac),
             ip=layout.ip_from_be32(slot.ip),
-            locked_elsewhere=bool(slot.flags & layout.SLOT_LOCKED_ELSEWHERE),
+            locked_elsewhere=self._locked_elsewhere(slot),
         )
+
+    def _locked_elsewhere(self, slot: layout.Slot) -> bool:
+        """True unless MAC locks are off or this slot's port holds its MAC's lock now."""
+        if not self._mac_lock:
+            return bool(slot.flags & layout.SLOT_LOCKED_ELSEWHERE)
+        self._mac_key.mac[:] = bytes(slot.mac)
+        return not (self.locks.lookup(self._mac_key, self._holder)
+                    and self._holder.value == slot.ifindex)
 
     def close(self) -> None:
         self.slots.close()
         self.ports.close()
+        self.locks.close()

@@ -1,0 +1,103 @@
+"""The MAC locks and the ports waiting for them, kept in the state directory.
+
+What the daemon learned about who owns a MAC must outlive the daemon process: without
+this file a restart (SIGTERM or `kill -9`) would forget every lock, and a neighbour
+copying an unbound record's MAC could take it before its owner asks again. A port is a
+link, named by its ifindex in the daemon's network namespace and its name together:
+Linux hands out ifindexes cyclically, so a link re-created with the same name has
+another ifindex, and an ifindex that names another link now is not the same port.
+
+The file is JSON, written atomically (a temporary file, fsync, rename): a crash while
+writing leaves the previous version. A file that cannot be read is logged and ignored
+(the daemon then starts with no locks, as it did before this file existed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PortLink:
+    """A port as a link: its ifindex in our network namespace and its name then."""
+
+    ifindex: int
+    name: str
+
+
+@dataclass(frozen=True)
+class SavedLock:
+    mac: str
+    port: PortLink
+
+
+@dataclass(frozen=True)
+class SavedWaiter:
+    """A port that asked for `mac` while it was locked to another port."""
+
+    mac: str
+    port: PortLink
+    ip: str
+    first_asked: float  # wall-clock time (time.time()) of its first refused request
+    last_asked: float   # ... and of its latest
+
+
+@dataclass(frozen=True)
+class LockState:
+    locks: tuple[SavedLock, ...] = ()
+    waiting: tuple[SavedWaiter, ...] = ()
+
+
+def save(path: Path, state: LockState) -> None:
+    """Write `state` atomically (never a half-written file, even on a crash)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"version": FORMAT_VERSION,
+            "locks": [_lock_json(lock) for lock in state.locks],
+            "waiting": [_waiter_json(w) for w in state.waiting]}
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as out:
+        json.dump(body, out, indent=1, sort_keys=True)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: Path) -> LockState:
+    """What was saved; empty when there is no file or it cannot be read (logged)."""
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(body, dict) or body.get("version") != FORMAT_VERSION:
+            raise ValueError(f"not a version {FORMAT_VERSION} lock file")
+        locks = tuple(SavedLock(str(e["mac"]), _link(e)) for e in body.get("locks", ()))
+        waiting = tuple(SavedWaiter(str(e["mac"]), _link(e), str(e["ip"]),
+                                    float(e["first_asked"]), float(e["last_asked"]))
+                        for e in body.get("waiting", ()))
+    except FileNotFoundError:
+        return LockState()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("MAC lock file %s cannot be read (%s): starting with no MAC locks",
+                    path, exc)
+        return LockState()
+    return LockState(locks, waiting)
+
+
+def _link(entry: dict) -> PortLink:
+    return PortLink(int(entry["ifindex"]), str(entry["port"]))
+
+
+def _lock_json(lock: SavedLock) -> dict:
+    return {"mac": lock.mac, "ifindex": lock.port.ifindex, "port": lock.port.name}
+
+
+def _waiter_json(waiter: SavedWaiter) -> dict:
+    entry = asdict(waiter)
+    entry.pop("port")
+    return {**entry, "ifindex": waiter.port.ifindex, "port": waiter.port.name}
