@@ -479,15 +479,36 @@ def test_mac_quota_drops_a_new_mac_but_not_a_locked_one(loaded, maps):
     assert run_port(loaded, request(mac="02:00:00:00:0a:03"))[0] == TC_ACT_REDIRECT
 
 
-def test_reattaching_a_port_resets_its_locks_and_counters(loaded, maps):
+def test_reattaching_a_port_keeps_its_locks_and_counts_them(loaded, maps):
+    """A lock belongs to the link: re-attaching the same link (a rename, a move to
+    another of our bridges, a restart) keeps it, and it still counts against the
+    port's MAC quota."""
     configure(maps, port_mac_quota=1)
     run_port(loaded, request(mac="02:00:00:00:0b:01"))
     assert run_port(loaded, request(mac="02:00:00:00:0b:02"))[0] == TC_ACT_SHOT
     limits(maps).reset(LOOPBACK_IFINDEX)
-    assert lock_of(maps, "02:00:00:00:0b:01") is None
-    # The slot it still holds is still counted against the identity quota.
-    assert port_usage(maps).identities_taken == 1
-    assert run_port(loaded, request(mac="02:00:00:00:0b:02"))[0] == TC_ACT_REDIRECT
+    assert lock_of(maps, "02:00:00:00:0b:01") == LOOPBACK_IFINDEX
+    # The slot and the lock it still holds are still counted against its quotas.
+    assert (port_usage(maps).identities_taken, port_usage(maps).macs_locked) == (1, 1)
+    assert run_port(loaded, request(mac="02:00:00:00:0b:02"))[0] == TC_ACT_SHOT
+
+
+def test_a_syn_of_a_known_slot_takes_its_macs_free_lock(loaded, maps):
+    """After `identity release` (or its holder's port went with nobody waiting), the
+    next SYN of a slot with that MAC locks it, even a slot that was flagged."""
+    victim_mac = "02:00:00:00:0b:07"
+    maps[layout.MAP_MAC_LOCKS].update(layout.mac_key(victim_mac),
+                                      ctypes.c_uint32(OTHER_PORT_IFINDEX))
+    run_port(loaded, request(mac=victim_mac))
+    assert read_slot(maps, 1).flags == layout.SLOT_LOCKED_ELSEWHERE
+    run_port(loaded, request(mac=victim_mac))
+    assert lock_of(maps, victim_mac) == OTHER_PORT_IFINDEX  # held: nothing taken
+    maps[layout.MAP_MAC_LOCKS].delete(layout.mac_key(victim_mac))
+    run_port(loaded, request(mac=victim_mac, flags="A"))
+    assert lock_of(maps, victim_mac) is None                # only a SYN takes it
+    run_port(loaded, request(mac=victim_mac))
+    assert lock_of(maps, victim_mac) == LOOPBACK_IFINDEX
+    assert port_usage(maps).macs_locked == 1
 
 
 def test_forgetting_a_port_removes_only_its_locks(loaded, maps):
