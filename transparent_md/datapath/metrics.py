@@ -42,3 +42,23 @@ class DatapathCollector(Collector):
         attacher = self._datapath.attacher
         yield GaugeMetricFamily("transparent_md_attached_ports", "bridge ports with our filter",
                                 value=len(attacher.attached) if attacher else 0)
+        keeper = self._datapath.keeper
+        if keeper is None:
+            return
+        locks = keeper.stats
+        yield CounterMetricFamily(
+            "transparent_md_mac_lock_conflicts",
+            "ports that asked with a MAC locked to another port (each (MAC, port) once "
+            "while it keeps asking): answered nothing, put in line for the lock",
+            value=locks.conflicts)
+        yield CounterMetricFamily(
+            "transparent_md_mac_lock_handovers",
+            "MAC locks handed to the port that waited longest, when their port went",
+            value=locks.handovers)
+        restored = CounterMetricFamily(
+            "transparent_md_mac_locks_at_start",
+            "MAC locks of the last run at this start: put back, or released because "
+            "their port was gone or is another link now", labels=["outcome"])
+        restored.add_metric(["restored"], locks.restored)
+        restored.add_metric(["released"], locks.released_at_start)
+        yield restored
