@@ -87,6 +87,12 @@ def locks_now(w) -> list[tuple[str, str, str]]:
     return [(lock["mac"], lock["port"], lock["bridge"]) for lock in json.loads(listed.stdout)]
 
 
+def waiting_for(w, mac: str) -> list[str]:
+    """The ports `identity locks` shows in line for `mac`."""
+    listed = json.loads(identity(w, "locks", "--json").stdout)
+    return [waiter["port"] for lock in listed if lock["mac"] == mac for waiter in lock["waiting"]]
+
+
 def read_everything(w, role: str) -> dict[str, tuple[int, str]]:
     """Every secret path from `role`, with and without an IMDSv2 token."""
     got = {path: w.curl(role, path) for path in SECRET_PATHS}
@@ -156,6 +162,7 @@ def test_a_squatter_denies_the_owner_only_while_its_port_exists(world):
         assert w.curl("owner")[0] == 404
         time.sleep(0.5)
     assert conflict in w.daemon.log(), w.log_tail()
+    assert waiting_for(w, owner.mac) == [owner.port]
     assert metric_value(w.metrics()[1], "transparent_md_mac_lock_conflicts_total") >= 1
 
     # The squatter's VM stops: its port goes. The owner is served within the bound.

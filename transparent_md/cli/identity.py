@@ -23,10 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "identity", help="list or release the MAC locks of a running daemon",
         description="A MAC that asked from one bridge port is locked to that port while the "
         "port exists: from any other port it gets nothing (a guest copying a neighbour's "
-        "MAC). Locks go when their port goes. Release one early when a VM legitimately "
-        "moves to another port while its old port still exists.")
+        "MAC), and that port waits in line for the lock. Locks survive restarts of the "
+        "daemon; when their port goes they pass to the port in line that asked first, or "
+        "are released. Release one early when a VM legitimately moves to another port "
+        "while its old port still exists, or to end a neighbour's hold on an unbound "
+        "record (see docs/hostile-guests.md).")
     verbs = p.add_subparsers(dest="identity_verb", metavar="ACTION", required=True)
-    locks = verbs.add_parser("locks", help="list MAC locks: MAC, port, bridge")
+    locks = verbs.add_parser("locks", help="list MAC locks: MAC, port, bridge, and the "
+                             "ports waiting for each")
     locks.add_argument("--json", action="store_true", help="print JSON")
     release = verbs.add_parser("release", help="release one MAC's lock")
     release.add_argument("--mac", required=True, type=_mac, help="the locked MAC")
@@ -47,12 +51,32 @@ def identity_command(args: argparse.Namespace) -> int:
                         f"namespace (or its pins under {names.pin_dir} are not visible here)")
     if args.identity_verb == "locks":
         found = locks.list_locks(names.pin_dir)
+        line = _waiting_lines(names.locks_file)
         if args.json:
-            print(json.dumps([vars(lock) for lock in found], indent=2))
-        for lock in [] if args.json else found:
+            print(json.dumps([{**vars(lock), "waiting": line.get(lock.mac, [])}
+                              for lock in found], indent=2))
+            return 0
+        for lock in found:
             print(f"{lock.mac}  port {lock.port or '(gone)'}  bridge {lock.bridge or '-'}")
+            for waiter in line.get(lock.mac, []):
+                print(f"    waiting: port {waiter['port']} IP {waiter['ip']} "
+                      f"since {waiter['since']}")
         return 0
     if not locks.release_mac(names.pin_dir, args.mac):
         raise UserError(f"{args.mac} holds no lock")
     print(f"released {args.mac}")
     return 0
+
+
+def _waiting_lines(path) -> dict[str, list[dict]]:
+    """The ports waiting for each MAC, as the daemon last wrote them (within a second)."""
+    import time
+
+    from transparent_md.datapath import lock_file
+
+    line: dict[str, list[dict]] = {}
+    for waiter in lock_file.load(path).waiting:
+        line.setdefault(waiter.mac, []).append({
+            "port": waiter.port.name, "ifindex": waiter.port.ifindex, "ip": waiter.ip,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(waiter.first_asked))})
+    return line

@@ -151,6 +151,8 @@ class Datapath:
             self.attacher.sync(self.ipr)
         finally:
             limits.restored_locks = None
+        # A port that went between the two reads was put back a lock but not attached.
+        limits.release_unattached(set(self.attacher.attached))
         current = {i: p.name for i, p in self.attacher.attached.items()}
         for name in port_state.detach_leftovers(self.ipr, recorded, current,
                                                 self.config.filter_position):

@@ -78,6 +78,12 @@ class PortLimits:
                      ifindex, removed, handed)
         return removed + handed
 
+    def release_unattached(self, attached: set[int]) -> None:
+        """Take the locks of ports that are not attached away (as if they just went)."""
+        holders = {port.value for _, port in self.mac_locks.items(layout.MacKey, ctypes.c_uint32)}
+        for ifindex in holders - attached:
+            self.remove_locks(ifindex)
+
     def count_release(self, ifindex: int, identities: int = 0, macs: int = 0) -> None:
         """Add to a port's released counters (only if the port is still attached)."""
         add_released(self.released, ifindex, identities, macs)
