@@ -93,14 +93,15 @@ def waiting_for(w, mac: str) -> list[str]:
     return [waiter["port"] for lock in listed if lock["mac"] == mac for waiter in lock["waiting"]]
 
 
-def read_everything(w, role: str) -> dict[str, tuple[int, str]]:
-    """Every secret path from `role`, with and without an IMDSv2 token."""
-    got = {path: w.curl(role, path) for path in SECRET_PATHS}
+def read_everything(w, role: str, of: str) -> dict[str, tuple[int, str]]:
+    """Every path of `of`'s secrets, asked from `role`, with and without an IMDSv2 token."""
+    paths = (*SECRET_PATHS, IAM_PATH + secrets_of(of)["role"])
+    got = {path: w.curl(role, path) for path in paths}
     ns = w.guests[role].ns
     token = w.hv.curl(ns, "/latest/api/token", extra=["-X", "PUT", "-H", TOKEN_TTL])
     if token[0] == 200:  # a token is no secret; what it reads is
         header = ["-H", f"X-aws-ec2-metadata-token: {token[1]}"]
-        for path in ("/latest/meta-data/instance-id", "/latest/user-data", IAM_PATH):
+        for path in ("/latest/meta-data/instance-id", "/latest/user-data", paths[-1]):
             got[f"{path} (token)"] = w.hv.curl(ns, path, extra=header)
     return got
 
@@ -141,9 +142,9 @@ def test_locks_survive_a_restart_and_the_copier_reads_nothing(world, how):
     role = f"copier-{how}"
     copier = w.add_guest(role, "br0", record=False, mac=victim.mac, ip=victim.ip)
     assert copier.port != victim.port
-    assert leaks(read_everything(w, role), "victim") == []
+    assert leaks(read_everything(w, role, "victim"), "victim") == []
     assert_served(w, "victim")
-    assert leaks(read_everything(w, role), "victim") == []
+    assert leaks(read_everything(w, role, "victim"), "victim") == []
 
 
 def test_a_squatter_denies_the_owner_only_while_its_port_exists(world):
@@ -187,5 +188,5 @@ def test_a_squatter_denies_the_owner_only_while_its_port_exists(world):
         assert leaks({"instance-id": w.curl("squatter-back")}, "owner") == []
         assert_served(w, "owner")
         time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
-    assert leaks(read_everything(w, "squatter-back"), "owner") == []
+    assert leaks(read_everything(w, "squatter-back", "owner"), "owner") == []
     assert_served(w, "owner")
