@@ -20,7 +20,7 @@ from tests.pinned_maps import pinned_programs
 from transparent_md.datapath import layout, lock_file, locks
 from transparent_md.datapath.bpf_syscall import prog_test_run
 from transparent_md.datapath.lock_file import LockState, PortLink, SavedLock, SavedWaiter
-from transparent_md.datapath.lock_keeper import LockKeeper
+from transparent_md.datapath.lock_keeper import FULL_READ_EVERY, LockKeeper
 from transparent_md.datapath.port_limits import PortLimits
 from transparent_md.identity.shadow_map import ShadowResolver
 
@@ -168,18 +168,53 @@ def test_without_a_waiting_port_a_gone_holders_lock_is_released(pinned, tmp_path
         keeper.close()
 
 
-def test_a_slot_whose_port_lost_the_lock_is_refused(pinned):
-    """The responder serves a slot only while its port holds the MAC's lock: after
-    `identity release`, its former holder is refused (from the next uncached read) until
-    its next SYN takes the lock again."""
+def test_a_released_lock_is_quiet_then_goes_to_the_port_in_line(pinned, tmp_path):
+    """`identity release`: the lock is held by nobody, so its former holder is refused
+    (from the next uncached read) and no port can take it by asking; once the quiet time
+    is over it goes to the port that waited in line."""
+    loaded, pin_dir, maps = pinned
+    maps[layout.MAP_MAC_LOCKS].update(layout.mac_key(VICTIM_MAC), ctypes.c_uint32(NEIGHBOUR))
+    prog_test_run(loaded.port_fd, syn(VICTIM_MAC))  # the victim's port asks: in line
+    keeper = LockKeeper(pin_dir, tmp_path / "mac-locks.json", quiet_s=3600)
+    resolve = ShadowResolver(pin_dir, "100.64.0.0/10", cache_ttl_s=0)
+    try:
+        keeper.run_once()
+        assert [w.port.ifindex for w in keeper.waiting()] == [LOOPBACK]
+        assert locks.release_mac(pin_dir, VICTIM_MAC)
+        assert locks.release_mac(pin_dir, VICTIM_MAC) is False  # released already
+        assert holder(maps, VICTIM_MAC) == layout.LOCK_RELEASED
+        assert locks.list_locks(pin_dir) == []
+        prog_test_run(loaded.port_fd, syn(VICTIM_MAC))
+        for _ in range(FULL_READ_EVERY):  # it notices within that many rounds
+            keeper.run_once()  # quiet: nobody takes it, not even by asking
+        assert holder(maps, VICTIM_MAC) == layout.LOCK_RELEASED
+        assert resolve("100.64.0.1").locked_elsewhere
+        keeper._quiet_ns = 0  # the quiet time is over
+        keeper.run_once()
+        assert holder(maps, VICTIM_MAC) == LOOPBACK
+        assert not resolve("100.64.0.1").locked_elsewhere
+    finally:
+        resolve.close()
+        keeper.close()
+
+
+def test_a_released_lock_nobody_waits_for_is_freed_for_the_next_syn(pinned, tmp_path):
+    """With nobody in line the lock is freed after the quiet time, and the next SYN of
+    a slot with that MAC, even its former holder's, takes it."""
     loaded, pin_dir, maps = pinned
     prog_test_run(loaded.port_fd, syn(VICTIM_MAC))
+    keeper = LockKeeper(pin_dir, tmp_path / "mac-locks.json", quiet_s=0)
     resolve = ShadowResolver(pin_dir, "100.64.0.0/10", cache_ttl_s=0)
     try:
         assert not resolve("100.64.0.1").locked_elsewhere
         assert locks.release_mac(pin_dir, VICTIM_MAC)
         assert resolve("100.64.0.1").locked_elsewhere
+        for _ in range(FULL_READ_EVERY):
+            keeper.run_once()
+        assert holder(maps, VICTIM_MAC) is None
         prog_test_run(loaded.port_fd, syn(VICTIM_MAC))
+        assert holder(maps, VICTIM_MAC) == LOOPBACK
         assert not resolve("100.64.0.1").locked_elsewhere
     finally:
         resolve.close()
+        keeper.close()

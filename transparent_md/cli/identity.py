@@ -19,6 +19,9 @@ def _mac(value: str) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from transparent_md.datapath.lock_keeper import release_quiet_s
+
+    quiet = release_quiet_s()
     p = sub.add_parser(
         "identity", help="list or release the MAC locks of a running daemon",
         description="A MAC that asked from one bridge port is locked to that port while the "
@@ -27,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "daemon; when their port goes they pass to the port in line that asked first, or "
         "are released. Release one early when a VM legitimately moves to another port "
         "while its old port still exists, or to end a neighbour's hold on an unbound "
-        "record (see docs/hostile-guests.md).")
+        f"record: a released lock is held by nobody for {quiet[0]:g} to {quiet[1]:g} s, "
+        "then goes to the port in line, or to the next port that asks (see "
+        "docs/hostile-guests.md).")
     verbs = p.add_subparsers(dest="identity_verb", metavar="ACTION", required=True)
     locks = verbs.add_parser("locks", help="list MAC locks: MAC, port, bridge, and the "
                              "ports waiting for each")
@@ -63,7 +68,7 @@ def identity_command(args: argparse.Namespace) -> int:
                       f"since {waiter['since']}")
         return 0
     if not locks.release_mac(names.pin_dir, args.mac):
-        raise UserError(f"{args.mac} holds no lock")
+        raise UserError(f"{args.mac} holds no lock (or it is released already)")
     print(f"released {args.mac}")
     return 0
 

@@ -40,6 +40,10 @@ MAX_SLOTS = 65536
 # keeps its side of it: a released slot goes to another identity only after the slot
 # reuse delay, which must be longer (slot_release, and checked where it is set).
 IDENTITY_CACHE_TTL_S = 10.0
+# A MAC lock held by no port (its value in tmd_mac_locks): the operator released it and
+# it is quiet until no reader can still cache its former holder (lock_keeper). No port
+# has ifindex 0, so the port program flags every slot of that MAC meanwhile.
+LOCK_RELEASED = 0
 
 
 class Event(IntEnum):

@@ -15,6 +15,10 @@ This keeper, a thread of the daemon (never the serving loop), does three things:
   the keeper logs it once per (MAC, port) with port, MAC and IP, counts it, and keeps the
   port in the MAC's waiting line while it keeps asking (and for `LOCK_WAIT_S` after its
   last request).
+* **Hands a released lock on.** `identity release` leaves the lock held by nobody
+  (layout.LOCK_RELEASED); after `RELEASE_QUIET_S`, when no responder can still answer a
+  new connection of its former holder from its identity cache, it goes to the port in
+  line, or is freed for the next SYN.
 * **Hands a lock over.** When the holder's port goes, its lock goes straight to the
   port that has waited longest (first asked) and still exists, without ever being free:
   a neighbour retrying from elsewhere cannot take it in between. With nobody waiting the
@@ -54,11 +58,22 @@ FULL_READ_EVERY = 10
 # cloud-init retries its datasources for about two minutes; an owner that gave up
 # still inherits the lock if its neighbour's port goes within this time.
 LOCK_WAIT_S = 300.0
+# A released lock stays held by nobody this long after the keeper first sees it: longer
+# than the responder's identity cache, as the slot reuse delay is, plus room for a slow
+# worker.
+RELEASE_QUIET_S = layout.IDENTITY_CACHE_TTL_S + 5.0
 # At most this many waiting (MAC, port) pairs are remembered (each needs a flagged
 # slot, so a port's identity quota already bounds what one guest adds).
 MAX_WAITERS = 65536
 # New conflicts logged per round, one line each; the rest are summed in one line.
 CONFLICT_LINES_PER_ROUND = 10
+
+
+
+def release_quiet_s() -> tuple[float, float]:
+    """How long a released lock is held by nobody: (at least, at most)."""
+    return RELEASE_QUIET_S, RELEASE_QUIET_S + FULL_READ_EVERY * KEEP_INTERVAL_S
+
 
 _NS_PER_S = 1_000_000_000
 _SLOT_SIZE = ctypes.sizeof(layout.Slot)
@@ -90,11 +105,14 @@ class KeeperStats:
 
 class LockKeeper:
     def __init__(self, pin_dir: str | Path, path: Path, *, wait_s: float = LOCK_WAIT_S,
+                 quiet_s: float = RELEASE_QUIET_S,
                  interval_s: float = KEEP_INTERVAL_S) -> None:
         pin_dir = Path(pin_dir)
         self.path = path
         self.stats = KeeperStats()
         self._wait_ns = int(wait_s * _NS_PER_S)
+        self._quiet_ns = int(quiet_s * _NS_PER_S)
+        self._released_since: dict[str, int] = {}  # MAC -> when first seen released
         self._locks = BpfMap.from_pin(str(pin_dir / layout.MAP_MAC_LOCKS))
         self._ports = BpfMap.from_pin(str(pin_dir / layout.MAP_PORTS))
         self._events = BpfMap.from_pin(str(pin_dir / layout.MAP_EVENTS))
@@ -190,7 +208,7 @@ class LockKeeper:
             if changed or self._waiting:
                 self._note_conflicts()
             full = self._rounds % FULL_READ_EVERY == 0
-            if changed or full or self._dirty:
+            if changed or full or self._dirty or self._released_since:
                 self._save_if_changed()
 
     # -- the port program's bookkeeping ---------------------------------------------------
@@ -227,9 +245,11 @@ class LockKeeper:
                 continue  # that port went too, or its ifindex names another link now
             self.stats.handovers += 1
             self._dirty = True
-            log.warning("MAC lock of %s handed over: its port (ifindex %d) went; it goes to "
-                        "port %s (IP %s), which has asked for it since %s while it was held",
-                        mac, gone, waiter.port, waiter.ip,
+            before = ("the operator released it" if gone == layout.LOCK_RELEASED
+                      else f"its port (ifindex {gone}) went")
+            log.warning("MAC lock of %s handed over: %s; it goes to port %s (IP %s), which "
+                        "has asked for it since %s while it was held", mac, before,
+                        waiter.port, waiter.ip,
                         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(waiter.first_asked)))
             return ifindex
         return None
@@ -259,7 +279,9 @@ class LockKeeper:
                 waiter = self._waiting[key] = _Waiter(port, ip, time.time(), 0, 0.0)
                 self.stats.conflicts += 1
                 self._dirty = True
-                new.append((mac, port, ip, self._port_name(holder.value) or "?"))
+                new.append((mac, port, ip, self._port_name(holder.value) or
+                            ("nobody (released)" if holder.value == layout.LOCK_RELEASED
+                             else "?")))
             waiter.asked(slot.last_seen_ns)
         for key, waiter in list(self._waiting.items()):
             if now_ns - waiter.last_asked_ns > self._wait_ns:
@@ -267,11 +289,23 @@ class LockKeeper:
                 self._dirty = True
         for mac, port, ip, holder in new[:CONFLICT_LINES_PER_ROUND]:
             log.warning("MAC lock conflict: port %s MAC %s IP %s asked for a MAC locked to "
-                        "port %s: answered nothing; it is in line for the lock if port %s "
-                        "goes", port, mac, ip, holder, holder)
+                        "port %s: answered nothing; in line for the lock", port, mac, ip,
+                        holder)
         if len(new) > CONFLICT_LINES_PER_ROUND:
             log.warning("MAC lock conflicts: %d more this second",
                         len(new) - CONFLICT_LINES_PER_ROUND)
+
+    def _hand_on(self, key: layout.MacKey, mac: str) -> int:
+        """A released lock's quiet time is over: to the port in line, or freed."""
+        self._note_conflicts()
+        heir = self._next_in_line(mac, layout.LOCK_RELEASED, self._port_name)
+        if heir is None:
+            self._locks.delete(key)
+            log.info("MAC lock of %s released by the operator: free for the next port "
+                     "that asks", mac)
+            return layout.LOCK_RELEASED
+        self._locks.update(key, ctypes.c_uint32(heir))
+        return heir
 
     def _flagged_slots(self) -> list[int]:
         cfg = layout.Config()
@@ -295,9 +329,19 @@ class LockKeeper:
 
     def _save_if_changed(self, force: bool = False) -> None:
         locks = []
+        released = {}
         for key, ifindex in self._locks.items(layout.MacKey, ctypes.c_uint32):
-            locks.append(SavedLock(layout.mac_str(key.mac),
-                                   PortLink(ifindex.value, self._port_name(ifindex.value) or "")))
+            mac = layout.mac_str(key.mac)
+            if ifindex.value == layout.LOCK_RELEASED and not self._closed:
+                released[mac] = self._released_since.get(mac, time.monotonic_ns())
+                if time.monotonic_ns() - released[mac] >= self._quiet_ns:
+                    del released[mac]
+                    ifindex.value = self._hand_on(key, mac)
+                    if ifindex.value == layout.LOCK_RELEASED:
+                        continue
+            locks.append(SavedLock(mac, PortLink(ifindex.value,
+                                                 self._port_name(ifindex.value) or "")))
+        self._released_since = released
         state = LockState(tuple(sorted(locks, key=lambda lock: lock.mac)),
                           tuple(self._waiters()))
         self._dirty = False

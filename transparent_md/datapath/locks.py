@@ -3,8 +3,11 @@
 A MAC that got a shadow slot from one port is locked to that port while the port is
 attached; from any other port it is answered nothing (a guest copying a neighbour's
 MAC). When a VM legitimately moves to another port while its old port still exists
-(a live migration within the host, a re-plugged NIC), the operator releases the lock:
-`transparent-md identity release --mac MAC`. Works from any process: only the pins.
+(a live migration within the host, a re-plugged NIC), or a neighbour holds an unbound
+record's lock, the operator releases the lock: `transparent-md identity release --mac
+MAC`. A released lock is held by nobody until the responder can no longer answer its
+former holder from its identity cache; then the daemon hands it to the port in line
+for it, or frees it (datapath.lock_keeper). Works from any process: only the pins.
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ def _open(pin_dir: Path, name: str) -> BpfMap:
     return BpfMap.from_pin(str(Path(pin_dir) / name))
 
 
-def list_locks(pin_dir: str | Path) -> list[MacLock]:
-    """Every MAC lock of the daemon whose maps are pinned in `pin_dir`."""
+def list_locks(pin_dir: str | Path, *, released: bool = False) -> list[MacLock]:
+    """Every MAC lock of the daemon whose maps are pinned in `pin_dir` (with `released`,
+    also those released and not handed on yet: ifindex 0)."""
     locks, ports = _open(pin_dir, layout.MAP_MAC_LOCKS), _open(pin_dir, layout.MAP_PORTS)
     try:
         found = []
         for key, ifindex in locks.items(layout.MacKey, ctypes.c_uint32):
+            if ifindex.value == layout.LOCK_RELEASED and not released:
+                continue
             port = layout.Port()
             known = ports.lookup(ctypes.c_uint32(ifindex.value), port)
             found.append(MacLock(
@@ -60,7 +66,7 @@ def leftover(pin_dir: Path) -> list[SavedLock]:
         return []
     try:
         return [SavedLock(lock.mac, PortLink(lock.ifindex, lock.port))
-                for lock in list_locks(pin_dir)]
+                for lock in list_locks(pin_dir, released=True)]
     except OSError as exc:
         log.warning("the MAC locks left pinned in %s cannot be read (%s): using the lock "
                     "file alone", pin_dir, exc)
@@ -68,16 +74,16 @@ def leftover(pin_dir: Path) -> list[SavedLock]:
 
 
 def release_mac(pin_dir: str | Path, mac: str) -> bool:
-    """Remove `mac`'s lock; False when it had none. The next SYN from a port with no
-    slot for this MAC locks it there. Slots already flagged keep their flag until the
-    slot is released (seconds after their last connection closes)."""
+    """Release `mac`'s lock; False when it had none (or is released already). The lock
+    is held by nobody until the daemon hands it on (see above)."""
     locks = _open(pin_dir, layout.MAP_MAC_LOCKS)
     released = _open(pin_dir, layout.MAP_PORT_RELEASED)
     try:
         key = layout.mac_key(mac.lower())
         ifindex = ctypes.c_uint32()
-        if not locks.lookup(key, ifindex) or not locks.delete(key):
+        if not locks.lookup(key, ifindex) or ifindex.value == layout.LOCK_RELEASED:
             return False
+        locks.update(key, ctypes.c_uint32(layout.LOCK_RELEASED))
         add_released(released, ifindex.value, macs=1)
         return True
     finally:

@@ -81,7 +81,7 @@ class PortLimits:
     def release_unattached(self, attached: set[int]) -> None:
         """Take the locks of ports that are not attached away (as if they just went)."""
         holders = {port.value for _, port in self.mac_locks.items(layout.MacKey, ctypes.c_uint32)}
-        for ifindex in holders - attached:
+        for ifindex in holders - attached - {layout.LOCK_RELEASED}:
             self.remove_locks(ifindex)
 
     def count_release(self, ifindex: int, identities: int = 0, macs: int = 0) -> None:
