@@ -22,6 +22,7 @@ from transparent_md.store import (
     StaleRevision,
     Store,
 )
+from transparent_md.store.links import bind_link
 from transparent_md.store.record import normalise_key, parse_record, record_specs
 
 # A write that keeps losing the race to other writers gives up after this many tries;
@@ -98,7 +99,8 @@ def put(store: Store, instance_id: str, body: Any,
         condition: Condition = UNCONDITIONAL) -> Written:
     """Create or replace the record `instance_id` with `body` (the import format)."""
     new = build(body, instance_id)
-    return _write(store, instance_id, condition, lambda _current: new)
+    return _write(store, instance_id, condition,
+                  lambda current: bind_link(new, current.instance if current else None))
 
 
 def patch(store: Store, instance_id: str, changes: Any,
@@ -110,24 +112,44 @@ def patch(store: Store, instance_id: str, changes: Any,
     def change(current: Entry | None) -> Instance:
         if current is None and not create:
             raise NotFound(instance_id)
-        base = current.instance.to_mapping() if current else {"instance_id": instance_id}
-        return build(patch_mapping(base, changes), instance_id)
+        return patched(current.instance if current else None, instance_id, changes)
 
     return _write(store, instance_id, condition, change)
 
 
+def patched(current: Instance | None, instance_id: str, changes: Mapping[str, Any]) -> Instance:
+    """`current` (None: a new record) merge-patched by `changes`, its port binding naming
+    a link: a patch that sets `port` binds it to the link that has the name now."""
+    base = current.to_mapping() if current else {"instance_id": instance_id}
+    normalised = _normalised(changes)
+    if "port" in normalised and "port_ifindex" not in normalised:
+        base.pop("port_ifindex", None)
+    return bind_link(build(patch_mapping(base, changes), instance_id))
+
+
 def bind(store: Store, instance_id: str, port: str, bridge: str | None = None,
          condition: Condition = UNCONDITIONAL) -> Written:
-    """Bind the record to its bridge port (and bridge): what VM managers do at start."""
-    changes: dict[str, Any] = {"port": port}
+    """Bind the record to the link called `port` now (and to `bridge`), and serve it
+    again if it was parked: what VM managers do at start. RecordError if no such link."""
+    changes: dict[str, Any] = {"port": port, "parked": None}
     if bridge is not None:
         changes["bridge"] = bridge
     return patch(store, instance_id, changes, condition)
 
 
+def park(store: Store, instance_id: str, condition: Condition = UNCONDITIONAL) -> Written:
+    """Keep the record but serve it to nobody until it is bound again: at VM stop.
+
+    Its port and link stay as they were (that link is gone or going, and a link is never
+    reused), so writing the same record again does not bind it to a newcomer's port."""
+    return patch(store, instance_id, {"parked": True}, condition)
+
+
 def unbind(store: Store, instance_id: str, condition: Condition = UNCONDITIONAL) -> Written:
-    """Drop the record's port binding (its MAC and bridge stay): at VM stop."""
-    return patch(store, instance_id, {"port": None}, condition)
+    """What VM managers' stop hooks call: parks the record (see `park`). Serving a
+    stopped VM's record by MAC and bridge instead would hand it to a neighbour that
+    copies the MAC while no port holds its lock."""
+    return park(store, instance_id, condition)
 
 
 def delete(store: Store, instance_id: str, condition: Condition = UNCONDITIONAL) -> bool:
@@ -157,11 +179,11 @@ def patch_many(store: Store, changes: Mapping[str, Any],
         problems: list[RecordError] = []
         for instance_id, change in changes.items():
             entry = current[instance_id]
-            base = entry.instance.to_mapping() if entry else {"instance_id": instance_id}
             try:
                 if not isinstance(change, Mapping):
                     raise RecordError(instance_id, None, "a merge patch must be a JSON object")
-                new[instance_id] = build(patch_mapping(base, change), instance_id)
+                new[instance_id] = patched(entry.instance if entry else None, instance_id,
+                                           change)
             except RecordError as exc:
                 problems.extend(exc.errors)
         if problems:
@@ -248,5 +270,5 @@ def _contention(what: str) -> RecordConflict:
 
 
 __all__ = ["Condition", "NotFound", "PreconditionFailed", "UNCONDITIONAL", "Written",
-           "bind", "build", "delete", "get", "patch", "patch_many", "patch_mapping", "put",
-           "unbind"]
+           "bind", "build", "delete", "get", "park", "patch", "patch_many", "patch_mapping",
+           "patched", "put", "unbind"]

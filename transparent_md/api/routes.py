@@ -6,7 +6,9 @@
     PUT    /v1/instances/{id}                 create or replace (the import format)
     PATCH  /v1/instances/{id}                 JSON merge patch (RFC 7396)
     DELETE /v1/instances/{id}                 remove; removing an absent record is 204 too
-    GET|PUT|DELETE /v1/instances/{id}/binding  the port binding (bind at VM start/unbind)
+    GET|PUT|DELETE /v1/instances/{id}/binding  the port binding: PUT binds to the link
+                                              called "port" now (VM start), DELETE parks
+                                              the record: served to nobody (VM stop)
     GET    /v1/status                         what `transparent-md status --json` prints
 
 Writes honour If-Match (any listed ETag, or `*`) and If-None-Match: * (create only)
@@ -29,6 +31,7 @@ from transparent_md.api import operations
 from transparent_md.api.operations import Condition, NotFound, PreconditionFailed, Written
 from transparent_md.errors import UserError
 from transparent_md.store import Entry, RecordConflict, RecordError, StaleRevision, Store
+from transparent_md.store.policy import serving
 
 API_VERSION = "v1"
 JSON_TYPE = "application/json"
@@ -217,7 +220,9 @@ def _written(written: Written) -> Response:
 def _binding_response(entry: Entry) -> Response:
     record = entry.instance
     return Response(200, {"mac": record.mac, "ip": record.ip, "bridge": record.bridge,
-                          "port": record.port}, {"ETag": etag(entry.revision)})
+                          "port": record.port, "port_ifindex": record.port_ifindex,
+                          "parked": record.parked, "serves": serving(record)},
+                    {"ETag": etag(entry.revision)})
 
 
 def _json(request: Request) -> Any:

@@ -20,8 +20,9 @@ from transparent_md.errors import UserError
 from transparent_md.store import Instance, RecordError, open_store
 from transparent_md.store.fields import clearable_fields
 from transparent_md.store.fieldspec import FieldSpec, Flag
-from transparent_md.store.importfile import STDIN, read_records
-from transparent_md.store.policy import exposure_warning
+from transparent_md.store.importfile import STDIN, bind_file_links, read_records
+from transparent_md.store.links import bind_link
+from transparent_md.store.policy import exposure_warning, serving
 from transparent_md.store.record import parse_record, record_specs
 
 
@@ -41,9 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add = verbs.add_parser(
         "add", help="add one instance",
         description="Add one instance record. Needs --mac, or --ip with --bridge or --port "
-                    "(a record bound to nothing would answer anywhere). A record with "
-                    "credentials or user-data should be bound to its port (--port); "
-                    "without one a warning says why. Example:\n"
+                    "(a record bound to nothing would answer anywhere); one with credentials "
+                    "or user-data needs --mac or --port. --port binds it to the link that "
+                    "has that name now, in this network namespace (refused if there is "
+                    "none). A record with credentials or user-data should be bound to its "
+                    "port; without one a warning says what a neighbour needs to read it. "
+                    "Example:\n"
                     "  transparent-md instance add i-0abc --mac 52:54:00:12:34:56 "
                     "--ip 10.0.0.5 --bridge br0 --port vnet3 "
                     "--ssh-key me=\"ssh-ed25519 AAAA... me\" "
@@ -81,7 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     listing = verbs.add_parser("list", help="list instances",
                                description="One line per record: id, MAC, IP, bridge, port, "
-                                           "hostname.")
+                                           "hostname, and who it serves: link NAME#IFINDEX "
+                                           "(port-bound), mac+bridge, mac, ip+bridge, or "
+                                           "parked (nobody).")
     listing.add_argument("--json", action="store_true", help="print full records as JSON")
     _add_store_flag(listing)
     listing.set_defaults(handler=_list)
@@ -191,7 +197,10 @@ def _apply(raw: dict[str, Any], given: dict[FieldSpec, Any]) -> dict[str, Any]:
 
 
 def _clear(raw: dict[str, Any], key: str) -> None:
-    """Unset `key` (a top-level key, section, or section.member) and its aliases."""
+    """Unset `key` (a top-level key, section, or section.member) and its aliases; a
+    cleared port takes its link with it."""
+    if key == "port":
+        raw.pop("port_ifindex", None)
     for _, field_spec in record_specs():
         if key in (field_spec.key, *field_spec.aliases, field_spec.section):
             target = raw.get(field_spec.section, {}) if field_spec.section else raw
@@ -208,8 +217,10 @@ def _warn_exposed(records: list[Instance]) -> None:
 
 
 def _build(raw: dict[str, Any]) -> Instance:
+    """A record from its file form, its port binding naming the link that has the name
+    now (see store.links)."""
     try:
-        return parse_record(raw, raw.get("instance_id"))
+        return bind_link(parse_record(raw, raw.get("instance_id")))
     except RecordError as exc:
         raise UserError(str(exc)) from exc
 
@@ -223,9 +234,12 @@ def _add(args: argparse.Namespace) -> int:
 
 def _update(args: argparse.Namespace) -> int:
     given = _fields_from_flags(args)  # files are read before the write transaction
+    rebinds = any(spec.key == "port" for spec in given)
 
     def change(current: Instance) -> Instance:
         raw = _apply(current.to_mapping(), given)
+        if rebinds:
+            raw.pop("port_ifindex", None)  # --port binds to the link that has it now
         for key in args.clear:
             _clear(raw, key)
         return _build(raw)
@@ -251,9 +265,9 @@ def _list(args: argparse.Namespace) -> int:
         json.dump([i.to_mapping() for i in instances], sys.stdout, indent=2)
         print()
         return 0
-    rows = [("INSTANCE_ID", "MAC", "IP", "BRIDGE", "PORT", "HOSTNAME")]
+    rows = [("INSTANCE_ID", "MAC", "IP", "BRIDGE", "PORT", "HOSTNAME", "SERVES")]
     rows += [(i.instance_id, i.mac or "-", i.ip or "-", i.bridge or "-", i.port or "-",
-              i.hostname) for i in instances]
+              i.hostname, serving(i)) for i in instances]
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -278,6 +292,7 @@ def _show(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     records = read_records(args.file)
     store = open_store(args.store, etcd_tls(args))
+    records = bind_file_links(store, records)
     store.put_many(records, replace=True, prune=args.prune)
     print(f"imported {len(records)} instance(s) into {store.path}", file=sys.stderr)
     _warn_exposed(records)

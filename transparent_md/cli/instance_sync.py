@@ -1,5 +1,6 @@
-"""`instance apply`, `instance bind` and `instance unbind`: what VM managers and
-configuration tools run (declarative sync, and a record bound to its tap at VM start).
+"""`instance apply`, `instance bind` and `instance park` (`unbind`): what VM managers and
+configuration tools run (declarative sync, a record bound to its tap at VM start and
+parked at VM stop).
 
 Registered under `instance` by `cli.instance`, which passes in how its verbs add
 `--store` and open the store, so these verbs take the same store options.
@@ -13,8 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from transparent_md.errors import UserError
-from transparent_md.store import Store
-from transparent_md.store.importfile import STDIN, read_records
+from transparent_md.store import RecordError, Store
+from transparent_md.store.importfile import STDIN, bind_file_links, read_records
 from transparent_md.store.policy import exposure_warning
 
 StoreOpener = Callable[[argparse.Namespace], Store]
@@ -46,12 +47,16 @@ def register(verbs: argparse._SubParsersAction,
     apply.set_defaults(handler=lambda args: _apply(args, open_store))
 
     bind = verbs.add_parser(
-        "bind", help="bind a record to its VM's bridge port (at VM start)",
+        "bind", help="bind a record to its VM's bridge port (at VM start); serves it again",
         description="Bind a record to the bridge port (tap) its VM has now, so only a guest "
                     "on that port is answered with it: a neighbour that copies its MAC and "
-                    "IP gets nothing, even if it asks first. For VM managers' start hooks "
-                    "(Proxmox post-start, Incus, ...; see examples/). The guest's next "
-                    "request sees it.")
+                    "IP gets nothing, even if it asks first. The binding names the link "
+                    "(its ifindex, looked up now: with --api in the daemon's network "
+                    "namespace, else in this one), so a port deleted and created again "
+                    "under the same name is not served until bound again; a port that "
+                    "does not exist is refused. A parked record is served again. For VM "
+                    "managers' start hooks (Proxmox post-start, Incus, ...; see examples/). "
+                    "The guest's next request sees it.")
     bind.add_argument("instance_id", metavar="INSTANCE_ID")
     bind.add_argument("--port", required=True, metavar="TAP",
                       help="the VM's bridge port now, e.g. tap101i0 or vnet3")
@@ -59,16 +64,22 @@ def register(verbs: argparse._SubParsersAction,
     _add_target_flags(bind, add_store_flag)
     bind.set_defaults(handler=lambda args: _bind(args, open_store))
 
-    unbind = verbs.add_parser(
-        "unbind", help="drop a record's port binding (at VM stop)",
-        description="Drop the record's port binding; its MAC and bridge stay. For VM "
-                    "managers' stop hooks (Proxmox pre-stop): the tap's name goes to the "
-                    "next VM that starts. An absent record is no error (--strict: it is).")
-    unbind.add_argument("instance_id", metavar="INSTANCE_ID")
-    unbind.add_argument("--strict", action="store_true",
-                        help="fail when the record does not exist")
-    _add_target_flags(unbind, add_store_flag)
-    unbind.set_defaults(handler=lambda args: _unbind(args, open_store))
+    for verb, summary in (("park", "park a record: keep it, serve it to nobody (at VM "
+                                   "stop)"),
+                          ("unbind", "at VM stop: the same as park")):
+        parser = verbs.add_parser(
+            verb, help=summary,
+            description="Park the record: it is kept but served to nobody, by port, MAC or "
+                        "IP, until `instance bind` binds it to its VM's port again. For VM "
+                        "managers' stop hooks (Proxmox pre-stop): the tap's name goes to the "
+                        "next VM that starts, and a stopped VM's MAC is no one's. `unbind` "
+                        "is the same verb under its older name. An absent record is no "
+                        "error (--strict: it is).")
+        parser.add_argument("instance_id", metavar="INSTANCE_ID")
+        parser.add_argument("--strict", action="store_true",
+                            help="fail when the record does not exist")
+        _add_target_flags(parser, add_store_flag)
+        parser.set_defaults(handler=lambda args: _park(args, open_store))
 
 
 def _add_target_flags(parser: argparse.ArgumentParser,
@@ -84,6 +95,7 @@ def _apply(args: argparse.Namespace, open_store: StoreOpener) -> int:
 
     records = read_records(args.file)
     store = open_store(args)
+    records = bind_file_links(store, records)
     planned = apply.plan(store, records, prune=args.prune)
     if args.dry_run:
         print("\n".join(["dry run, nothing written:", *planned.lines()]))
@@ -104,18 +116,21 @@ def _bind(args: argparse.Namespace, open_store: StoreOpener) -> int:
         body = {"port": args.port, **({"bridge": args.bridge} if args.bridge else {})}
         _api_call(args.api, "PUT", f"/v1/instances/{args.instance_id}/binding", body)
     else:
-        operations.bind(open_store(args), args.instance_id, args.port, args.bridge)
+        try:
+            operations.bind(open_store(args), args.instance_id, args.port, args.bridge)
+        except RecordError as exc:
+            raise UserError(str(exc)) from exc
     return 0
 
 
-def _unbind(args: argparse.Namespace, open_store: StoreOpener) -> int:
+def _park(args: argparse.Namespace, open_store: StoreOpener) -> int:
     from transparent_md.api import operations
 
     try:
         if _through_api(args):
             _api_call(args.api, "DELETE", f"/v1/instances/{args.instance_id}/binding")
         else:
-            operations.unbind(open_store(args), args.instance_id)
+            operations.park(open_store(args), args.instance_id)
     except operations.NotFound:
         if args.strict:
             raise

@@ -1,5 +1,5 @@
 """`transparent-md libvirt-hook`: libvirt's `/etc/libvirt/hooks/qemu`, binding each guest's
-record to its tap at VM start and dropping the binding at stop.
+record to its tap at VM start and parking it (served to nobody) from stop to next start.
 
 libvirtd calls the hook as `qemu DOMAIN OPERATION SUBOP EXTRA` with the domain XML on
 stdin and shows a non-zero exit's stderr to the operator (a failing `prepare` or
@@ -45,8 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run as /etc/libvirt/hooks/qemu (see examples/libvirt/qemu). On "
         "prepare/start/started/reconnect, each <interface> on a served bridge becomes a "
         "record (MAC, bridge, <target dev> port, <uuid>, the domain name as hostname, and "
-        f"the fields in <metadata> under {METADATA_NS}, YAML or JSON); on "
-        "stopped/release the port binding is dropped. Other operations do nothing.",
+        f"the fields in <metadata> under {METADATA_NS}, YAML or JSON). prepare writes "
+        "it parked (served to nobody); a start binds it to its tap (the link that has "
+        "that name now) and serves it, or parks it, saying so on stderr, when the XML "
+        "names no tap or the tap is not there; stopped/release park it (--on-stop). "
+        "Other operations do nothing.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     target = p.add_mutually_exclusive_group()
     target.add_argument("--store", metavar="PATH", help="write the store file directly")
@@ -70,8 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the daemon's store, for --if-daemon-down store (default "
                    f"{DEFAULT_STORE_PATH}); it must exist already")
     p.add_argument("--on-stop", choices=ON_STOP_CHOICES, default=DEFAULT_ON_STOP,
-                   help="at stopped/release: drop the port binding (default; the record "
-                   "stays for the next start), remove the records, or keep them bound")
+                   help="at stopped/release: unbind parks the records (default: kept for "
+                   "the next start, served to nobody), remove deletes them, keep writes "
+                   "nothing (they stay bound to the stopped VM's tap, a link that never "
+                   "comes back: served to nobody either)")
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument("operation", metavar="OPERATION")
     p.add_argument("subop", metavar="SUBOP", nargs="?", default="-")
@@ -111,7 +116,8 @@ def hook_command(args: argparse.Namespace) -> int:
             elif args.operation in libvirt.START_OPERATIONS:
                 outcome = "the VM starts without its record bound"
             else:
-                outcome = "the record keeps its port binding"
+                outcome = ("the record stays bound to the VM's tap, a link that goes with "
+                           "the VM: it serves nobody")
             _warn(f"{args.domain} {args.operation}: {exc}; --if-daemon-down "
                   f"{args.if_daemon_down}: {outcome}")
             if args.if_daemon_down == "store":
@@ -128,9 +134,15 @@ def hook_command(args: argparse.Namespace) -> int:
 
 def _write(writer, args: argparse.Namespace, domain) -> None:
     from transparent_md.integrations import libvirt
+    from transparent_md.store.links import link_index
 
     if args.operation in libvirt.START_OPERATIONS:
-        writer.upsert(domain.patches())
+        patches, parked = domain.patches(
+            bind=args.operation not in libvirt.BEFORE_TAPS,
+            link_exists=lambda name: link_index(name) is not None)
+        writer.upsert(patches)
+        for line in parked:
+            print(f"transparent-md libvirt-hook: {args.domain}: {line}", file=sys.stderr)
     else:
         writer.stop(domain.record_ids(), remove=args.on_stop == "remove")
 

@@ -11,7 +11,9 @@ Ids: the first served interface's record is the domain's id (`instance_id` from 
 metadata, else the domain name); later interfaces get `<id>-nic<N>` (N = 1, 2, ...),
 so the guest is answered on every NIC. Fields the hook does not set are kept from the
 stored record (the hook merge-patches), so an orchestrator's user-data survives
-restarts. At stop the port binding is dropped (or the records removed: `--on-stop`).
+restarts. A record is served only between the start that binds it to its tap and the
+stop: `prepare` writes it parked, a start whose tap is missing or unnamed parks it,
+and the stop parks it (or removes it, or leaves it bound to the gone link: `--on-stop`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,13 +34,19 @@ METADATA_NS = "urn:transparent-md:metadata:1"
 MAX_XML_BYTES = 4 * 1024 * 1024
 # Operations that (re)establish a running guest: bind. `reconnect`: libvirtd restarted.
 START_OPERATIONS = frozenset({"prepare", "start", "started", "reconnect"})
-# Operations after which the guest's taps are gone: unbind (or remove, or keep).
+# Of those, the ones before libvirt has made this start's taps: write the record parked.
+BEFORE_TAPS = frozenset({"prepare"})
+# Operations after which the guest's taps are gone: park (or remove, or keep).
 STOP_OPERATIONS = frozenset({"stopped", "release"})
+# unbind: park the records (kept, served to nobody); remove: delete them; keep: write
+# nothing (the binding names the stopped VM's link, which never comes back: nobody).
 ON_STOP_CHOICES = ("unbind", "remove", "keep")
 # The suffix of records of a domain's second and later served interfaces.
 NIC_SUFFIX = "-nic{index}"
 # Fields the domain XML decides; metadata cannot move a record to another NIC.
 XML_FIELDS = ("mac", "bridge", "port")
+# Fields the hook decides from the operation: metadata cannot bind or un-park a record.
+BINDING_FIELDS = ("port_ifindex", "parked")
 # A domain name used as the hostname only if it is one (libvirt allows '_' and more).
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 
@@ -71,12 +80,23 @@ class Domain:
         return [base if i == 0 else base + NIC_SUFFIX.format(index=i)
                 for i in range(len(self.nics))]
 
-    def patches(self) -> dict[str, dict[str, Any]]:
-        """Record id -> merge patch: metadata, then what the XML says (which wins)."""
+    def patches(self, *, bind: bool,
+                link_exists: Callable[[str], bool] = lambda _name: False,
+                ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Record id -> merge patch: metadata, then what the XML says (which wins), and
+        one line for each record parked where a binding was asked for.
+
+        `bind` (a start): a NIC whose tap exists (`link_exists`) is bound to it (the
+        writer looks the link up) and served; one whose XML names no tap, or a tap
+        that is not there, is parked. Without `bind` (prepare) every record is parked:
+        the tap of this start does not exist yet, and an older one is not this VM's.
+        """
         fields = {k: v for k, v in self.metadata.items()
-                  if k not in ("instance_id", "instance-id", *XML_FIELDS)}
+                  if k not in ("instance_id", "instance-id", *XML_FIELDS, *BINDING_FIELDS)}
         patches = {}
-        for record_id, nic in zip(self.record_ids(), self.nics, strict=True):
+        parked: list[str] = []
+        for index, (record_id, nic) in enumerate(zip(self.record_ids(), self.nics,
+                                                     strict=True)):
             patch: dict[str, Any] = dict(fields)
             if _HOSTNAME.match(self.name):
                 patch.setdefault("hostname", self.name)
@@ -84,10 +104,19 @@ class Domain:
                 openstack = dict(patch.get("openstack") or {})
                 openstack.setdefault("uuid", self.uuid)
                 patch["openstack"] = openstack
-            # port None drops a tap name left from an earlier run until libvirt names one.
-            patch.update({"mac": nic.mac, "bridge": nic.bridge, "port": nic.port})
+            patch.update({"mac": nic.mac, "bridge": nic.bridge})
+            if bind and nic.port is not None and link_exists(nic.port):
+                patch.update({"port": nic.port, "parked": None})  # None: merge-patch removal
+            else:
+                patch["parked"] = True  # the port and link it had stay, and serve nobody
+                if bind:
+                    why = (f"its tap {nic.port} does not exist" if nic.port else
+                           "the domain XML names no <target dev> for it")
+                    parked.append(f"interface {index} ({nic.mac}): {why}: record "
+                                  f"{record_id} parked (served to nobody) until a start "
+                                  "binds it to its tap")
             patches[record_id] = patch
-        return patches
+        return patches, parked
 
 
 def parse_domain(xml_text: str | bytes, *, bridges: tuple[str, ...] = (),
@@ -184,5 +213,5 @@ def _metadata(root: ET.Element) -> dict[str, Any]:
     return value
 
 
-__all__ = ["Domain", "DomainError", "METADATA_NS", "Nic", "ON_STOP_CHOICES",
+__all__ = ["BEFORE_TAPS", "Domain", "DomainError", "METADATA_NS", "Nic", "ON_STOP_CHOICES",
            "START_OPERATIONS", "STOP_OPERATIONS", "parse_domain"]

@@ -30,7 +30,13 @@ from transparent_md.store.errors import RecordConflict, StaleRevision, StoreUnav
 from transparent_md.store.etcd_client import EtcdClient, b64, prefix_end, unb64
 from transparent_md.store.etcd_url import EtcdTarget
 from transparent_md.store.policy import Bound, find_conflict
-from transparent_md.store.record import UNBOUND_PROBLEM, Instance, RecordError, is_unbound
+from transparent_md.store.record import (
+    Instance,
+    RecordError,
+    as_served,
+    binding_problem,
+    is_unbound,
+)
 from transparent_md.store.record import parse_record as _parse
 from transparent_md.store.snapshot import Binding, Entry, Snapshot
 
@@ -126,8 +132,8 @@ class EtcdStore:
         return self.refresh()
 
     def refresh(self) -> Snapshot:
-        return Snapshot({i: _binding(i, rev, r) for i, (rev, r) in self._records().items()
-                         if not is_unbound(r)})
+        return Snapshot({i: _binding(i, rev, as_served(r))
+                         for i, (rev, r) in self._records().items() if not is_unbound(r)})
 
     def entry_for(self, guest: Guest) -> Entry | None:
         binding = self.snapshot().match(guest)
@@ -178,8 +184,9 @@ class EtcdStore:
                 raise RecordConflict(f"record {instance.instance_id}: instance_id appears "
                                      "twice", instance.instance_id, "instance_id")
             seen.add(instance.instance_id)
-            if is_unbound(instance):
-                raise UserError(f"record {instance.instance_id}: {UNBOUND_PROBLEM}")
+            problem = binding_problem(instance)
+            if problem is not None:
+                raise UserError(RecordError(instance.instance_id, *problem).message)
 
         def plan(view: dict[str, tuple[int, Instance]]) -> tuple[list[Instance], list[str]]:
             _check_expected(view, expect)
@@ -353,7 +360,8 @@ def parse_record_json(value: bytes, instance_id: str) -> Instance:
 
 
 def _binding(instance_id: str, revision: int, record: Instance) -> Binding:
-    return Binding(instance_id, revision, record.mac, record.ip, record.bridge, record.port)
+    return Binding(instance_id, revision, record.mac, record.ip, record.bridge, record.port,
+                   record.port_ifindex, record.parked)
 
 
 def _count(reply: dict) -> int:

@@ -23,7 +23,8 @@ import logging
 import sqlite3
 
 from transparent_md.store.etcd import parse_record_json
-from transparent_md.store.record import RecordError
+from transparent_md.store.record import RecordError, as_served
+from transparent_md.store.schema import UPSERT_RECORD, matching_columns
 from transparent_md.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,6 @@ UPSERT_PASSWORD = (
     "INSERT INTO fleet_passwords (instance_id, password, revision) VALUES (?, ?, ?) "
     "ON CONFLICT(instance_id) DO UPDATE SET password = excluded.password, "
     "revision = excluded.revision")
-UPSERT = (
-    "INSERT INTO instances (instance_id, record, revision, mac, ip, bridge, port) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(instance_id) DO UPDATE SET "
-    "record = excluded.record, revision = excluded.revision, mac = excluded.mac, "
-    "ip = excluded.ip, bridge = excluded.bridge, port = excluded.port")
 
 
 class FleetCache:
@@ -116,13 +112,13 @@ def _put(db: sqlite3.Connection, instance_id: str, value: bytes, mod_revision: i
     """One record from etcd, through the one validation path; an invalid one (written
     around our tools, e.g. by etcdctl) is logged and not served."""
     try:
-        record = parse_record_json(value, instance_id)
+        record = as_served(parse_record_json(value, instance_id))
     except RecordError as exc:
         log.error("etcd record %s is not valid and is not served: %s", instance_id, exc)
         db.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
         return
-    db.execute(UPSERT, (instance_id, json.dumps(record.to_mapping()), mod_revision,
-                        record.mac, record.ip, record.bridge, record.port))
+    db.execute(UPSERT_RECORD, (instance_id, json.dumps(record.to_mapping()), mod_revision,
+                               *matching_columns(record)))
 
 
 def _put_password(db: sqlite3.Connection, instance_id: str, value: bytes | None,

@@ -195,3 +195,22 @@ def _line_for(lines: LineMap, index: int, field: str | None) -> int | None:
         if line is not None or not parts:
             return line
         parts = parts[:-1]
+
+
+def bind_file_links(store: Any, records: list[Instance]) -> list[Instance]:
+    """The records of a file with their port bindings naming links (`store.links`): a
+    record that repeats its stored port keeps the stored link; another port is looked
+    up now. UserError lists every record whose port is missing."""
+    from transparent_md.store.links import bind_links
+
+    kept = {}
+    for record in records:
+        if record.port is not None and record.port_ifindex is None and not record.parked:
+            stored = store.get(record.instance_id)
+            if stored is not None:
+                kept[record.instance_id] = stored
+    try:
+        return bind_links(records, kept)
+    except RecordError as exc:
+        raise UserError(f"{len(exc.errors)} record(s) name a port that is not here, nothing "
+                        "written:\n  " + "\n  ".join(e.message for e in exc.errors)) from exc

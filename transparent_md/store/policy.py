@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Generic, Protocol, TypeVar
 
 from transparent_md.identity import Guest
+from transparent_md.store.record import secrets_of
 
 
 class Bound(Protocol):
@@ -28,6 +29,10 @@ class Bound(Protocol):
     def bridge(self) -> str | None: ...
     @property
     def port(self) -> str | None: ...
+    @property
+    def port_ifindex(self) -> int | None: ...
+    @property
+    def parked(self) -> bool: ...
 
 
 E = TypeVar("E", bound=Bound)
@@ -39,28 +44,59 @@ def specificity(record: Bound) -> int:
     return sum(x is not None for x in (record.ip, record.bridge, record.port))
 
 
+def serves(record: Bound) -> bool:
+    """Whether the record answers anyone at all.
+
+    A parked record (a stopped VM's) answers nobody; nor does one naming a port without
+    the link it was bound to (written by an older version, by name only): a name alone
+    cannot tell the port it meant from a new one that took the name.
+    """
+    return not record.parked and (record.port is None or record.port_ifindex is not None)
+
+
+def serving(record: Bound) -> str:
+    """Who the record answers, in the words of docs/records.md "Identity policy"."""
+    if record.parked:
+        return "parked"
+    if record.port is not None:
+        if record.port_ifindex is None:
+            return "nobody (port bound by name only: bind it again)"
+        return f"link {record.port}#{record.port_ifindex}"
+    if record.mac is not None:
+        return "mac+bridge" if record.bridge is not None else "mac"
+    return "ip+bridge"
+
+
 def accepts(record: Bound, guest: Guest) -> bool:
-    """Every field the record binds must equal what the datapath saw."""
+    """Every field the record binds must equal what the datapath saw; a port binding is
+    the link (name and ifindex), so a re-created port of the same name is not it."""
     return (
         (record.mac is None or record.mac == guest.mac)
         and (record.ip is None or record.ip == guest.ip)
         and (record.bridge is None or record.bridge == guest.bridge)
-        and (record.port is None or record.port == guest.port)
+        and (record.port is None or (record.port == guest.port
+                                     and record.port_ifindex == guest.ifindex))
+        and serves(record)
     )
 
 
 def could_overlap(a: Bound, b: Bound) -> bool:
     """True if some guest would be accepted by both records."""
+    a_link = (a.port, a.port_ifindex) if a.port is not None else None
+    b_link = (b.port, b.port_ifindex) if b.port is not None else None
     return all(
         x is None or y is None or x == y
-        for x, y in ((a.mac, b.mac), (a.ip, b.ip), (a.bridge, b.bridge), (a.port, b.port))
+        for x, y in ((a.mac, b.mac), (a.ip, b.ip), (a.bridge, b.bridge), (a_link, b_link))
     ) and (a.mac is None) == (b.mac is None)
 
 
 def find_conflict(records: Iterable[R]) -> tuple[R, R] | None:
-    """Two records the policy could not tell apart for some guest, if any."""
+    """Two records the policy could not tell apart for some guest, if any (records
+    that serve nobody meet no one; binding one again is checked then)."""
     buckets: dict[object, list[R]] = {}
     for record in records:
+        if not serves(record):
+            continue
         # MAC records only meet records with the same MAC; IP-only records meet by IP.
         buckets.setdefault(("mac", record.mac) if record.mac else ("ip", record.ip), []).append(
             record
@@ -82,6 +118,8 @@ class IdentityIndex(Generic[E]):
         by_mac: dict[str, list[E]] = {}
         by_ip: dict[str, list[E]] = {}
         for entry in entries:
+            if not serves(entry):
+                continue
             if entry.mac is not None:
                 by_mac.setdefault(entry.mac, []).append(entry)
             else:
@@ -102,19 +140,22 @@ class IdentityIndex(Generic[E]):
 
 
 def exposure_warning(record: Bound) -> str | None:
-    """Why a record holding secrets but no port binding can leak, and how to close it.
+    """What a neighbour needs to read a served record's secrets, when it is not bound to
+    a port (records without a MAC and with secrets are refused: `binding_problem`).
 
-    A MAC-bound record is locked to the port that asks first; a guest that copies the
-    MAC and IP and asks before the victim ever does gets the victim's record.
+    A MAC is locked to the port it first asks from, and the lock goes with that port; a
+    guest that sends from the record's MAC and IP while no port holds the lock is
+    answered.
     """
-    secrets = [name for name, present in (
-        ("IAM credentials", getattr(record, "iam", None) is not None),
-        ("user-data", getattr(record, "user_data", None) is not None),
-    ) if present]
-    if not secrets or record.port is not None:
+    secrets = secrets_of(record)
+    if not secrets or record.port is not None or not serves(record) or record.mac is None:
         return None
+    where = f"on bridge {record.bridge}" if record.bridge else "on any bridge served"
+    ip = f" and IP {record.ip}" if record.ip else ""
     return (
-        f"record {record.instance_id} carries {' and '.join(secrets)} but is not bound to "
-        "a port: a guest that copies its MAC and IP and asks before it ever does is "
-        "answered with them. Bind it to its port when the VM starts (--port, port:), or "
-        "turn on the hypervisor's MAC anti-spoofing (libvirt clean-traffic, ebtables)")
+        f"record {record.instance_id} carries {' and '.join(secrets)} and is bound to its "
+        f"MAC, not to a port: a guest {where} that sends from MAC {record.mac}{ip} reads "
+        "them whenever it asks while no port holds that MAC's lock: before this VM's "
+        "first request, and after this VM's port is gone. Bind the record to the VM's "
+        "port (the VM manager's hook, instance bind, port:), or stop guests from sending "
+        "from a MAC not their own (libvirt clean-traffic, ebtables)")

@@ -24,6 +24,8 @@ from transparent_md.store.fieldspec import SPEC, FieldSpec, Flag, spec
 MAX_USER_DATA_BYTES = 16 * 1024
 # Linux interface names are at most IFNAMSIZ-1 = 15 bytes.
 MAX_IFNAME = 15
+# Linux interface indexes are positive ints.
+MAX_IFINDEX = 2**31 - 1
 # Long enough for any cloud's identifiers, short enough to stay a path segment.
 MAX_ID_LENGTH = 64
 # One line of metadata text; longer values are almost certainly a pasting mistake.
@@ -49,6 +51,15 @@ UNBOUND_PROBLEM = (
     "a record with neither a MAC nor a bridge/port binding would answer on every bridge "
     "to whichever guest claims its IP; add its MAC (--mac, mac:) or bind it with "
     "--bridge/--port (bridge:, port:)"
+)
+
+# The fields a neighbour must never read, as messages name them.
+SECRET_FIELDS = (("iam", "IAM credentials"), ("user_data", "user-data"))
+SECRETS_NEED_MAC = (
+    "a record with {secrets} bound to no port needs its MAC: matched by IP and bridge "
+    "alone, it is read by any guest on that bridge that adds the IP to its interface, "
+    "keeping its own MAC (MAC anti-spoofing does not stop that); add its MAC (--mac, "
+    "mac:) or bind it to its port (instance bind, port:)"
 )
 
 
@@ -112,6 +123,20 @@ class Instance:
         meaning="answer only on this bridge port; what makes a copied MAC and IP useless",
         flags=(Flag("--port", "only answer this guest on this bridge port (e.g. tap3, "
                     "vnet0); records with credentials or user-data should have one", "PORT"),))
+    port_ifindex: int | None = spec(
+        key="port_ifindex", check="ifindex",
+        meaning="the bound port's link: its ifindex in the binder's network namespace, "
+                "set when the binding is written (a re-created port of the same name has "
+                "another); a `port` without it serves nobody until bound again",
+        flags=())
+    parked: bool = spec(
+        False, key="parked", check="boolean", default="`false`", omit_empty=True,
+        meaning="`true`: kept but served to nobody (a stopped VM); binding it to its port "
+                "serves it again",
+        flags=(Flag("--parked", "serve the record to nobody until it is bound again "
+                    "(instance bind)", None, "true"),
+               Flag("--unparked", "serve the record again by what it is bound to", None,
+                    "false")))
     hostname: str = spec(
         "", key="hostname", check="hostname", default="the instance id",
         derive=lambda v: v.get("instance_id", ""), meaning="EC2 `hostname`",
@@ -289,6 +314,38 @@ def is_unbound(record: Any) -> bool:
     return record.mac is None and record.bridge is None and record.port is None
 
 
+def as_served(record: Instance) -> Instance:
+    """A stored record as it may be served: one that breaks `binding_problem` (written
+    before that rule existed, or around our tools) is parked, so it answers nobody
+    until it is fixed and bound again."""
+    if record.parked or binding_problem(record) is None or is_unbound(record):
+        return record
+    return dataclasses.replace(record, parked=True)
+
+
+def secrets_of(record: Any) -> list[str]:
+    """What a record holds that a neighbour must never read, as the warnings name it."""
+    return [name for attribute, name in SECRET_FIELDS
+            if getattr(record, attribute, None) is not None]
+
+
+def binding_problem(record: Any) -> tuple[str, str] | None:
+    """(field, problem) if the record may not be stored as it is bound, else None.
+
+    The one rule every writer applies (parse_record for new records, the stores' put
+    for whatever reaches them): a record must be bound to something, and one holding
+    secrets that is served without a port binding must be found by its MAC, since an
+    IP is claimed by any neighbour that adds it, whatever the hypervisor filters.
+    """
+    if is_unbound(record):
+        return "mac", UNBOUND_PROBLEM
+    secrets = secrets_of(record)
+    if (secrets and record.mac is None and record.port is None
+            and not getattr(record, "parked", False)):
+        return "mac", SECRETS_NEED_MAC.format(secrets=" and ".join(secrets))
+    return None
+
+
 class _Problem(Exception):
     """One field's problem, raised by a check and collected by `_Parser.build`."""
 
@@ -330,12 +387,17 @@ class _Parser:
                 value = field_spec.derive(values)
             if value is not None:
                 values[name] = value
+        if values.get("port_ifindex") is not None and values.get("port") is None:
+            problems.append(_Problem("port_ifindex", "names the link of a port binding; "
+                                                     "give the port too (port:)"))
         if values.get("mac") is None and values.get("ip") is None and not _named(
                 problems, "mac", "ip"):
             problems.append(_Problem("mac", "a record needs a MAC, an IP or both to be found"))
-        elif (require_binding and not _named(problems, "mac", "bridge", "port")
-              and all(values.get(k) is None for k in ("mac", "bridge", "port"))):
-            problems.append(_Problem("mac", UNBOUND_PROBLEM))
+        elif require_binding and not _named(problems, "mac", "bridge", "port",
+                                            *(a for a, _ in SECRET_FIELDS)):
+            problem = binding_problem(_Fields(values))
+            if problem is not None:
+                problems.append(_Problem(*problem))
         if problems:
             errors = [RecordError(self.label, p.field, p.problem) for p in problems]
             raise RecordError(self.label, problems[0].field, problems[0].problem,
@@ -423,6 +485,12 @@ class _Parser:
             return str(uuid.UUID(str(value)))
         except ValueError:
             raise _Problem(key, f"{value!r} is not a UUID") from None
+
+    def check_ifindex(self, key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not (
+                0 < value <= MAX_IFINDEX):
+            raise _Problem(key, f"must be an interface index 1-{MAX_IFINDEX}, got {value!r}")
+        return value
 
     def check_boolean(self, key: str, value: Any) -> bool:
         if not isinstance(value, bool):
@@ -524,6 +592,16 @@ class _Parser:
                                f"{values[member]!r} is not an ISO 8601 time like "
                                "2030-01-01T00:00:00Z") from None
         return IamRole(**values)
+
+
+class _Fields:
+    """Checked values read as a record's attributes (absent: None), before it exists."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        return self._values.get(name)
 
 
 def _named(problems: list[_Problem], *fields: str) -> bool:

@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from transparent_md.store.record import parse_record
+from transparent_md.store.record import Instance, as_served, parse_record
 
-BINDING_COLUMNS = ("mac", "ip", "bridge", "port")
+# Column -> SQL type. `port_ifindex` and `parked` came later: a store file without them
+# gains them (NULL/0 read as "no link" and "not parked", so an old port binding is by
+# name only and serves nobody until bound again: see policy.serves).
+BINDING_COLUMNS = {"mac": "TEXT", "ip": "TEXT", "bridge": "TEXT", "port": "TEXT",
+                   "port_ifindex": "INTEGER", "parked": "INTEGER"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -19,21 +23,42 @@ CREATE TABLE IF NOT EXISTS instances (
     record      TEXT NOT NULL,     -- JSON, as Instance.to_mapping() spells it
     revision    INTEGER NOT NULL,  -- bumped on every change to this row
     password    TEXT,              -- OpenStack password, set once by the guest
-    mac TEXT, ip TEXT, bridge TEXT, port TEXT  -- copies of the record's, for matching
+    mac TEXT, ip TEXT, bridge TEXT, port TEXT,  -- copies of the record's, for matching
+    port_ifindex INTEGER, parked INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters VALUES ('revision', 0);
 """
 # A snapshot load scans this index alone: a few dozen bytes a row, never the JSON.
 BINDING_INDEX = """
-CREATE INDEX IF NOT EXISTS instances_binding
-    ON instances (instance_id, revision, mac, ip, bridge, port)
+CREATE INDEX IF NOT EXISTS instances_binding2
+    ON instances (instance_id, revision, mac, ip, bridge, port, port_ifindex, parked)
 """
-SELECT_BINDINGS = "SELECT instance_id, revision, mac, ip, bridge, port FROM instances"
+# The index of versions before port_ifindex: it no longer covers a snapshot load.
+OLD_BINDING_INDEX = "DROP INDEX IF EXISTS instances_binding"
+SELECT_BINDINGS = ("SELECT instance_id, revision, mac, ip, bridge, port, port_ifindex, parked "
+                   "FROM instances")
+# Writers set the record and every matching column together.
+UPSERT_RECORD = (
+    "INSERT INTO instances (instance_id, record, revision, mac, ip, bridge, port, "
+    "port_ifindex, parked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(instance_id) DO UPDATE SET record = excluded.record, "
+    "revision = excluded.revision, mac = excluded.mac, ip = excluded.ip, "
+    "bridge = excluded.bridge, port = excluded.port, port_ifindex = excluded.port_ifindex, "
+    "parked = excluded.parked")
+
+
+def matching_columns(instance: Instance) -> tuple:
+    """The record's values of BINDING_COLUMNS, in that order."""
+    return (instance.mac, instance.ip, instance.bridge, instance.port, instance.port_ifindex,
+            int(instance.parked))
 
 
 def ensure_schema(db: sqlite3.Connection) -> None:
-    """Create the tables, or add and fill the binding columns a store file lacks."""
+    """Create the tables, or add and fill the binding columns a store file lacks.
+
+    Filling them parks the records an older version accepted that are no longer
+    allowed (secrets matched by IP alone: `record.binding_problem`)."""
     db.executescript(SCHEMA)
     if not _missing_columns(db):
         db.execute(BINDING_INDEX)
@@ -41,14 +66,18 @@ def ensure_schema(db: sqlite3.Connection) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
         for column in _missing_columns(db):  # asked again: another process may have won
-            db.execute(f"ALTER TABLE instances ADD COLUMN {column} TEXT")
+            default = " NOT NULL DEFAULT 0" if column == "parked" else ""
+            db.execute(f"ALTER TABLE instances ADD COLUMN {column} "
+                       f"{BINDING_COLUMNS[column]}{default}")
         rows = db.execute("SELECT instance_id, record FROM instances").fetchall()
         for instance_id, record in rows:
-            instance = parse_record(json.loads(record), instance_id)
+            instance = as_served(parse_record(json.loads(record), instance_id, stored=True))
             db.execute(
-                "UPDATE instances SET mac = ?, ip = ?, bridge = ?, port = ? "
-                "WHERE instance_id = ?",
-                (instance.mac, instance.ip, instance.bridge, instance.port, instance_id))
+                "UPDATE instances SET record = ?, mac = ?, ip = ?, bridge = ?, port = ?, "
+                "port_ifindex = ?, parked = ? WHERE instance_id = ?",
+                (json.dumps(instance.to_mapping()), *matching_columns(instance),
+                 instance_id))
+        db.execute(OLD_BINDING_INDEX)
         db.execute(BINDING_INDEX)
     except BaseException:
         db.execute("ROLLBACK")

@@ -1,8 +1,8 @@
 """An immutable view of the whole store, swapped atomically when the store changes.
 
 A snapshot holds only what identity matching needs (`Binding`: id, revision, MAC, IP,
-bridge, port), so thousands of idle records cost their index and nothing more. The
-full record of a guest that asks is loaded on demand as an `Entry` (see
+bridge, port and its link, parked), so thousands of idle records cost their index and
+nothing more. The full record of a guest that asks is loaded on demand as an `Entry` (see
 `store.cache`), together with whatever the responder prepared for it (`prepared`).
 """
 
@@ -20,14 +20,18 @@ from transparent_md.store.record import Instance
 class Binding:
     """One record as the identity policy sees it; a revision names the whole record."""
 
-    __slots__ = ("instance_id", "revision", "mac", "ip", "bridge", "port")
+    __slots__ = ("instance_id", "revision", "mac", "ip", "bridge", "port", "port_ifindex",
+                 "parked")
 
     def __init__(self, instance_id: str, revision: int, mac: str | None, ip: str | None,
-                 bridge: str | None, port: str | None) -> None:
+                 bridge: str | None, port: str | None, port_ifindex: int | None = None,
+                 parked: bool = False) -> None:
         self.instance_id = instance_id
         self.revision = revision
         self.mac = mac
         self.ip = ip
+        self.port_ifindex = port_ifindex
+        self.parked = bool(parked)
         # Many records share a bridge (and port names repeat): keep one copy of each.
         self.bridge = sys.intern(bridge) if bridge is not None else None
         self.port = sys.intern(port) if port is not None else None

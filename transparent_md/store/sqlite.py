@@ -37,10 +37,16 @@ from transparent_md.store.record import (
     UNBOUND_PROBLEM,
     Instance,
     RecordError,
+    binding_problem,
     is_unbound,
     parse_record,
 )
-from transparent_md.store.schema import SELECT_BINDINGS, ensure_schema
+from transparent_md.store.schema import (
+    SELECT_BINDINGS,
+    UPSERT_RECORD,
+    ensure_schema,
+    matching_columns,
+)
 from transparent_md.store.snapshot import Binding, Entry, Snapshot
 from transparent_md.store.watch import CHECK_INTERVAL, FileState, FileWatch, identity
 
@@ -217,10 +223,10 @@ class SqliteStore:
     def _read_bindings(self, old: dict[str, Binding]) -> dict[str, Binding]:
         """All bindings; unchanged ones are carried over, so a reload allocates little."""
         bindings: dict[str, Binding] = {}
-        for instance_id, revision, mac, ip, bridge, port in self._db.execute(SELECT_BINDINGS):
+        for instance_id, revision, *matching in self._db.execute(SELECT_BINDINGS):
             binding = old.get(instance_id)
             if binding is None or binding.revision != revision:
-                binding = Binding(instance_id, revision, mac, ip, bridge, port)
+                binding = Binding(instance_id, revision, *matching)
             bindings[instance_id] = binding
         return bindings
 
@@ -320,8 +326,9 @@ class SqliteStore:
                 raise RecordConflict(f"record {instance.instance_id}: instance_id appears "
                                      "twice", instance.instance_id, "instance_id")
             seen.add(instance.instance_id)
-            if is_unbound(instance):
-                raise UserError(f"record {instance.instance_id}: {UNBOUND_PROBLEM}")
+            problem = binding_problem(instance)
+            if problem is not None:
+                raise UserError(RecordError(instance.instance_id, *problem).message)
         current = self._read_bindings({})
         if not replace:
             for instance in instances:
@@ -339,15 +346,8 @@ class SqliteStore:
         revisions: dict[str, int] = {}
         for instance in instances:
             revisions[instance.instance_id] = revision = _next(db)
-            db.execute(
-                "INSERT INTO instances (instance_id, record, revision, mac, ip, bridge, "
-                "port) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(instance_id) DO UPDATE SET record = excluded.record, "
-                "revision = excluded.revision, mac = excluded.mac, ip = excluded.ip, "
-                "bridge = excluded.bridge, port = excluded.port",
-                (instance.instance_id, json.dumps(instance.to_mapping()), revision,
-                 instance.mac, instance.ip, instance.bridge, instance.port),
-            )
+            db.execute(UPSERT_RECORD, (instance.instance_id, json.dumps(instance.to_mapping()),
+                                       revision, *matching_columns(instance)))
         return revisions
 
     def remove(self, *instance_ids: str, missing_ok: bool = False,
