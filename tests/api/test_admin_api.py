@@ -192,19 +192,32 @@ def test_delete_is_idempotent(api):
     assert api.request("GET", "/v1/instances/i-1").status == 404
 
 
-def test_binding_resource_binds_and_unbinds_the_port(api):
+def test_binding_resource_binds_to_a_link_and_parks(api):
+    """PUT binds to the link that has the name now (`lo` exists in every namespace, as
+    ifindex 1); DELETE parks; a name no link has is refused, never bound for later."""
     api.request("PUT", "/v1/instances/i-1", RECORD)
-    bound = api.request("PUT", "/v1/instances/i-1/binding", {"port": "vnet7"})
-    assert bound.status == 200 and bound.body == {"mac": MAC, "ip": "10.0.0.5",
-                                                  "bridge": "br0", "port": "vnet7"}
-    assert stored(api, "i-1").port == "vnet7"
-    assert api.request("GET", "/v1/instances/i-1/binding").body["port"] == "vnet7"
-    unbound = api.request("DELETE", "/v1/instances/i-1/binding")
-    assert unbound.status == 200 and unbound.body["port"] is None
-    assert stored(api, "i-1").port is None and stored(api, "i-1").user_data
+    bound = api.request("PUT", "/v1/instances/i-1/binding", {"port": "lo"})
+    assert bound.status == 200 and bound.body == {
+        "mac": MAC, "ip": "10.0.0.5", "bridge": "br0", "port": "lo", "port_ifindex": 1,
+        "parked": False, "serves": "link lo#1"}
+    assert (stored(api, "i-1").port, stored(api, "i-1").port_ifindex) == ("lo", 1)
+    assert api.request("GET", "/v1/instances/i-1/binding").body["port"] == "lo"
+    parked = api.request("DELETE", "/v1/instances/i-1/binding")
+    assert parked.status == 200 and parked.body["parked"] is True
+    assert parked.body["serves"] == "parked"
+    assert stored(api, "i-1").parked and stored(api, "i-1").user_data
+    assert api.request("PUT", "/v1/instances/i-1/binding", {"port": "lo"}).body[
+        "serves"] == "link lo#1"  # bound again: served again
+    missing = api.request("PUT", "/v1/instances/i-1/binding", {"port": "tmd-nolink0"})
+    assert missing.status == 422 and "no link named 'tmd-nolink0'" in missing.body["error"]
+    assert stored(api, "i-1").port_ifindex == 1  # the refused bind changed nothing
+    # A record written with a port no link has is parked (and says so in its state).
+    put = api.request("PUT", "/v1/instances/i-2", {**RECORD, "mac": "52:54:00:00:00:77",
+                                                   "port": "tmd-nolink0"})
+    assert put.status == 201 and put.body["parked"] is True
     assert api.request("PUT", "/v1/instances/i-1/binding", {"tap": "x"}).status == 400
     assert api.request("PUT", "/v1/instances/i-1/binding", {"port": "a/b"}).status == 422
-    assert api.request("PUT", "/v1/instances/i-404/binding", {"port": "vnet1"}).status == 404
+    assert api.request("PUT", "/v1/instances/i-404/binding", {"port": "lo"}).status == 404
 
 
 def test_batch_patch_lands_whole_or_not_at_all(api):

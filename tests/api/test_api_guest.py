@@ -35,6 +35,9 @@ def hv(topology, tmp_path_factory):
              routes=["169.254.169.254/32 dev eth0"])
     tmp = tmp_path_factory.mktemp("api")
     hv.api = str(tmp / "api.sock")
+    # The tap the docs' curl lines bind (`vnet0`): a binding names a link that exists.
+    topology.sh(hv.ns, ["ip", "link", "add", "vnet0", "type", "veth", "peer", "name",
+                        "vnet0-peer"], check=True)
     hv.daemon = hv.start_daemon(["br0"], str(tmp / "instances.db"), ["--api", hv.api])
     yield hv
     hv.daemon.stop()

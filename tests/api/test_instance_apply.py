@@ -82,22 +82,36 @@ def test_apply_refuses_an_invalid_file_whole(fleet, tmp_path):
     assert revisions(store) == {}
 
 
-def test_bind_and_unbind_through_the_store_and_the_api(fleet, tmp_path):
+def test_bind_park_and_unbind_through_the_store_and_the_api(fleet, tmp_path):
+    """`lo` is a link of every namespace (ifindex 1): bind names it; park and its older
+    name unbind keep the record and serve it to nobody."""
     path, store = fleet
     cli("apply", path, "--store", store)
-    bound = cli("bind", "web-1", "--port", "tap101i0", "--store", store)
+    bound = cli("bind", "web-1", "--port", "lo", "--store", store)
     assert bound.returncode == 0, bound.stderr
-    assert open_store(store).get("web-1").port == "tap101i0"
+    record = open_store(store).get("web-1")
+    assert (record.port, record.port_ifindex, record.parked) == ("lo", 1, False)
+    absent = cli("bind", "web-1", "--port", "tmd-nolink0", "--store", store)
+    assert absent.returncode == 2 and "no link named 'tmd-nolink0'" in absent.stderr
+    assert absent.stderr.count("\n") == 1 and "Traceback" not in absent.stderr
     server = AdminServer(str(tmp_path / "api.sock"), lambda: open_store(store))
     server.start()
     try:
         assert cli("unbind", "web-1", "--api", server.path).returncode == 0
-        assert open_store(store).get("web-1").port is None
-        assert cli("bind", "web-2", "--port", "vnet3", "--api", server.path).returncode == 0
-        assert open_store(store).get("web-2").port == "vnet3"
-        missing = cli("bind", "nope", "--port", "vnet4", "--api", server.path)
+        assert open_store(store).get("web-1").parked
+        assert cli("bind", "web-1", "--port", "lo", "--api", server.path).returncode == 0
+        assert not open_store(store).get("web-1").parked
+        assert cli("park", "web-1", "--store", store).returncode == 0
+        assert open_store(store).get("web-1").parked
+        assert cli("bind", "web-2", "--port", "lo", "--api", server.path).returncode == 0
+        assert open_store(store).get("web-2").port_ifindex == 1
+        missing = cli("bind", "nope", "--port", "lo", "--api", server.path)
         assert missing.returncode == 2 and "no instance 'nope'" in missing.stderr
+        absent = cli("bind", "web-2", "--port", "tmd-nolink0", "--api", server.path)
+        assert absent.returncode == 2 and "no link named 'tmd-nolink0'" in absent.stderr
         assert cli("unbind", "nope", "--api", server.path).returncode == 0
-        assert cli("unbind", "nope", "--api", server.path, "--strict").returncode == 2
+        assert cli("park", "nope", "--api", server.path, "--strict").returncode == 2
+        listed = cli("list", "--store", store)
+        assert "parked" in listed.stdout and "link lo#1" in listed.stdout, listed.stdout
     finally:
         server.stop()

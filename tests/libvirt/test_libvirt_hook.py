@@ -1,9 +1,10 @@
 """The libvirt hook driven exactly as libvirtd drives it: `qemu DOMAIN OPERATION SUBOP
 EXTRA`, the domain XML (files under tests/libvirt/domains) on stdin. Checks the records
 and port bindings that result, the stop choices, and that a failure is one line on
-stderr, a non-zero exit and an unchanged store. The wrapper's tests run the one that
-`scripts/install` put in a temporary prefix (as root), under libvirtd's bare environment;
-the others need no root."""
+stderr, a non-zero exit and an unchanged store. Tests of bindings run the hook in a
+namespace holding the taps the XMLs name (a binding names an existing link: root). The
+wrapper's tests run the one that `scripts/install` put in a temporary prefix (as root),
+under libvirtd's bare environment; the others need no root."""
 
 from __future__ import annotations
 
@@ -17,21 +18,41 @@ from pathlib import Path
 import pytest
 
 from tests.installed import Install, run_as_libvirtd
-from transparent_md.api.server import AdminServer
 from transparent_md.store import open_store
 
 DOMAINS = Path(__file__).parent / "domains"
 
 
+# The taps the domain XMLs name, made (as veth pairs) in the `taps` namespace.
+TAPS = ("vnet0", "vnet3", "vnet4")
+
+
 def hook(store: str, domain: str, operation: str, xml: str, *extra: str,
-         subop: str = "begin", api: str | None = None) -> subprocess.CompletedProcess:
-    """As libvirtd: argv DOMAIN OPERATION SUBOP EXTRA, the XML on stdin; `api`: through
-    the admin API at that socket instead of the store file."""
+         subop: str = "begin", api: str | None = None,
+         ns: str | None = None) -> subprocess.CompletedProcess:
+    """As libvirtd: argv DOMAIN OPERATION SUBOP EXTRA, the XML on stdin (in `ns`); `api`:
+    through the admin API at that socket instead of the store file."""
     target = ["--api", api] if api else ["--store", store]
+    prefix = ["ip", "netns", "exec", ns] if ns else []
     return subprocess.run(
-        [sys.executable, "-m", "transparent_md", "libvirt-hook", *target, *extra,
+        [*prefix, sys.executable, "-m", "transparent_md", "libvirt-hook", *target, *extra,
          domain, operation, subop, "-"],
         input=(DOMAINS / xml).read_bytes(), capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def taps(topology):
+    """A namespace holding links named as the XMLs' taps (vnet0, vnet3, vnet4)."""
+    ns = topology.add_ns("taps")
+    for name in TAPS:
+        topology.ip(ns, f"link add {name} type veth peer name {name}-p")
+    return ns
+
+
+def ifindex(ns: str, name: str) -> int:
+    return int(subprocess.run(["ip", "netns", "exec", ns, "cat",
+                               f"/sys/class/net/{name}/ifindex"],
+                              capture_output=True, text=True, check=True).stdout)
 
 
 def records(store: str) -> dict:
@@ -47,12 +68,17 @@ def store(tmp_path):
     return str(tmp_path / "instances.db")
 
 
-def test_a_bridge_interface_becomes_a_record_bound_to_its_tap(store):
-    for operation in ("prepare", "start", "started"):
-        result = hook(store, "web-1", operation, "web-1.xml")
+@pytest.mark.netns
+def test_a_bridge_interface_becomes_a_record_bound_to_its_tap(store, taps):
+    prepared = hook(store, "web-1", "prepare", "web-1.xml", ns=taps)
+    assert prepared.returncode == 0 and prepared.stdout == b"", prepared.stderr
+    assert records(store)["web-1"].instance.parked  # before this start's tap: nobody
+    for operation in ("start", "started"):
+        result = hook(store, "web-1", operation, "web-1.xml", ns=taps)
         assert result.returncode == 0 and result.stdout == b"", result.stderr
     record = records(store)["web-1"].instance
     assert (record.mac, record.bridge, record.port) == ("52:54:00:a1:00:01", "br0", "vnet0")
+    assert record.port_ifindex == ifindex(taps, "vnet0") and not record.parked
     assert record.openstack_uuid == "6c0f2a4e-9d3b-4a55-8e0a-6f1d2c3b4a51"
     assert record.hostname == "web-1"
     assert record.availability_zone == "eu-west-1b"  # from the YAML metadata
@@ -60,9 +86,10 @@ def test_a_bridge_interface_becomes_a_record_bound_to_its_tap(store):
     assert dict(record.ssh_keys)["ops"].startswith("ssh-ed25519 ")
 
 
-def test_two_network_nics_with_json_metadata_and_a_network_mapping(store):
+@pytest.mark.netns
+def test_two_network_nics_with_json_metadata_and_a_network_mapping(store, taps):
     result = hook(store, "db-1", "started", "db-1-two-nics.xml",
-                  "--network", "storage=br-stor")
+                  "--network", "storage=br-stor", ns=taps)
     assert result.returncode == 0, result.stderr
     assert b"type 'user' is not on a bridge" in result.stderr  # said, not fatal
     found = records(store)
@@ -87,25 +114,66 @@ def test_unmapped_network_and_unserved_bridges_are_skipped(store):
     assert other.returncode == 0 and "web-1" not in records(store)
 
 
-def test_stop_drops_the_binding_and_keeps_what_an_orchestrator_added(store):
-    hook(store, "web-1", "started", "web-1.xml")
+@pytest.mark.netns
+def test_stop_parks_and_keeps_what_an_orchestrator_added(store, taps):
+    assert hook(store, "web-1", "started", "web-1.xml", ns=taps).returncode == 0
     db = open_store(store)
     db.modify("web-1", lambda r: __import__("dataclasses").replace(r, public_ipv4="192.0.2.7"))
     db.close()
     for operation in ("stopped", "release"):
-        result = hook(store, "web-1", operation, "web-1.xml", subop="end")
+        result = hook(store, "web-1", operation, "web-1.xml", subop="end", ns=taps)
         assert result.returncode == 0, result.stderr
     record = records(store)["web-1"].instance
-    assert record.port is None and record.mac == "52:54:00:a1:00:01"
+    assert record.parked and record.mac == "52:54:00:a1:00:01"
     assert record.public_ipv4 == "192.0.2.7"
-    # the next start binds it again (libvirt may hand out another vnetN) and keeps it
-    assert hook(store, "web-1", "started", "web-1.xml").returncode == 0
+    # The tap is deleted and libvirt makes vnet0 again for the next start: another link.
+    old_link = ifindex(taps, "vnet0")
+    subprocess.run(["ip", "netns", "exec", taps, "ip", "link", "del", "vnet0"], check=True)
+    subprocess.run(["ip", "netns", "exec", taps, "ip", "link", "add", "vnet0", "type", "veth",
+                    "peer", "name", "vnet0-p"], check=True)
+    assert ifindex(taps, "vnet0") > old_link  # ifindexes are not reused
+    assert hook(store, "web-1", "started", "web-1.xml", ns=taps).returncode == 0
     record = records(store)["web-1"].instance
     assert record.port == "vnet0" and record.public_ipv4 == "192.0.2.7"
+    assert record.port_ifindex == ifindex(taps, "vnet0") and not record.parked
+
+
+def test_a_start_that_names_no_existing_tap_parks_and_says_so(store, tmp_path):
+    """Here (no taps in this namespace) `started` finds no vnet0; an XML without
+    <target dev> names none: both park the record, with a line on stderr, exit 0."""
+    result = hook(store, "web-1", "started", "web-1.xml")
+    assert result.returncode == 0, result.stderr
+    assert (b"interface 0 (52:54:00:a1:00:01): its tap vnet0 does not exist: record web-1 "
+            b"parked (served to nobody)") in result.stderr
+    assert records(store)["web-1"].instance.parked
+    no_target = tmp_path / "no-target.xml"
+    no_target.write_bytes((DOMAINS / "web-1.xml").read_bytes().replace(
+        b"<target dev='vnet0'/>", b""))
+    result = subprocess.run(
+        [sys.executable, "-m", "transparent_md", "libvirt-hook", "--store", store, "web-1",
+         "started", "begin", "-"], input=no_target.read_bytes(), capture_output=True,
+        timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert b"names no <target dev> for it: record web-1 parked" in result.stderr
+    record = records(store)["web-1"].instance
+    assert record.parked and record.user_data  # kept, with its IAM and user-data
+
+
+def test_metadata_cannot_bind_or_unpark(store, tmp_path):
+    xml = (DOMAINS / "web-1.xml").read_bytes().replace(
+        b"availability_zone:", b"parked: false\nport_ifindex: 1\nport: lo\n"
+                               b"availability_zone:", 1)
+    result = subprocess.run(
+        [sys.executable, "-m", "transparent_md", "libvirt-hook", "--store", store, "web-1",
+         "prepare", "begin", "-"], input=xml, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    record = records(store)["web-1"].instance
+    assert record.parked and record.port is None and record.port_ifindex is None
 
 
 def test_stop_can_remove_the_records(store):
-    hook(store, "db-1", "started", "db-1-two-nics.xml", "--network", "storage=br1")
+    hook(store, "db-1", "prepare", "db-1-two-nics.xml", "--network", "storage=br1")
+    assert set(records(store)) == {"i-0db1", "i-0db1-nic1"}
     result = hook(store, "db-1", "stopped", "db-1-two-nics.xml", "--network", "storage=br1",
                   "--on-stop", "remove", subop="end")
     assert result.returncode == 0, result.stderr
@@ -117,7 +185,7 @@ def test_stop_can_remove_the_records(store):
     ("bad-metadata.xml", b"record bad-meta, field 'launch_index': must be a whole number"),
 ])
 def test_a_failure_is_one_line_a_non_zero_exit_and_no_change(store, xml, message):
-    assert hook(store, "web-1", "started", "web-1.xml").returncode == 0
+    assert hook(store, "web-1", "prepare", "web-1.xml").returncode == 0
     before = {k: e.revision for k, e in records(store).items()}
     domain = "broken" if xml == "malformed.xml" else "bad-meta"
     result = hook(store, domain, "start", xml)
@@ -145,27 +213,54 @@ def _conf(install: Install, **settings: str) -> Iterator[None]:
         install.hook_conf().write_text(shipped)
 
 
-def _wrapped(install: Install, operation: str, subop: str) -> subprocess.CompletedProcess:
-    """The installed wrapper as libvirtd runs it: its argv, the XML, its bare environment."""
-    return run_as_libvirtd([str(install.libvirt_hook), "web-1", operation, subop, "-"],
-                           (DOMAINS / "web-1.xml").read_bytes(), timeout=30)
+def _wrapped(install: Install, operation: str, subop: str,
+             ns: str | None = None) -> subprocess.CompletedProcess:
+    """The installed wrapper as libvirtd runs it: its argv, the XML, its bare environment
+    (in `ns`: where the taps are)."""
+    prefix = ["ip", "netns", "exec", ns] if ns else []
+    return run_as_libvirtd([*prefix, str(install.libvirt_hook), "web-1", operation, subop,
+                            "-"], (DOMAINS / "web-1.xml").read_bytes(), timeout=30)
 
 
-def test_the_installed_wrapper_through_the_admin_api(installed_prefix, store, tmp_path):
-    server = AdminServer(str(tmp_path / "api.sock"), lambda: open_store(store))
-    server.start()
+# An admin API served from the `taps` namespace, as the daemon serves it from its own.
+API_SERVER = """
+import sys
+from transparent_md.api.server import AdminServer
+from transparent_md.store import open_store
+server = AdminServer(sys.argv[1], lambda: open_store(sys.argv[2]))
+server.start()
+print("ready", flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
+@pytest.mark.netns
+def test_the_installed_wrapper_through_the_admin_api(installed_prefix, store, tmp_path, taps):
+    """The daemon's API and the wrapper both in the namespace of the taps, as on a host."""
+    api = str(tmp_path / "api.sock")
+    server = subprocess.Popen(["ip", "netns", "exec", taps, sys.executable, "-c", API_SERVER,
+                               api, store], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
     try:
-        with _conf(installed_prefix, TMD_API=server.path, TMD_BRIDGES="br0"):
+        assert server.stdout.readline().strip() == "ready"
+        with _conf(installed_prefix, TMD_API=api, TMD_BRIDGES="br0"):
             started = time.monotonic()
-            result = _wrapped(installed_prefix, "started", "begin")
+            result = _wrapped(installed_prefix, "started", "begin", ns=taps)
             elapsed_ms = (time.monotonic() - started) * 1000
             assert result.returncode == 0, result.stderr
-            assert records(store)["web-1"].instance.port == "vnet0"
-            stopped = _wrapped(installed_prefix, "stopped", "end")
+            record = records(store)["web-1"].instance
+            assert (record.port, record.port_ifindex) == ("vnet0", ifindex(taps, "vnet0"))
+            stopped = _wrapped(installed_prefix, "stopped", "end", ns=taps)
             assert stopped.returncode == 0, stopped.stderr
-            assert records(store)["web-1"].instance.port is None
+            assert records(store)["web-1"].instance.parked
     finally:
-        server.stop()
+        server.stdin.close()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
     print(f"hook through the installed wrapper and the API: {elapsed_ms:.0f} ms")
 
 
@@ -179,15 +274,17 @@ def test_with_the_daemon_down_the_wrapper_refuses_by_default(installed_prefix, s
     assert not Path(store).exists()
 
 
+@pytest.mark.netns
 def test_with_the_daemon_down_the_wrapper_can_write_the_store(installed_prefix, store,
-                                                              tmp_path):
+                                                              tmp_path, taps):
     open_store(store).close()  # the daemon's store exists already
     with _conf(installed_prefix, TMD_API=str(tmp_path / "nobody.sock"),
                TMD_IF_DAEMON_DOWN="store", TMD_FALLBACK_STORE=store):
-        result = _wrapped(installed_prefix, "started", "begin")
+        result = _wrapped(installed_prefix, "started", "begin", ns=taps)
     assert result.returncode == 0, result.stderr
     assert b"WARNING" in result.stderr and store.encode() in result.stderr
-    assert records(store)["web-1"].instance.port == "vnet0"
+    record = records(store)["web-1"].instance
+    assert (record.port, record.port_ifindex) == ("vnet0", ifindex(taps, "vnet0"))
 
 
 def test_with_the_daemon_down_allow_starts_the_vm_unbound_and_says_so(store, tmp_path):

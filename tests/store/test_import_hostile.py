@@ -125,20 +125,34 @@ def test_import_dash_reads_stdin_and_warns_about_unbound_secrets(tmp_path):
     records = textwrap.dedent("""\
         - instance_id: i-bound
           mac: "52:54:00:00:00:01"
-          port: tap1
+          port: lo
           user_data: "#cloud-config\\n"
         - instance_id: i-loose
           mac: "52:54:00:00:00:02"
+          ip: 10.0.0.2
           bridge: br0
+          user_data: "#cloud-config\\n"
+        - instance_id: i-ghost
+          mac: "52:54:00:00:00:03"
+          port: tmd-no-such0
           user_data: "#cloud-config\\n"
     """)
     done = run_cli(["instance", "import", "-", "--store", path], stdin=records)
     assert done.returncode == 0, done.stderr
-    assert {i.instance_id for i in open_store(path).list()} == {"i-bound", "i-loose"}
+    stored = {i.instance_id: i for i in open_store(path).list()}
+    assert set(stored) == {"i-bound", "i-loose", "i-ghost"}
+    # `lo` exists in every namespace: the binding names its link (ifindex 1).
+    assert (stored["i-bound"].port, stored["i-bound"].port_ifindex) == ("lo", 1)
+    assert stored["i-ghost"].parked and stored["i-ghost"].port_ifindex is None
     warnings = [line for line in done.stderr.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and "record i-loose carries user-data" in warnings[0]
-    assert "asks before" in warnings[0] and "--port" in warnings[0]
-    assert "clean-traffic" in warnings[0]
+    assert len(warnings) == 2, done.stderr
+    loose = next(w for w in warnings if "i-loose" in w)
+    assert "record i-loose carries user-data and is bound to its MAC, not to a port" in loose
+    assert ("a guest on bridge br0 that sends from MAC 52:54:00:00:00:02 and IP 10.0.0.2 "
+            "reads them") in loose
+    assert "instance bind" in loose and "clean-traffic" in loose
+    ghost = next(w for w in warnings if "i-ghost" in w)
+    assert "no link named 'tmd-no-such0'" in ghost and "parked" in ghost
 
 
 def test_cli_import_of_a_bomb_exits_2_with_one_clear_line(tmp_path):

@@ -217,8 +217,9 @@ def test_add_warns_about_secrets_without_a_port_binding(tmp_path):
     loose = run_cli(["instance", "add", "i-1", "--mac", MAC_A, "--bridge", "br0",
                      "--user-data-file", str(user_data), "--store", path])
     assert loose.returncode == 0
-    assert "warning: record i-1 carries user-data but is not bound to a port" in loose.stderr
-    bound = run_cli(["instance", "add", "i-2", "--mac", MAC_B, "--port", "tap2",
+    assert ("warning: record i-1 carries user-data and is bound to its MAC, not to a port: "
+            f"a guest on bridge br0 that sends from MAC {MAC_A} reads them") in loose.stderr
+    bound = run_cli(["instance", "add", "i-2", "--mac", MAC_B, "--port", "lo",
                      "--user-data-file", str(user_data), "--store", path])
     assert bound.returncode == 0 and "warning" not in bound.stderr
     plain = run_cli(["instance", "add", "i-3", "--mac", "52:54:00:00:00:0c", "--store", path])

@@ -10,8 +10,9 @@ from transparent_md.store import PasswordAlreadySet, RecordError, open_store, pa
 from transparent_md.store.importfile import read_records
 
 
-def guest(mac="52:54:00:00:00:01", ip="10.0.0.5", bridge="br0", port="tap0") -> Guest:
-    return Guest(bridge=bridge, port=port, ifindex=1, mac=mac, ip=ip)
+def guest(mac="52:54:00:00:00:01", ip="10.0.0.5", bridge="br0", port="tap0",
+          ifindex=1) -> Guest:
+    return Guest(bridge=bridge, port=port, ifindex=ifindex, mac=mac, ip=ip)
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def test_errors_name_record_field_and_problem(raw, field, words):
 
 
 def test_user_data_limit_is_exactly_16_kib():
-    assert len(parse_record({"instance_id": "i", "ip": "10.0.0.1", "bridge": "br0",
+    assert len(parse_record({"instance_id": "i", "mac": "52:54:00:00:00:01", "bridge": "br0",
                              "user_data": "x" * 16384}).user_data) == 16384
 
 
@@ -68,7 +69,8 @@ def test_policy_mac_binding_ip_fallback_and_tenants(store):
         {"instance_id": "by-mac", "mac": "52:54:00:00:00:01", "ip": "10.0.0.5"},
         {"instance_id": "tenant-1", "ip": "10.0.0.5", "bridge": "br1"},
         {"instance_id": "tenant-2", "ip": "10.0.0.5", "bridge": "br2"},
-        {"instance_id": "port-bound", "mac": "52:54:00:00:00:09", "port": "tap9"},
+        {"instance_id": "port-bound", "mac": "52:54:00:00:00:09", "port": "tap9",
+         "port_ifindex": 19},
     ]])
     snap = store.snapshot()
 
@@ -81,8 +83,10 @@ def test_policy_mac_binding_ip_fallback_and_tenants(store):
     assert who(guest(mac="52:54:00:00:00:02", bridge="br1")) == "tenant-1"
     assert who(guest(mac="52:54:00:00:00:02", bridge="br2")) == "tenant-2"
     assert who(guest(mac="52:54:00:00:00:02", bridge="br3")) is None
-    assert who(guest(mac="52:54:00:00:00:09", port="tap9")) == "port-bound"
-    assert who(guest(mac="52:54:00:00:00:09", port="tap8")) is None
+    assert who(guest(mac="52:54:00:00:00:09", port="tap9", ifindex=19)) == "port-bound"
+    assert who(guest(mac="52:54:00:00:00:09", port="tap8", ifindex=19)) is None
+    # A new link under the old name (another ifindex) is not the bound port.
+    assert who(guest(mac="52:54:00:00:00:09", port="tap9", ifindex=20)) is None
 
 
 def test_ambiguous_records_are_refused(store):
@@ -90,7 +94,17 @@ def test_ambiguous_records_are_refused(store):
     with pytest.raises(UserError, match="same guest as record a"):
         store.add(parse_record({"instance_id": "b", "ip": "10.0.0.5", "bridge": "br0"}))
     store.add(parse_record({"instance_id": "c", "ip": "10.0.0.5", "bridge": "br0",
-                            "port": "tap0"}))
+                            "port": "tap0", "port_ifindex": 1}))
+    assert store.snapshot().match(guest(mac="02:00:00:00:00:01")).instance_id == "c"
+    # Two records on two links of the same name never meet: no conflict.
+    store.add(parse_record({"instance_id": "d", "ip": "10.0.0.5", "bridge": "br0",
+                            "port": "tap0", "port_ifindex": 2}))
+    with pytest.raises(UserError, match="same guest as record c"):
+        store.add(parse_record({"instance_id": "e", "ip": "10.0.0.5", "bridge": "br0",
+                                "port": "tap0", "port_ifindex": 1}))
+    # A parked record meets nobody: it may share everything with a served one.
+    store.add(parse_record({"instance_id": "f", "ip": "10.0.0.5", "bridge": "br0",
+                            "parked": True}))
     assert store.snapshot().match(guest(mac="02:00:00:00:00:01")).instance_id == "c"
 
 

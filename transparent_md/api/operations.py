@@ -99,32 +99,38 @@ def put(store: Store, instance_id: str, body: Any,
         condition: Condition = UNCONDITIONAL) -> Written:
     """Create or replace the record `instance_id` with `body` (the import format)."""
     new = build(body, instance_id)
-    return _write(store, instance_id, condition,
-                  lambda current: bind_link(new, current.instance if current else None))
+    return _write(store, instance_id, condition, lambda current: bind_link(
+        new, current.instance if current else None, park_missing=True))
 
 
 def patch(store: Store, instance_id: str, changes: Any,
-          condition: Condition = UNCONDITIONAL, *, create: bool = False) -> Written:
-    """Apply a JSON merge patch to the record; `create` patches an absent one from {}."""
+          condition: Condition = UNCONDITIONAL, *, create: bool = False,
+          park_missing: bool = True) -> Written:
+    """Apply a JSON merge patch to the record; `create` patches an absent one from {}.
+    A port that is not here parks the record (not `park_missing`: RecordError)."""
     if not isinstance(changes, Mapping):
         raise RecordError(instance_id, None, "a merge patch must be a JSON object")
 
     def change(current: Entry | None) -> Instance:
         if current is None and not create:
             raise NotFound(instance_id)
-        return patched(current.instance if current else None, instance_id, changes)
+        return patched(current.instance if current else None, instance_id, changes,
+                       park_missing=park_missing)
 
     return _write(store, instance_id, condition, change)
 
 
-def patched(current: Instance | None, instance_id: str, changes: Mapping[str, Any]) -> Instance:
+def patched(current: Instance | None, instance_id: str, changes: Mapping[str, Any], *,
+            park_missing: bool = True) -> Instance:
     """`current` (None: a new record) merge-patched by `changes`, its port binding naming
-    a link: a patch that sets `port` binds it to the link that has the name now."""
+    a link: a patch that sets `port` binds it to the link that has the name now; if
+    there is none, the record is parked (or, not `park_missing`, refused)."""
     base = current.to_mapping() if current else {"instance_id": instance_id}
     normalised = _normalised(changes)
     if "port" in normalised and "port_ifindex" not in normalised:
         base.pop("port_ifindex", None)
-    return bind_link(build(patch_mapping(base, changes), instance_id))
+    return bind_link(build(patch_mapping(base, changes), instance_id),
+                     park_missing=park_missing)
 
 
 def bind(store: Store, instance_id: str, port: str, bridge: str | None = None,
@@ -134,7 +140,7 @@ def bind(store: Store, instance_id: str, port: str, bridge: str | None = None,
     changes: dict[str, Any] = {"port": port, "parked": None}
     if bridge is not None:
         changes["bridge"] = bridge
-    return patch(store, instance_id, changes, condition)
+    return patch(store, instance_id, changes, condition, park_missing=False)
 
 
 def park(store: Store, instance_id: str, condition: Condition = UNCONDITIONAL) -> Written:

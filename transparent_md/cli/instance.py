@@ -21,7 +21,7 @@ from transparent_md.store import Instance, RecordError, open_store
 from transparent_md.store.fields import clearable_fields
 from transparent_md.store.fieldspec import FieldSpec, Flag
 from transparent_md.store.importfile import STDIN, bind_file_links, read_records
-from transparent_md.store.links import bind_link
+from transparent_md.store.links import bind_link, parked_warning
 from transparent_md.store.policy import exposure_warning, serving
 from transparent_md.store.record import parse_record, record_specs
 
@@ -44,9 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Add one instance record. Needs --mac, or --ip with --bridge or --port "
                     "(a record bound to nothing would answer anywhere); one with credentials "
                     "or user-data needs --mac or --port. --port binds it to the link that "
-                    "has that name now, in this network namespace (refused if there is "
-                    "none). A record with credentials or user-data should be bound to its "
-                    "port; without one a warning says what a neighbour needs to read it. "
+                    "has that name now, in this network namespace (parked, served to "
+                    "nobody, if there is none). A record with credentials or user-data "
+                    "should be bound to its port; without one a warning says what a "
+                    "neighbour needs to read it. "
                     "Example:\n"
                     "  transparent-md instance add i-0abc --mac 52:54:00:12:34:56 "
                     "--ip 10.0.0.5 --bridge br0 --port vnet3 "
@@ -218,11 +219,15 @@ def _warn_exposed(records: list[Instance]) -> None:
 
 def _build(raw: dict[str, Any]) -> Instance:
     """A record from its file form, its port binding naming the link that has the name
-    now (see store.links)."""
+    now, or parked (and said so) if there is none (see store.links)."""
     try:
-        return bind_link(parse_record(raw, raw.get("instance_id")))
+        record = parse_record(raw, raw.get("instance_id"))
     except RecordError as exc:
         raise UserError(str(exc)) from exc
+    bound = bind_link(record, park_missing=True)
+    if bound.parked and not record.parked:
+        print(f"transparent-md: warning: {parked_warning(record)}", file=sys.stderr)
+    return bound
 
 
 def _add(args: argparse.Namespace) -> int:
@@ -292,8 +297,10 @@ def _show(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     records = read_records(args.file)
     store = open_store(args.store, etcd_tls(args))
-    records = bind_file_links(store, records)
+    records, parked = bind_file_links(store, records)
     store.put_many(records, replace=True, prune=args.prune)
+    for warning in parked:
+        print(f"transparent-md: warning: {warning}", file=sys.stderr)
     print(f"imported {len(records)} instance(s) into {store.path}", file=sys.stderr)
     _warn_exposed(records)
     return 0

@@ -95,7 +95,9 @@ def _apply(args: argparse.Namespace, open_store: StoreOpener) -> int:
 
     records = read_records(args.file)
     store = open_store(args)
-    records = bind_file_links(store, records)
+    records, parked = bind_file_links(store, records)
+    for warning in parked:
+        print(f"transparent-md: warning: {warning}", file=sys.stderr)
     planned = apply.plan(store, records, prune=args.prune)
     if args.dry_run:
         print("\n".join(["dry run, nothing written:", *planned.lines()]))

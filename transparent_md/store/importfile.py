@@ -197,10 +197,11 @@ def _line_for(lines: LineMap, index: int, field: str | None) -> int | None:
         parts = parts[:-1]
 
 
-def bind_file_links(store: Any, records: list[Instance]) -> list[Instance]:
+def bind_file_links(store: Any, records: list[Instance]) -> tuple[list[Instance], list[str]]:
     """The records of a file with their port bindings naming links (`store.links`): a
     record that repeats its stored port keeps the stored link; another port is looked
-    up now. UserError lists every record whose port is missing."""
+    up now, and a record whose port is not here is parked. Returns the records and a
+    warning for each one parked."""
     from transparent_md.store.links import bind_links
 
     kept = {}
@@ -209,8 +210,4 @@ def bind_file_links(store: Any, records: list[Instance]) -> list[Instance]:
             stored = store.get(record.instance_id)
             if stored is not None:
                 kept[record.instance_id] = stored
-    try:
-        return bind_links(records, kept)
-    except RecordError as exc:
-        raise UserError(f"{len(exc.errors)} record(s) name a port that is not here, nothing "
-                        "written:\n  " + "\n  ".join(e.message for e in exc.errors)) from exc
+    return bind_links(records, kept)

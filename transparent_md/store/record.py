@@ -109,7 +109,8 @@ class Instance:
         meaning="required; 1-64 letters, digits, `._:-`; positional on the command line")
     mac: str | None = spec(
         key="mac", check="mac",
-        meaning="the guest's MAC; a record needs a MAC or a bridge/port binding",
+        meaning="the guest's MAC; a record needs a MAC or a bridge/port binding, and one "
+                "with IAM credentials or user-data a MAC or a port",
         flags=(Flag("--mac", "guest MAC address, e.g. 52:54:00:12:34:56", "MAC"),))
     ip: str | None = spec(
         key="ip", check="ipv4", meaning="the guest's IPv4 address (`local-ipv4`); "
@@ -120,9 +121,12 @@ class Instance:
         flags=(Flag("--bridge", "only answer this guest on this bridge (e.g. br0)", "BRIDGE"),))
     port: str | None = spec(
         key="port", check="ifname",
-        meaning="answer only on this bridge port; what makes a copied MAC and IP useless",
+        meaning="answer only on this bridge port: the link that has this name when the "
+                "binding is written (parked if there is none); what makes a copied MAC and "
+                "IP useless",
         flags=(Flag("--port", "only answer this guest on this bridge port (e.g. tap3, "
-                    "vnet0); records with credentials or user-data should have one", "PORT"),))
+                    "vnet0): the link that has the name now (parked if none has); records "
+                    "with credentials or user-data should have one", "PORT"),))
     port_ifindex: int | None = spec(
         key="port_ifindex", check="ifindex",
         meaning="the bound port's link: its ifindex in the binder's network namespace, "
