@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,18 +44,39 @@ class World:
 
     def add_guest(self, role: str, bridge: str = "br0", *, record: bool = True,
                   mac: str | None = None, ip: str | None = None,
-                  routes: Sequence[str] = (METADATA_ROUTE,)) -> GuestNs:
+                  routes: Sequence[str] = (METADATA_ROUTE,),
+                  port: str | None = None) -> GuestNs:
         """A guest on `bridge` with an on-link route to the metadata address, and (by
-        default) a record bound to its MAC and bridge, as the README recommends."""
+        default) a record bound to its MAC and bridge, as the README recommends.
+        `port` names its bridge port (a VM's tap: `vnetN`; default `p<role>`)."""
         if ip is None:
-            self._serial[bridge] += 1
-            ip = f"{SUBNET[bridge]}.{self._serial[bridge]}"
-        g = self.hv.guest(role, bridge=bridge, port=f"p{role}", addr=f"{ip}/24",
+            ip = self.next_ip(bridge)
+        g = self.hv.guest(role, bridge=bridge, port=port or f"p{role}", addr=f"{ip}/24",
                           routes=routes, mac=mac)
         self.guests[role] = g
         if record:
             write_records(self.store, [record_for(role, g)])
         return g
+
+    def next_ip(self, bridge: str = "br0") -> str:
+        self._serial[bridge] += 1
+        return f"{SUBNET[bridge]}.{self._serial[bridge]}"
+
+    def remove_port(self, port: str) -> None:
+        """Delete a guest's bridge port, as the hypervisor deletes a stopped VM's tap."""
+        self.topo.ip(self.hv.ns, f"link del {port}")
+
+    def hook(self, xml: str, domain: str, operation: str, *extra: str,
+             subop: str = "begin") -> subprocess.CompletedProcess:
+        """The libvirt hook as libvirtd runs it on this hypervisor (--store, its netns)."""
+        return self.topo.sh(self.hv.ns, [
+            sys.executable, "-m", "transparent_md", "libvirt-hook", "--store", self.store,
+            *extra, domain, operation, subop, "-"], input=xml, timeout=60)
+
+    def cli(self, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        """`transparent-md ARGV` on this hypervisor (its netns: where ports are links)."""
+        return self.topo.sh(self.hv.ns, [sys.executable, "-m", "transparent_md", *argv],
+                            input=stdin, timeout=60)
 
     def start(self, extra: Sequence[str] = ()) -> None:
         gateways = [a for br in BRIDGES for a in ("--gateway", f"{br}={GATEWAY[br]}")]
@@ -84,6 +106,33 @@ class World:
 
     def log_tail(self, lines: int = 30) -> str:
         return "".join(self.daemon.output[-lines:]) if self.daemon else ""
+
+
+DOMAIN_XML = """<domain type='kvm'>
+  <name>{name}</name>
+  <uuid>{uuid}</uuid>
+  <metadata>
+    <tmd:instance xmlns:tmd="urn:transparent-md:metadata:1"><![CDATA[{metadata}]]></tmd:instance>
+  </metadata>
+  <devices>
+    <interface type='bridge'>
+      <mac address='{mac}'/>
+      <source bridge='{bridge}'/>
+      {target}
+      <model type='virtio'/>
+    </interface>
+  </devices>
+</domain>
+"""
+
+
+def domain_xml(name: str, uuid: str, mac: str, bridge: str, tap: str | None,
+               metadata: dict) -> str:
+    """A libvirt domain XML with one NIC, as libvirtd hands it to its qemu hook; `tap`
+    None: no <target dev> (libvirt has not named the tap)."""
+    target = f"<target dev='{tap}'/>" if tap else ""
+    return DOMAIN_XML.format(name=name, uuid=uuid, mac=mac, bridge=bridge, target=target,
+                             metadata=json.dumps(metadata))
 
 
 def instance_id(role: str) -> str:
@@ -124,6 +173,5 @@ def dump(result: dict) -> str:
 
 
 def run_cli(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    import sys
     return subprocess.run([sys.executable, "-m", "transparent_md", *argv],
                           capture_output=True, text=True, timeout=timeout)
