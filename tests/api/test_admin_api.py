@@ -262,3 +262,18 @@ def test_concurrent_unconditional_patches_all_land(api):
         t.join()
     assert errors == []
     assert len(stored(api, "i-1").openstack_meta) == 40
+
+
+def test_secrets_matched_by_ip_alone_are_refused_with_the_reason(api):
+    """Issue 20 item 4, through the API: PUT, PATCH and the batch PATCH refuse a record
+    with secrets bound to no port and no MAC (422, field 'mac'); nothing is written."""
+    ip_only = {"ip": "10.0.0.9", "bridge": "br0", "user_data": "#cloud-config\n"}
+    put = api.request("PUT", "/v1/instances/i-ip", ip_only)
+    assert put.status == 422 and put.body["field"] == "mac"
+    assert "needs its MAC" in put.body["error"]
+    assert api.request("PUT", "/v1/instances/i-1", RECORD).status == 201
+    patched = api.request("PATCH", "/v1/instances/i-1", {"mac": None})
+    assert patched.status == 422 and "needs its MAC" in patched.body["error"]
+    batch = api.request("PATCH", "/v1/instances", {"i-ip": ip_only})
+    assert batch.status == 422
+    assert stored(api, "i-ip") is None and stored(api, "i-1").mac == MAC

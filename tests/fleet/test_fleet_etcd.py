@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.fleet.fleet_world import Fleet
+from tests.fleet.fleet_world import GUEST_ROUTES, Fleet
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -122,3 +122,44 @@ def test_etcd_back_change_reaches_both_within_a_second(fleet):
     assert took < PROPAGATION_BOUND_S, took
     assert fleet.served(1) == (200, "i-two")
     assert fleet.metrics(1)["transparent_md_store_revision_lag"] == 0
+
+
+def test_a_port_binding_names_its_link_fleet_wide(fleet):
+    """Issue 20 on the etcd backend: a binding written on hv1 carries the link's
+    ifindex into etcd and every cache; a new link under the name is not served; parking
+    reaches the daemons like any change."""
+    hv1 = fleet.hvs[0]
+    tap_mac = "02:00:00:00:01:07"
+    hv1.guest("bound", bridge="br0", port="vnet5", addr="10.0.0.17/24", routes=GUEST_ROUTES,
+              mac=tap_mac)
+    fleet.add("i-link", "--mac", tap_mac, "--port", "vnet5", "--user-data-file", "/dev/null")
+    fleet.wait_cached("i-link", [0, 1], timeout=5.0)
+    ifindex = int(fleet.topo.sh(hv1.ns, ["cat", "/sys/class/net/vnet5/ifindex"]).stdout)
+    stored = json.loads(fleet.etcd.etcdctl("get", "--print-value-only",
+                                           "/fleet/instances/i-link"))
+    assert (stored["port"], stored["port_ifindex"]) == ("vnet5", ifindex)
+    assert json.loads(fleet.cached_record(1, "i-link"))["port_ifindex"] == ifindex
+    guest = hv1.guests["bound"].ns
+    assert wait_status(hv1, guest, 200) == (200, "i-link")
+    # The tap goes and another VM gets the name, with the MAC: served nothing.
+    fleet.topo.ip(hv1.ns, "link del vnet5")
+    hv1.guest("newcomer", bridge="br0", port="vnet5", addr="10.0.0.17/24",
+              routes=GUEST_ROUTES, mac=tap_mac)
+    assert wait_status(hv1, hv1.guests["newcomer"].ns, 404)[0] == 404
+    parked = fleet.cli("instance", "park", "i-link")
+    assert parked.returncode == 0, parked.stderr
+    deadline = time.monotonic() + 5
+    while '"parked": true' not in (fleet.cached_record(1, "i-link") or ""):
+        assert time.monotonic() < deadline, fleet.cached_record(1, "i-link")
+        time.sleep(0.05)
+
+
+def wait_status(hv, ns: str, status: int, timeout: float = 10.0) -> tuple[int, str]:
+    """Ask until the answer has `status` (the daemon attaches a new port within a
+    moment); the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = hv.curl(ns, "/latest/meta-data/instance-id")
+        if reply[0] == status or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.1)

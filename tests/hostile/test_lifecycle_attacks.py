@@ -124,6 +124,7 @@ def test_a_stopped_vm_serves_nobody_and_is_served_when_it_starts_again(world):
     assert w.hook(xml, "vm-a", "prepare").returncode == 0
     w.add_guest("vm-a-again", record=False, mac=mac, ip=ip, port=tap)
     reads_nothing(w, "thief-a2", leaks)
+    assert w.curl("vm-a-again")[0] == 404  # parked: the tap's name and the MAC get nothing
     assert w.hook(xml, "vm-a", "started").returncode == 0
     served(w, "vm-a-again", meta)
     posted = w.hv.curl(w.guests["vm-a-again"].ns, PASSWORD_PATH,
