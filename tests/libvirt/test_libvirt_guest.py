@@ -12,7 +12,8 @@ datapath must handle for every VM. KVM is used where the CPU offers it, else TCG
 
 The positive control shows the forger's request does reach the responder and would
 be answered without the port binding: the same forgery against a record bound only to
-MAC and bridge (what `--on-stop unbind` leaves) returns the victim's data.
+MAC and bridge (written through the admin API, as a setup without the hook would)
+returns the victim's data. After the stop hook, that record is parked: nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 
 from tests.installed import INSTALLED_ONLY, run_as_libvirtd
 from tests.libvirt import tiny_vm
+from transparent_md.api.client import ApiClient
 from transparent_md.integrations.libvirt import parse_domain
 from transparent_md.lab.hypervisor import Hypervisor
 
@@ -76,7 +78,9 @@ def hv(topology, tmp_path_factory, installed_prefix):
 def libvirtd_runs_hook(hv, domain: str, operation: str, xml: bytes) -> None:
     """/etc/libvirt/hooks/qemu DOMAIN OPERATION SUBOP EXTRA, the XML on stdin."""
     subop = "begin" if operation in ("prepare", "start", "started") else "end"
-    result = run_as_libvirtd([hv.wrapper, domain, operation, subop, "-"], xml, timeout=30)
+    # libvirtd runs on the host, where the taps are: the hypervisor's namespace here.
+    result = run_as_libvirtd(["ip", "netns", "exec", hv.ns, hv.wrapper, domain, operation,
+                              subop, "-"], xml, timeout=30)
     assert result.returncode == 0 and result.stdout == b"", result.stderr
 
 
@@ -92,13 +96,19 @@ def libvirt_creates_tap(hv, tap: str, bridge: str) -> None:
 
 
 def test_without_a_port_binding_a_forger_asking_first_is_answered(hv):
-    """Control: proves the forger's path works, so the next test's 404 means something."""
+    """Control: proves the forger's path works, so the next test's 404 means something;
+    then the stop hook parks the record and the same forger gets nothing."""
     xml = WEB1_XML.replace(b"web-1", b"ctl-1").replace(
         WEB1_NIC.mac.encode(), CONTROL_MAC.encode()).replace(b"vnet0", b"vnet2")
-    for operation in ("prepare", "start", "started", "stopped", "release"):
-        libvirtd_runs_hook(hv, "ctl-1", operation, xml)  # bound, then unbound at stop
+    with ApiClient(hv.api) as api:
+        put = api.request("PUT", "/v1/instances/ctl-1", {
+            "mac": CONTROL_MAC, "bridge": "br0", "hostname": "ctl-1"})
+    assert put.status == 201, put.body
     status, body = hv.curl(hv.guests["control-forger"].ns, HOSTNAME)
     assert (status, body) == (200, "ctl-1")
+    for operation in ("stopped", "release"):
+        libvirtd_runs_hook(hv, "ctl-1", operation, xml)
+    assert hv.curl(hv.guests["control-forger"].ns, HOSTNAME)[0] == 404
 
 
 def test_the_hook_binds_the_tap_a_forger_asking_first_gets_nothing_the_qemu_guest_its_data(

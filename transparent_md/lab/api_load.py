@@ -104,8 +104,10 @@ def main(argv: list[str] | None = None) -> None:
                          routes=["169.254.169.254/32 dev eth0"])
         store, api = f"{tmp}/instances.db", f"{tmp}/api.sock"
         db = open_store(store)
+        # A port binding names the link: p0's ifindex in the hypervisor's namespace.
+        ifindex = int(topo.sh(hv.ns, ["cat", "/sys/class/net/p0/ifindex"]).stdout)
         db.put_many([parse_record({"instance_id": "i-guest", "mac": guest.mac,
-                                   "bridge": "br0", "port": "p0"})])
+                                   "bridge": "br0", "port": "p0", "port_ifindex": ifindex})])
         db.close()
         daemon = hv.start_daemon(["br0"], store, ["--api", api])
         try:
