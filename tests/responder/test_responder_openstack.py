@@ -110,3 +110,12 @@ def test_password_named_paths_outside_the_openstack_tree_are_not_passwords(live)
     for path in ("/xxxxxxxxx/latest/password", "/latest/meta-data/password",
                  "/openstack/1999-01-01/password"):
         assert live.get(path).status == 404
+
+
+def test_a_record_matched_by_ip_alone_takes_no_password(live):
+    """Guest B's record has no MAC and no port: any guest on br1 that adds 10.0.0.5 is
+    answered with it, so a password posted there would be theirs to read: 403."""
+    assert post_password(live, b"b-secret", source="127.0.0.3").status == 403
+    assert live.get(OS + "password", source="127.0.0.3").body == b""
+    other = open_store(live.store_path)
+    assert other.password("i-bbbb") is None

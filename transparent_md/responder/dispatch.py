@@ -163,6 +163,8 @@ class Dispatcher:
             return METHOD_NOT_ALLOWED
         if prepared is None:
             return NOT_FOUND
+        if not prepared.takes_password:
+            return FORBIDDEN
         if len(body) > MAX_PASSWORD_BYTES:
             return BAD_REQUEST
         try:

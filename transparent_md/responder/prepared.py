@@ -48,13 +48,16 @@ class Routes(dict[bytes, Route]):
 class Prepared:
     """Everything the dispatcher needs for one instance, built before any request."""
 
-    __slots__ = ("instance_id", "imdsv2_required", "ec2", "openstack", "nocloud", "gce",
-                 "routes")
+    __slots__ = ("instance_id", "imdsv2_required", "takes_password", "ec2", "openstack",
+                 "nocloud", "gce", "routes")
 
     def __init__(self, entry: Entry, mac: str, ip: str) -> None:
         instance = entry.instance
         self.instance_id = instance.instance_id
         self.imdsv2_required = instance.imdsv2_required
+        # A record matched by IP alone answers any guest on its bridge that adds the IP:
+        # a password posted there would be theirs to read (store.record.binding_problem).
+        self.takes_password = instance.mac is not None or instance.port is not None
         self.ec2: dict[bytes, Reply] = ec2.render(instance, mac, ip)
         self.openstack: dict[bytes, Reply] = openstack.render(instance, mac, ip)
         self.nocloud: dict[bytes, Reply] = nocloud.render(instance, mac, ip)
