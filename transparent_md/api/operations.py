@@ -1,4 +1,4 @@
-"""Record writes every writer shares: the admin API, `instance bind/unbind`, the hooks.
+"""Record writes every writer shares: the admin API, `instance bind/park`, the hooks.
 
 Each write reads the record with its revision, builds the new record with the same
 `parse_record` that `instance import` uses, and writes it only if the revision is still

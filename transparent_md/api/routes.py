@@ -204,7 +204,7 @@ class AdminApi:
                                       body.get("bridge"), condition)
             return _binding_response(written.entry)
         if method == "DELETE":
-            return _binding_response(operations.unbind(self.store, instance_id,
+            return _binding_response(operations.park(self.store, instance_id,
                                                        condition).entry)
         raise _not_allowed("GET, PUT, DELETE")
 

@@ -33,8 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Manage the instance records guests are answered from. A guest is matched "
             "by MAC (and by bridge/port/IP where the record sets them), else by IP on "
-            "its bridge among records without a MAC. Changes reach a running daemon on "
-            "its next request."
+            "its bridge among records without a MAC; a port binding names the link "
+            "that had the name when it was bound, and a parked record answers nobody. "
+            "Changes reach a running daemon on its next request."
         ),
     )
     verbs = parser.add_subparsers(dest="instance_verb", metavar="VERB", required=True)

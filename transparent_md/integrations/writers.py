@@ -1,7 +1,7 @@
 """Where a VM-manager hook writes: the store file, or a running daemon's admin API.
 
 Both write a domain's records in one transaction (a merge patch per record, creating
-absent ones) and, at stop, drop each record's port binding or remove the records;
+absent ones) and, at stop, park each record (served to nobody) or remove the records;
 a record that is already gone is no error.
 """
 
@@ -27,7 +27,7 @@ class StoreWriter:
             return
         for record_id in record_ids:
             try:
-                operations.unbind(self.store, record_id)
+                operations.park(self.store, record_id)
             except operations.NotFound:
                 continue
 
