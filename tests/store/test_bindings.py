@@ -136,7 +136,7 @@ CREATE INDEX instances_binding ON instances (instance_id, revision, mac, ip, bri
 """
 
 
-def test_an_older_store_file_serves_no_binding_by_name_and_no_secrets_by_ip(tmp_path):
+def test_an_older_store_file_serves_no_binding_by_name_and_no_secrets_by_ip(tmp_path, caplog):
     """A port binding written by name only cannot tell its link from a newcomer's: it
     serves nobody until bound again. A record with secrets matched by IP alone (accepted
     before) is parked. Records that were fine stay served."""
@@ -159,6 +159,7 @@ def test_an_older_store_file_serves_no_binding_by_name_and_no_secrets_by_ip(tmp_
 
     store = open_store(path)
     snap = store.snapshot()
+    assert "bound to a port by name only" in caplog.text and "by-name" in caplog.text
     assert snap.match(guest("vnet0", 5)) is None
     assert snap.match(guest("p9", 9, mac="02:00:00:00:00:09", ip="10.0.0.9")) is None
     assert snap.match(guest("p3", 3, mac="52:54:00:00:00:03")).instance_id == "fine"

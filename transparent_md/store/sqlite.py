@@ -79,6 +79,7 @@ class SqliteStore:
             log.warning(warning)
         self._missing = False  # the file is gone; logged once, last snapshot kept
         self._unbound: frozenset[str] = frozenset()  # unservable records, logged once
+        self._by_name: frozenset[str] = frozenset()  # port bound by name only, logged once
         self._seen_stamp: int | None = None
         self._snapshot = Snapshot({})
         self._cache_size = cache_size
@@ -218,6 +219,16 @@ class SqliteStore:
                           UNBOUND_PROBLEM)
         if unbound:
             bindings = {i: b for i, b in bindings.items() if i not in unbound}
+        by_name = frozenset(i for i, b in bindings.items() if b.port is not None
+                            and b.port_ifindex is None and not b.parked)
+        if by_name != self._by_name:
+            self._by_name = by_name
+            if by_name:
+                log.warning("%d record(s) of %s bound to a port by name only (written "
+                            "before bindings named links) serve nobody until bound again "
+                            "(instance bind ID --port TAP; restarting libvirtd makes its "
+                            "hook rebind running VMs): %s", len(by_name), self.path,
+                            ", ".join(sorted(by_name)[:10]))
         return Snapshot(bindings)
 
     def _read_bindings(self, old: dict[str, Binding]) -> dict[str, Binding]:
