@@ -76,7 +76,7 @@ def accepts(record: Bound, guest: Guest) -> bool:
         and (record.bridge is None or record.bridge == guest.bridge)
         and (record.port is None or (record.port == guest.port
                                      and record.port_ifindex == guest.ifindex))
-        and serves(record)
+        and not record.parked  # (a port without its link never equals a guest's ifindex)
     )
 
 
