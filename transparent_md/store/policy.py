@@ -118,8 +118,8 @@ class IdentityIndex(Generic[E]):
         by_mac: dict[str, list[E]] = {}
         by_ip: dict[str, list[E]] = {}
         for entry in entries:
-            if not serves(entry):
-                continue
+            if entry.parked or (entry.port is not None and entry.port_ifindex is None):
+                continue  # serves nobody (`serves`, inlined: this loop runs per reload)
             if entry.mac is not None:
                 by_mac.setdefault(entry.mac, []).append(entry)
             else:

@@ -211,6 +211,8 @@ class SqliteStore:
     def _servable(self, bindings: dict[str, Binding]) -> Snapshot:
         """A snapshot without records bound to nothing (stored before that was refused)."""
         unbound = frozenset(i for i, b in bindings.items() if is_unbound(b))
+        by_name = frozenset(i for i, b in bindings.items() if b.port_ifindex is None
+                            and b.port is not None and not b.parked)
         if unbound != self._unbound:
             self._unbound = unbound
             if unbound:
@@ -219,8 +221,6 @@ class SqliteStore:
                           UNBOUND_PROBLEM)
         if unbound:
             bindings = {i: b for i, b in bindings.items() if i not in unbound}
-        by_name = frozenset(i for i, b in bindings.items() if b.port is not None
-                            and b.port_ifindex is None and not b.parked)
         if by_name != self._by_name:
             self._by_name = by_name
             if by_name:
