@@ -95,8 +95,8 @@ def find_conflict(records: Iterable[R]) -> tuple[R, R] | None:
     that serve nobody meet no one; binding one again is checked then)."""
     buckets: dict[object, list[R]] = {}
     for record in records:
-        if not serves(record):
-            continue
+        if record.parked or (record.port is not None and record.port_ifindex is None):
+            continue  # serves nobody (`serves`, inlined: this runs over every record)
         # MAC records only meet records with the same MAC; IP-only records meet by IP.
         buckets.setdefault(("mac", record.mac) if record.mac else ("ip", record.ip), []).append(
             record
