@@ -11,21 +11,31 @@ the one file it has open, so an operator may replace the store by renaming anoth
 file over it (mv, rsync) and a reader that reopens it sees exactly the new file. (A WAL
 store keeps `-wal`/`-shm` files beside it, which a new file would be paired with.)
 Readers hold their lock for a snapshot load or one SELECT, so writers barely wait.
+
+One store object may be used from several threads (the daemon's serving loop and its
+status thread): every use of its connection, snapshot reloads included, holds the
+object's lock, so no two threads ever run statements on it at once. A serving store
+(`busy_timeout_ms=SERVING_BUSY_TIMEOUT_MS`) waits only briefly for another process's
+lock: a guest whose record is not in memory then gets 503 instead of the whole loop
+queueing behind an import, and guests already served keep their answers.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from transparent_md.errors import UserError
 from transparent_md.identity import Guest
 from transparent_md.store.cache import ENTRY_CACHE_SIZE, EntryCache
-from transparent_md.store.errors import RecordConflict, StaleRevision
+from transparent_md.store.errors import RecordConflict, StaleRevision, StoreBusy, StoreFault
 from transparent_md.store.generation import GenerationFile
 from transparent_md.store.policy import Bound, find_conflict
 from transparent_md.store.private import (
@@ -42,6 +52,7 @@ from transparent_md.store.record import (
 )
 from transparent_md.store.schema import SELECT_BINDINGS, ensure_schema
 from transparent_md.store.snapshot import Binding, Entry, Snapshot
+from transparent_md.store.sqlite_faults import store_fault
 from transparent_md.store.watch import CHECK_INTERVAL, FileState, FileWatch, identity
 
 log = logging.getLogger(__name__)
@@ -50,6 +61,14 @@ _monotonic = time.monotonic  # a module global: one lookup on the request path
 # How long a writer waits for another writer before giving up (ms): a CLI call
 # should wait out an import running in parallel rather than fail.
 BUSY_TIMEOUT_MS = 10_000
+# How long a serving process's loop waits for another process's lock (ms): longer than
+# an ordinary commit holds it (with its fsync), short against a guest's request.
+SERVING_BUSY_TIMEOUT_MS = 50
+# After a serving read found the lock held that long, further reads do not wait at all
+# for this long (s): a held lock costs the loop one wait, not one per guest asking.
+SERVING_BUSY_BACKOFF_S = 1.0
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
 # OpenStack's password endpoint stores at most 255 bytes, like nova.
 MAX_PASSWORD_BYTES = 255
 
@@ -58,14 +77,49 @@ class PasswordAlreadySet(Exception):
     """The guest already posted its password (nova answers 409)."""
 
 
+def _guarded(method: _Method) -> _Method:
+    """Run a store method holding the connection's lock, with SQLite's failures of the
+    file (corrupted, disk full, locked too long) raised as the one-line store errors."""
+
+    @functools.wraps(method)
+    def guarded(self: SqliteStore, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            if self._impatient_until and _monotonic() >= self._impatient_until:
+                self._set_busy_timeout(self._busy_timeout_ms)
+                self._impatient_until = 0.0
+            try:
+                return method(self, *args, **kwargs)
+            except (sqlite3.Error, OSError) as exc:
+                fault = store_fault(self.path, exc, self._waits_ms)
+                if fault is None:
+                    raise
+                if isinstance(fault, StoreBusy):
+                    self._stop_waiting()
+                raise fault from None
+
+    return guarded  # type: ignore[return-value]
+
+
 class SqliteStore:
     """`Store` backed by one SQLite file; see `transparent_md.store.Store`."""
 
     def __init__(self, path: str, *, cache_size: int = ENTRY_CACHE_SIZE,
-                 check_interval: float = CHECK_INTERVAL) -> None:
+                 check_interval: float = CHECK_INTERVAL,
+                 busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = path
         self._check_interval = check_interval
-        self._db, self._generation, self._watch, self._generation_watch = self._open()
+        # Every use of self._db holds this (see the module doc); reentrant, as guarded
+        # methods call each other.
+        self._lock = threading.RLock()
+        self._busy_timeout_ms = self._waits_ms = busy_timeout_ms
+        # Serving stores only: until then, reads do not wait for a lock (0: they do).
+        self._impatient_until = 0.0
+        self._retired: GenerationFile | None = None
+        # Opening may wait long for a writer (a daemon starting); serving reads may not.
+        self._db, self._generation, self._watch, self._generation_watch = self._open(
+            max(busy_timeout_ms, BUSY_TIMEOUT_MS))
+        if busy_timeout_ms != BUSY_TIMEOUT_MS:
+            self._set_busy_timeout(busy_timeout_ms)
         self._next_file_check = _monotonic() + check_interval
         self._check_files_on_read = True
         warning = loose_mode_warning(path)
@@ -73,22 +127,26 @@ class SqliteStore:
             log.warning(warning)
         self._missing = False  # the file is gone; logged once, last snapshot kept
         self._unbound: frozenset[str] = frozenset()  # unservable records, logged once
-        self._seen_stamp: int | None = None
+        self._seen_stamp: bytes | None = None
         self._snapshot = Snapshot({})
+        self._loaded = False  # a first snapshot was read (later failures keep it)
+        self._reload_failure = ""  # the last reload's failure, logged once
         self._cache_size = cache_size
         # Whole records of guests that asked; read-only outside the store.
         self.cache = EntryCache(cache_size)
 
-    def _open(self) -> tuple[sqlite3.Connection, GenerationFile, FileWatch, FileWatch]:
+    def _open(self, busy_timeout_ms: int
+              ) -> tuple[sqlite3.Connection, GenerationFile, FileWatch, FileWatch]:
         """Connect to the file at self.path (creating it 0600 in a 0700 directory)."""
         path = self.path
         try:
             make_private_dir(os.path.dirname(os.path.abspath(path)))
             create_private_file(path)
+            # Used from several threads, never at once: every use holds self._lock.
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             try:
-                db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                _use_rollback_journal(db)
+                db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+                _use_rollback_journal(db, busy_timeout_ms)
                 ensure_schema(db)
                 opened = identity(path)
                 generation = GenerationFile(path + ".generation")
@@ -96,6 +154,9 @@ class SqliteStore:
                 db.close()
                 raise
         except (OSError, sqlite3.Error, RecordError) as exc:
+            fault = store_fault(path, exc, busy_timeout_ms)
+            if fault is not None:
+                raise fault from None
             raise UserError(f"cannot open the instance store {path}: {exc} "
                             "(choose another file with --store PATH)") from exc
         watch = FileWatch(path, opened)
@@ -113,11 +174,62 @@ class SqliteStore:
         """
         if self._check_files_on_read and _monotonic() >= self._next_file_check:
             self.check_files()  # the clock read alone is ~45 ns; a stat ~1.7 us
-        stamp = self._generation.words[0]
-        if stamp != self._seen_stamp:
-            self._seen_stamp = stamp
-            self._snapshot = self._load(self._snapshot)
+        if self._generation.current() != self._seen_stamp:
+            self._reload()
         return self._snapshot
+
+    @_guarded
+    def _reload(self) -> None:
+        """Load the snapshot the stamp names; once one was loaded, a failure (the file
+        locked by another process, damaged) keeps it, logged once, and the next call
+        tries again."""
+        stamp = self._generation.current()
+        if stamp == self._seen_stamp:
+            return  # another thread loaded it while this one waited for the lock
+        if not self._loaded:  # the first load may wait as long as opening did
+            self._first_load()
+            self._seen_stamp = stamp
+            return
+        try:
+            self._snapshot = self._load(self._snapshot)
+        except (sqlite3.Error, OSError) as exc:
+            fault = store_fault(self.path, exc, self._waits_ms)
+            if fault is None:
+                raise
+            if isinstance(fault, StoreBusy):
+                self._stop_waiting()
+            if str(fault) != self._reload_failure:
+                self._reload_failure = str(fault)
+                log.error("%s; still serving the %d records loaded before", fault,
+                          len(self._snapshot.bindings))
+            return
+        self._seen_stamp = stamp
+        self._loaded = True
+        if self._reload_failure:
+            self._reload_failure = ""
+            log.warning("the instance store %s is readable again: %d records", self.path,
+                        len(self._snapshot.bindings))
+
+    def _first_load(self) -> None:
+        waits = self._waits_ms
+        self._set_busy_timeout(max(waits, BUSY_TIMEOUT_MS))
+        try:
+            self._snapshot = self._load(self._snapshot)
+        finally:
+            self._set_busy_timeout(waits)
+        self._loaded = True
+
+    def _stop_waiting(self) -> None:
+        """A serving store met a lock held longer than it waits: for a while, reads do
+        not wait at all (answered 503) instead of costing the loop one wait each."""
+        if self._busy_timeout_ms >= BUSY_TIMEOUT_MS:
+            return  # the CLI and the API wait out writers; only serving stores hurry
+        self._set_busy_timeout(0)
+        self._impatient_until = _monotonic() + SERVING_BUSY_BACKOFF_S
+
+    def _set_busy_timeout(self, ms: int) -> None:
+        self._db.execute(f"PRAGMA busy_timeout = {ms}")
+        self._waits_ms = ms
 
     def check_files_by_timer(self) -> float:
         """Hand the file checks to the caller, which then calls check_files() every
@@ -127,6 +239,7 @@ class SqliteStore:
         self._check_files_on_read = False
         return self._check_interval
 
+    @_guarded
     def check_files(self) -> None:
         """Reopen a replaced store file; log a removed one. snapshot() calls this at most
         once per check interval; a daemon may also call it from a periodic timer."""
@@ -151,13 +264,13 @@ class SqliteStore:
             self._generation = GenerationFile(self.path + ".generation")
             self._generation_watch = FileWatch(self._generation.path,
                                                identity(self._generation.path))
-            old.close()
+            self._retire(old)
             self._seen_stamp = None
 
     def _reopen(self) -> None:
         """Switch to the file now at self.path; on failure keep serving the old one."""
         try:
-            opened = self._open()
+            opened = self._open(self._busy_timeout_ms)
         except (UserError, OSError) as exc:
             log.error("the instance store %s was replaced but cannot be opened (%s): still "
                       "serving the records loaded before", self.path, exc)
@@ -165,7 +278,7 @@ class SqliteStore:
         old_db, old_generation = self._db, self._generation
         self._db, self._generation, self._watch, self._generation_watch = opened
         old_db.close()
-        old_generation.close()
+        self._retire(old_generation)
         # Revisions of another file mean nothing here: drop every carried-over object.
         self.cache = EntryCache(self._cache_size)
         self._seen_stamp = self._generation.current()
@@ -173,12 +286,22 @@ class SqliteStore:
         log.warning("the instance store %s was replaced: reopened it, %d records",
                     self.path, len(self._snapshot.bindings))
 
+    @_guarded
+    def _retire(self, old: GenerationFile) -> None:
+        """Close a replaced generation file one replacement later: another thread's
+        snapshot() may be reading it right now, outside the lock."""
+        if self._retired is not None:
+            self._retired.close()
+        self._retired = old
+
     def refresh(self) -> Snapshot:
         """Reload now, even if no writer stamped the generation file (e.g. `sqlite3` edits)."""
         self._seen_stamp = self._generation.current()
         self._snapshot = self._load(self._snapshot)
+        self._loaded = True
         return self._snapshot
 
+    @_guarded
     def entry_for(self, guest: Guest) -> Entry | None:
         """The whole record answering `guest` now; a dict hit unless it changed or aged out."""
         binding = self.snapshot().match(guest)
@@ -238,16 +361,19 @@ class SqliteStore:
         self.cache.put(binding.instance_id, entry)
         return entry
 
+    @_guarded
     def get(self, instance_id: str) -> Instance | None:
         row = self._db.execute("SELECT record FROM instances WHERE instance_id = ?",
                                (instance_id,)).fetchone()
         return parse_record(json.loads(row[0]), instance_id, stored=True) if row else None
 
+    @_guarded
     def list(self) -> list[Instance]:
         rows = self._db.execute("SELECT instance_id, record FROM instances "
                                 "ORDER BY instance_id").fetchall()
         return [parse_record(json.loads(record), i, stored=True) for i, record in rows]
 
+    @_guarded
     def entry(self, instance_id: str) -> Entry | None:
         """One record with its revision, read together (what a writer's ETag names)."""
         row = self._db.execute("SELECT record, revision FROM instances WHERE instance_id = ?",
@@ -256,6 +382,7 @@ class SqliteStore:
             return None
         return Entry(parse_record(json.loads(row[0]), instance_id, stored=True), row[1])
 
+    @_guarded
     def entries(self) -> list[Entry]:
         """Every record with its revision, by id, from one committed state."""
         rows = self._db.execute("SELECT instance_id, record, revision FROM instances "
@@ -272,6 +399,7 @@ class SqliteStore:
         """Replace an existing record (its posted password is kept)."""
         self.modify(instance.instance_id, lambda _current: instance)
 
+    @_guarded
     def modify(self, instance_id: str, change: Callable[[Instance], Instance], *,
                clear_password: bool = False) -> Instance:
         """Read, change and write one record in one write transaction; returns the new one.
@@ -294,6 +422,7 @@ class SqliteStore:
                            (instance_id,))
         return new
 
+    @_guarded
     def put_many(self, instances: Iterable[Instance], *, replace: bool = True,
                  prune: bool = False, expect: Mapping[str, int | None] | None = None,
                  remove: Iterable[str] = ()) -> dict[str, int]:
@@ -350,6 +479,7 @@ class SqliteStore:
             )
         return revisions
 
+    @_guarded
     def remove(self, *instance_ids: str, missing_ok: bool = False,
                expect: Mapping[str, int | None] | None = None) -> list[str]:
         """Remove records in one transaction; returns the ids removed.
@@ -375,6 +505,7 @@ class SqliteStore:
     # stamps the generation: a boot storm of Windows guests posting passwords does not
     # make every responder process reload every binding once per guest.
 
+    @_guarded
     def set_password_once(self, instance_id: str, password: str) -> None:
         """Store the guest's password; raises PasswordAlreadySet on a second attempt."""
         if len(password.encode()) > MAX_PASSWORD_BYTES:
@@ -387,26 +518,39 @@ class SqliteStore:
             if not changed:
                 raise PasswordAlreadySet(instance_id)
 
+    @_guarded
     def clear_password(self, instance_id: str) -> None:
         with self._write(stamp=False) as db:
             db.execute("UPDATE instances SET password = NULL WHERE instance_id = ?",
                        (instance_id,))
 
+    @_guarded
     def password(self, instance_id: str) -> str | None:
         row = self._db.execute("SELECT password FROM instances WHERE instance_id = ?",
                                (instance_id,)).fetchone()
         return row[0] if row else None
 
+    @_guarded
+    def query(self, sql: str, parameters: tuple = ()) -> list[tuple]:
+        """Rows of one statement, run under the store's lock (for FleetCache's tables)."""
+        return self._db.execute(sql, parameters).fetchall()
+
     def close(self) -> None:
-        self._db.close()
-        self._generation.close()
+        with self._lock:
+            self._db.close()
+            self._generation.close()
+            if self._retired is not None:
+                self._retired.close()
+                self._retired = None
 
     def _write(self, *, stamp: bool = True) -> _WriteTransaction:
-        return _WriteTransaction(self._db, self._generation if stamp else None)
+        """BEGIN IMMEDIATE ... COMMIT under the store's lock (see _WriteTransaction)."""
+        return _WriteTransaction(self, self._generation if stamp else None)
 
 
 class _ReadTransaction:
-    """BEGIN ... COMMIT: every SELECT inside sees the same committed state."""
+    """BEGIN ... COMMIT: every SELECT inside sees the same committed state. The caller
+    holds the store's lock."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -416,30 +560,60 @@ class _ReadTransaction:
         return self._db
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._db.execute("COMMIT")
+        _end(self._db, "COMMIT" if exc_type is None else "ROLLBACK")
 
 
 class _WriteTransaction:
-    """BEGIN IMMEDIATE ... COMMIT, then stamp the generation so readers reload."""
+    """BEGIN IMMEDIATE ... COMMIT under the store's lock, then stamp the generation so
+    readers reload. SQLite's failures of the file come out as the store's errors."""
 
-    def __init__(self, db: sqlite3.Connection, generation: GenerationFile | None) -> None:
-        self._db = db
+    def __init__(self, store: SqliteStore, generation: GenerationFile | None) -> None:
+        self._store = store
         self._generation = generation  # None: a change readers need not reload for
 
     def __enter__(self) -> sqlite3.Connection:
-        self._db.execute("BEGIN IMMEDIATE")
-        return self._db
+        store = self._store
+        store._lock.acquire()
+        try:
+            store._db.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            store._lock.release()
+            raise _as_fault(store, exc) from None
+        return store._db
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self._db.execute("COMMIT")
-            if self._generation is not None:
-                self._generation.bump()
-        else:
-            self._db.execute("ROLLBACK")
+        store = self._store
+        try:
+            if exc_type is not None:
+                _end(store._db, "ROLLBACK")
+                return
+            try:
+                _end(store._db, "COMMIT")
+                if self._generation is not None:
+                    self._generation.bump()
+            except BaseException as failure:
+                raise _as_fault(store, failure) from None
+        finally:
+            store._lock.release()
 
 
-def _use_rollback_journal(db: sqlite3.Connection) -> None:
+def _end(db: sqlite3.Connection, statement: str) -> None:
+    """COMMIT or ROLLBACK; a COMMIT that fails (disk full, lock) is rolled back, so the
+    connection is never left inside a transaction for the next BEGIN to trip over."""
+    try:
+        db.execute(statement)
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _as_fault(store: SqliteStore, exc: BaseException) -> BaseException:
+    """The one-line store error for a failure of the file, else `exc` itself."""
+    return store_fault(store.path, exc, store._waits_ms) or exc
+
+
+def _use_rollback_journal(db: sqlite3.Connection, busy_timeout_ms: int) -> None:
     """Leave WAL mode if a store from an older version is in it (see the module doc).
 
     Leaving WAL needs the file to ourselves; if another process has it open, it stays
@@ -454,7 +628,7 @@ def _use_rollback_journal(db: sqlite3.Connection) -> None:
     except sqlite3.OperationalError as exc:
         log.info("the instance store stays in WAL mode for now: %s", exc)
     finally:
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
 
 
 def _next(db: sqlite3.Connection) -> int:
@@ -484,4 +658,4 @@ def _refuse_ambiguity(records: Iterable[Bound]) -> None:
 
 
 __all__ = ["SqliteStore", "PasswordAlreadySet", "RecordConflict", "RecordError",
-           "StaleRevision", "MAX_PASSWORD_BYTES"]
+           "StaleRevision", "StoreFault", "MAX_PASSWORD_BYTES", "SERVING_BUSY_TIMEOUT_MS"]
