@@ -82,11 +82,10 @@ def open_serving_store(store_path: str | None, fleet_store: str | None = None,
     cache), and for a fleet the cache with guest passwords written through to etcd."""
     if fleet_store is None:
         from transparent_md.store import DEFAULT_STORE_PATH
-        from transparent_md.store.sqlite import SERVING_BUSY_TIMEOUT_MS, SqliteStore
+        from transparent_md.store.sqlite import SqliteStore
 
-        # The serving loop waits only briefly for another process's lock (see store.sqlite).
-        return SqliteStore(store_path or DEFAULT_STORE_PATH,
-                           busy_timeout_ms=SERVING_BUSY_TIMEOUT_MS)
+        # The serving loop waits only briefly for another process's lock (see LockWait).
+        return SqliteStore(store_path or DEFAULT_STORE_PATH, serving=True)
     from transparent_md.store.fleet_serving import FleetCacheStore
 
     assert store_path is not None  # the cache path StoreSource.start() returned

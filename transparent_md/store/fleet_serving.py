@@ -30,11 +30,7 @@ from transparent_md.store.fleet_cache import (
     SELECT_PASSWORD,
     remember_posted_password,
 )
-from transparent_md.store.sqlite import (
-    MAX_PASSWORD_BYTES,
-    SERVING_BUSY_TIMEOUT_MS,
-    SqliteStore,
-)
+from transparent_md.store.sqlite import MAX_PASSWORD_BYTES, SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +52,7 @@ class FleetCacheStore(SqliteStore):
     def __init__(self, cache_path: str, target: EtcdTarget, *,
                  client: EtcdClient | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(cache_path, busy_timeout_ms=SERVING_BUSY_TIMEOUT_MS)
+        super().__init__(cache_path, serving=True)
         self.query(PASSWORDS_TABLE)  # the follower created it; a no-op then
         # requests times the connect and the reply separately: half the share each.
         per_member = PASSWORD_WRITE_BUDGET_S / len(target.endpoints) / 2
@@ -85,14 +81,13 @@ class FleetCacheStore(SqliteStore):
     def _remember(self, instance_id: str, password: str, revision: int) -> None:
         """The guest's next GET here sees its password even before the watch brings it."""
         with self._lock:
-            waits = self._waits_ms
-            self._set_busy_timeout(min(waits, CACHE_WRITE_WAIT_MS))
+            self._set_busy_timeout(CACHE_WRITE_WAIT_MS)
             try:
                 remember_posted_password(self, instance_id, password, revision)
             except (sqlite3.Error, StoreUnavailable, StoreFault) as exc:
                 log.info("password of %s left to the follower: %s", instance_id, exc)
             finally:
-                self._set_busy_timeout(waits)
+                self._set_busy_timeout(self._busy_timeout_ms)
 
     def clear_password(self, instance_id: str) -> None:
         """Through etcd: the follower removes it from every daemon's cache."""

@@ -15,9 +15,9 @@ Readers hold their lock for a snapshot load or one SELECT, so writers barely wai
 One store object may be used from several threads (the daemon's serving loop and its
 status thread): every use of its connection, snapshot reloads included, holds the
 object's lock, so no two threads ever run statements on it at once. A serving store
-(`busy_timeout_ms=SERVING_BUSY_TIMEOUT_MS`) waits only briefly for another process's
-lock: a guest whose record is not in memory then gets 503 instead of the whole loop
-queueing behind an import, and guests already served keep their answers.
+(`serving=True`) waits only briefly for another process's lock (`store.lock_wait`): a
+guest whose record is not in memory then gets 503 instead of the whole loop queueing
+behind an import, and guests already served keep their answers.
 """
 
 from __future__ import annotations
@@ -35,8 +35,15 @@ from typing import Any, TypeVar
 from transparent_md.errors import UserError
 from transparent_md.identity import Guest
 from transparent_md.store.cache import ENTRY_CACHE_SIZE, EntryCache
-from transparent_md.store.errors import RecordConflict, StaleRevision, StoreBusy, StoreFault
+from transparent_md.store.errors import (
+    RecordConflict,
+    StaleRevision,
+    StoreBusy,
+    StoreFault,
+    StoreUnavailable,
+)
 from transparent_md.store.generation import GenerationFile
+from transparent_md.store.lock_wait import LockWait
 from transparent_md.store.policy import Bound, find_conflict
 from transparent_md.store.private import (
     create_private_file,
@@ -61,12 +68,6 @@ _monotonic = time.monotonic  # a module global: one lookup on the request path
 # How long a writer waits for another writer before giving up (ms): a CLI call
 # should wait out an import running in parallel rather than fail.
 BUSY_TIMEOUT_MS = 10_000
-# How long a serving process's loop waits for another process's lock (ms): longer than
-# an ordinary commit holds it (with its fsync), short against a guest's request.
-SERVING_BUSY_TIMEOUT_MS = 50
-# After a serving read found the lock held that long, further reads do not wait at all
-# for this long (s): a held lock costs the loop one wait, not one per guest asking.
-SERVING_BUSY_BACKOFF_S = 1.0
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 # OpenStack's password endpoint stores at most 255 bytes, like nova.
@@ -84,18 +85,20 @@ def _guarded(method: _Method) -> _Method:
     @functools.wraps(method)
     def guarded(self: SqliteStore, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
-            if self._impatient_until and _monotonic() >= self._impatient_until:
-                self._set_busy_timeout(self._busy_timeout_ms)
-                self._impatient_until = 0.0
-            try:
-                return method(self, *args, **kwargs)
-            except (sqlite3.Error, OSError) as exc:
-                fault = store_fault(self.path, exc, self._waits_ms)
-                if fault is None:
-                    raise
-                if isinstance(fault, StoreBusy):
-                    self._stop_waiting()
-                raise fault from None
+            lock_wait = self._lock_wait
+            if lock_wait is not None:
+                lock_wait.start()
+            while True:
+                try:
+                    return method(self, *args, **kwargs)
+                except (sqlite3.Error, OSError) as exc:
+                    fault = store_fault(self.path, exc, self._waited_ms())
+                    if fault is None:
+                        raise
+                    if isinstance(fault, StoreBusy) and lock_wait is not None and (
+                            lock_wait.pause()):
+                        continue  # a serving store's own wait for the lock (see LockWait)
+                    raise fault from None
 
     return guarded  # type: ignore[return-value]
 
@@ -104,22 +107,21 @@ class SqliteStore:
     """`Store` backed by one SQLite file; see `transparent_md.store.Store`."""
 
     def __init__(self, path: str, *, cache_size: int = ENTRY_CACHE_SIZE,
-                 check_interval: float = CHECK_INTERVAL,
-                 busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+                 check_interval: float = CHECK_INTERVAL, serving: bool = False) -> None:
+        """`serving`: a responder's store, whose loop must not wait for another
+        process's lock (see LockWait); otherwise waits up to BUSY_TIMEOUT_MS."""
         self.path = path
         self._check_interval = check_interval
         # Every use of self._db holds this (see the module doc); reentrant, as guarded
         # methods call each other.
         self._lock = threading.RLock()
-        self._busy_timeout_ms = self._waits_ms = busy_timeout_ms
-        # Serving stores only: until then, reads do not wait for a lock (0: they do).
-        self._impatient_until = 0.0
+        self._lock_wait = LockWait() if serving else None
+        self._busy_timeout_ms = 0 if serving else BUSY_TIMEOUT_MS
         self._retired: GenerationFile | None = None
         # Opening may wait long for a writer (a daemon starting); serving reads may not.
         self._db, self._generation, self._watch, self._generation_watch = self._open(
-            max(busy_timeout_ms, BUSY_TIMEOUT_MS))
-        if busy_timeout_ms != BUSY_TIMEOUT_MS:
-            self._set_busy_timeout(busy_timeout_ms)
+            BUSY_TIMEOUT_MS)
+        self._set_busy_timeout(self._busy_timeout_ms)
         self._next_file_check = _monotonic() + check_interval
         self._check_files_on_read = True
         warning = loose_mode_warning(path)
@@ -130,7 +132,7 @@ class SqliteStore:
         self._seen_stamp: bytes | None = None
         self._snapshot = Snapshot({})
         self._loaded = False  # a first snapshot was read (later failures keep it)
-        self._reload_failure = ""  # the last reload's failure, logged once
+        self._reload_failure: type | None = None  # the last reload's, logged once
         self._cache_size = cache_size
         # Whole records of guests that asked; read-only outside the store.
         self.cache = EntryCache(cache_size)
@@ -178,58 +180,56 @@ class SqliteStore:
             self._reload()
         return self._snapshot
 
-    @_guarded
     def _reload(self) -> None:
         """Load the snapshot the stamp names; once one was loaded, a failure (the file
         locked by another process, damaged) keeps it, logged once, and the next call
         tries again."""
-        stamp = self._generation.current()
-        if stamp == self._seen_stamp:
-            return  # another thread loaded it while this one waited for the lock
-        if not self._loaded:  # the first load may wait as long as opening did
-            self._first_load()
+        with self._lock:
+            stamp = self._generation.current()
+            if stamp == self._seen_stamp:
+                return  # another thread loaded it while this one waited for the lock
+            if not self._loaded:
+                self._first_load()
+                self._seen_stamp = stamp
+                return
+            try:
+                self._load_guarded()
+            except (StoreFault, StoreUnavailable) as fault:
+                if type(fault) is not self._reload_failure:
+                    self._reload_failure = type(fault)
+                    log.error("%s; still serving the %d records loaded before", fault,
+                              len(self._snapshot.bindings))
+                return
             self._seen_stamp = stamp
-            return
-        try:
-            self._snapshot = self._load(self._snapshot)
-        except (sqlite3.Error, OSError) as exc:
-            fault = store_fault(self.path, exc, self._waits_ms)
-            if fault is None:
-                raise
-            if isinstance(fault, StoreBusy):
-                self._stop_waiting()
-            if str(fault) != self._reload_failure:
-                self._reload_failure = str(fault)
-                log.error("%s; still serving the %d records loaded before", fault,
-                          len(self._snapshot.bindings))
-            return
-        self._seen_stamp = stamp
-        self._loaded = True
-        if self._reload_failure:
-            self._reload_failure = ""
-            log.warning("the instance store %s is readable again: %d records", self.path,
-                        len(self._snapshot.bindings))
+            if self._reload_failure is not None:
+                self._reload_failure = None
+                log.warning("the instance store %s is readable again: %d records",
+                            self.path, len(self._snapshot.bindings))
 
+    @_guarded
+    def _load_guarded(self) -> None:
+        self._snapshot = self._load(self._snapshot)
+
+    @_guarded
     def _first_load(self) -> None:
-        waits = self._waits_ms
-        self._set_busy_timeout(max(waits, BUSY_TIMEOUT_MS))
+        """The first snapshot may wait for a writer as long as opening did (a daemon
+        starting), and a failure is raised: there is nothing to serve instead."""
+        self._set_busy_timeout(BUSY_TIMEOUT_MS)
         try:
             self._snapshot = self._load(self._snapshot)
         finally:
-            self._set_busy_timeout(waits)
+            self._set_busy_timeout(self._busy_timeout_ms)
         self._loaded = True
-
-    def _stop_waiting(self) -> None:
-        """A serving store met a lock held longer than it waits: for a while, reads do
-        not wait at all (answered 503) instead of costing the loop one wait each."""
-        if self._busy_timeout_ms >= BUSY_TIMEOUT_MS:
-            return  # the CLI and the API wait out writers; only serving stores hurry
-        self._set_busy_timeout(0)
-        self._impatient_until = _monotonic() + SERVING_BUSY_BACKOFF_S
 
     def _set_busy_timeout(self, ms: int) -> None:
         self._db.execute(f"PRAGMA busy_timeout = {ms}")
         self._waits_ms = ms
+
+    def _waited_ms(self) -> int:
+        """How long the failed call waited for a lock, for its message."""
+        if self._lock_wait is not None and self._waits_ms == self._busy_timeout_ms:
+            return round(self._lock_wait.waited * 1000)
+        return self._waits_ms
 
     def check_files_by_timer(self) -> float:
         """Hand the file checks to the caller, which then calls check_files() every
@@ -610,7 +610,7 @@ def _end(db: sqlite3.Connection, statement: str) -> None:
 
 def _as_fault(store: SqliteStore, exc: BaseException) -> BaseException:
     """The one-line store error for a failure of the file, else `exc` itself."""
-    return store_fault(store.path, exc, store._waits_ms) or exc
+    return store_fault(store.path, exc, store._waited_ms()) or exc
 
 
 def _use_rollback_journal(db: sqlite3.Connection, busy_timeout_ms: int) -> None:
@@ -658,4 +658,4 @@ def _refuse_ambiguity(records: Iterable[Bound]) -> None:
 
 
 __all__ = ["SqliteStore", "PasswordAlreadySet", "RecordConflict", "RecordError",
-           "StaleRevision", "StoreFault", "MAX_PASSWORD_BYTES", "SERVING_BUSY_TIMEOUT_MS"]
+           "StaleRevision", "StoreFault", "MAX_PASSWORD_BYTES"]
