@@ -599,7 +599,10 @@ class _WriteTransaction:
 
 def _end(db: sqlite3.Connection, statement: str) -> None:
     """COMMIT or ROLLBACK; a COMMIT that fails (disk full, lock) is rolled back, so the
-    connection is never left inside a transaction for the next BEGIN to trip over."""
+    connection is never left inside a transaction for the next BEGIN to trip over.
+    SQLite itself rolls back on some failures (a full disk): nothing is left to end."""
+    if statement == "ROLLBACK" and not db.in_transaction:
+        return
     try:
         db.execute(statement)
     except BaseException:
