@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from transparent_md.integrations.untrusted_xml import UntrustedXmlError, parse_untrusted
+from transparent_md.store.record import DEEP_JSON_PROBLEM
 
 # The namespace of our element in a domain's <metadata>; libvirt keeps one element per
 # namespace URI (`virsh metadata DOMAIN URI --key tmd --set ...`).
@@ -177,6 +178,8 @@ def _metadata(root: ET.Element) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise DomainError("metadata under " + METADATA_NS + " is neither YAML nor JSON: "
                           + " ".join(str(exc).split())) from None
+    except RecursionError:
+        raise DomainError(f"metadata under {METADATA_NS}: {DEEP_JSON_PROBLEM}") from None
     if not isinstance(value, dict):
         raise DomainError(f"metadata under {METADATA_NS} must be a mapping of record "
                           "fields (the import format)")
