@@ -259,12 +259,16 @@ class SqliteStore:
         if state is FileState.REPLACED:
             self._reopen()
         elif self._generation_watch.check() is not FileState.SAME:
-            # Writers stamp a new generation file; our map of the old one would never change.
-            old = self._generation
-            self._generation = GenerationFile(self.path + ".generation")
-            self._generation_watch = FileWatch(self._generation.path,
-                                               identity(self._generation.path))
-            self._retire(old)
+            # Writers stamp a new generation file; the old one would never change again.
+            try:
+                fresh = GenerationFile(self.path + ".generation")
+                watch = FileWatch(fresh.path, identity(fresh.path))
+            except OSError as exc:
+                log.error("cannot open the store's generation file %s.generation (%s): "
+                          "changes may be seen late until it can", self.path, exc)
+                return
+            self._retire(self._generation)
+            self._generation, self._generation_watch = fresh, watch
             self._seen_stamp = None
 
     def _reopen(self) -> None:
