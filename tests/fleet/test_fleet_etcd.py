@@ -122,3 +122,13 @@ def test_etcd_back_change_reaches_both_within_a_second(fleet):
     assert took < PROPAGATION_BOUND_S, took
     assert fleet.served(1) == (200, "i-two")
     assert fleet.metrics(1)["transparent_md_store_revision_lag"] == 0
+
+
+def test_a_warm_restart_serves_the_cache_the_moment_it_is_ready(fleet):
+    """Issue 26: `ready` means served. A daemon restarted over its cache while etcd is up
+    (the follower resynchronises in its thread meanwhile) answers its guest at once."""
+    for _ in range(3):
+        fleet.daemons[1].stop()
+        daemon = fleet.start_daemon(1)
+        assert fleet.served(1) == (200, "i-two"), daemon.log()
+        assert "Traceback" not in daemon.log()

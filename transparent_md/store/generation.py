@@ -55,5 +55,10 @@ class GenerationFile:
         if os.pwrite(self._fd, os.urandom(STAMP_BYTES), 0) == STAMP_BYTES:
             self._short_logged = False
 
+    def identity(self) -> tuple[int, int]:
+        """(device, inode) of the file this object reads (see store.watch)."""
+        st = os.fstat(self._fd)
+        return st.st_dev, st.st_ino
+
     def close(self) -> None:
         os.close(self._fd)

@@ -262,13 +262,13 @@ class SqliteStore:
             # Writers stamp a new generation file; the old one would never change again.
             try:
                 fresh = GenerationFile(self.path + ".generation")
-                watch = FileWatch(fresh.path, identity(fresh.path))
             except OSError as exc:
                 log.error("cannot open the store's generation file %s.generation (%s): "
                           "changes may be seen late until it can", self.path, exc)
                 return
             self._retire(self._generation)
-            self._generation, self._generation_watch = fresh, watch
+            self._generation = fresh
+            self._generation_watch = FileWatch(fresh.path, fresh.identity())
             self._seen_stamp = None
 
     def _reopen(self) -> None:
