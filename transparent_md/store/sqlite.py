@@ -68,10 +68,10 @@ _monotonic = time.monotonic  # a module global: one lookup on the request path
 # How long a writer waits for another writer before giving up (ms): a CLI call
 # should wait out an import running in parallel rather than fail.
 BUSY_TIMEOUT_MS = 10_000
-
-_Method = TypeVar("_Method", bound=Callable[..., Any])
 # OpenStack's password endpoint stores at most 255 bytes, like nova.
 MAX_PASSWORD_BYTES = 255
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
 class PasswordAlreadySet(Exception):
@@ -290,7 +290,6 @@ class SqliteStore:
         log.warning("the instance store %s was replaced: reopened it, %d records",
                     self.path, len(self._snapshot.bindings))
 
-    @_guarded
     def _retire(self, old: GenerationFile) -> None:
         """Close a replaced generation file one replacement later: another thread's
         snapshot() may be reading it right now, outside the lock."""
@@ -298,6 +297,7 @@ class SqliteStore:
             self._retired.close()
         self._retired = old
 
+    @_guarded
     def refresh(self) -> Snapshot:
         """Reload now, even if no writer stamped the generation file (e.g. `sqlite3` edits)."""
         self._seen_stamp = self._generation.current()
@@ -569,7 +569,8 @@ class _ReadTransaction:
 
 class _WriteTransaction:
     """BEGIN IMMEDIATE ... COMMIT under the store's lock, then stamp the generation so
-    readers reload. SQLite's failures of the file come out as the store's errors."""
+    readers reload. Failures come out as SQLite raised them: the guarded store method
+    around it retries a held lock (serving stores) and says what a failure means."""
 
     def __init__(self, store: SqliteStore, generation: GenerationFile | None) -> None:
         self._store = store
@@ -580,9 +581,9 @@ class _WriteTransaction:
         store._lock.acquire()
         try:
             store._db.execute("BEGIN IMMEDIATE")
-        except BaseException as exc:
+        except BaseException:
             store._lock.release()
-            raise _as_fault(store, exc) from None
+            raise
         return store._db
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -591,12 +592,9 @@ class _WriteTransaction:
             if exc_type is not None:
                 _end(store._db, "ROLLBACK")
                 return
-            try:
-                _end(store._db, "COMMIT")
-                if self._generation is not None:
-                    self._generation.bump()
-            except BaseException as failure:
-                raise _as_fault(store, failure) from None
+            _end(store._db, "COMMIT")
+            if self._generation is not None:
+                self._generation.bump()
         finally:
             store._lock.release()
 
@@ -614,10 +612,6 @@ def _end(db: sqlite3.Connection, statement: str) -> None:
             db.execute("ROLLBACK")
         raise
 
-
-def _as_fault(store: SqliteStore, exc: BaseException) -> BaseException:
-    """The one-line store error for a failure of the file, else `exc` itself."""
-    return store_fault(store.path, exc, store._waited_ms()) or exc
 
 
 def _use_rollback_journal(db: sqlite3.Connection, busy_timeout_ms: int) -> None:
