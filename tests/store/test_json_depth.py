@@ -104,3 +104,33 @@ def test_the_libvirt_hook_refuses_deep_metadata(tmp_path):
                          capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": REPO})
     assert_one_line_refusal(res)
     assert DEEP_JSON_PROBLEM in res.stderr
+
+
+def test_a_deep_record_stored_before_the_limit_is_one_line_and_not_served(tmp_path, caplog):
+    """Written by an older version (or around our tools): reading it says what to do, in
+    one line; the responder does not serve it (and logs that once)."""
+    import sqlite3
+
+    from transparent_md.daemon.store_source import open_serving_store
+    from transparent_md.identity import Guest
+
+    store = str(tmp_path / "instances.db")
+    db = open_store(store)
+    db.add(parse_record({"instance_id": "i-1", "mac": MAC}))
+    db.close()
+    raw = sqlite3.connect(store)
+    record = json.loads(raw.execute("SELECT record FROM instances").fetchone()[0])
+    raw.execute("UPDATE instances SET record = ?",
+                (json.dumps({**record, "vendor_data": nested(HOSTILE_DEPTH)}),))
+    raw.commit()
+    raw.close()
+    for argv in (["instance", "show", "i-1"], ["instance", "list"]):
+        res = cli(*argv, "--store", store)
+        assert_one_line_refusal(res)
+        assert DEEP_JSON_PROBLEM in res.stderr and "instance remove i-1" in res.stderr
+    serving = open_serving_store(store)
+    guest = Guest(bridge="br0", port="p0", ifindex=2, mac=MAC, ip="10.0.0.2")
+    assert serving.entry_for(guest) is None and serving.entry_for(guest) is None
+    serving.close()
+    assert sum("not serving: store" in r.getMessage() for r in caplog.records) == 1
+    assert cli("instance", "remove", "i-1", "--store", store).returncode == 0

@@ -58,6 +58,16 @@ class StoreFault(UserError):
     status = 500
 
 
+class InvalidStoredRecord(StoreFault):
+    """A stored record breaks a rule (stored before the rule, or written around our
+    tools); it is not served, and reading it says so in one line."""
+
+    def __init__(self, path: str, instance_id: str, problem: str) -> None:
+        super().__init__(f"store {path}: {problem}; replace the record ('instance import' "
+                         f"of a valid one) or remove it ('instance remove {instance_id}')")
+        self.instance_id = instance_id
+
+
 class StoreCorrupted(StoreFault):
     def __init__(self, path: str, detail: str) -> None:
         super().__init__(f"store {path} is corrupted ({detail}): restore it from a backup, "
@@ -75,5 +85,5 @@ class DiskFull(StoreFault):
         self.path = path
 
 
-__all__ = ["DiskFull", "RecordConflict", "StaleRevision", "StoreBusy", "StoreCorrupted",
-           "StoreFault", "StoreUnavailable"]
+__all__ = ["DiskFull", "InvalidStoredRecord", "RecordConflict", "StaleRevision", "StoreBusy",
+           "StoreCorrupted", "StoreFault", "StoreUnavailable"]

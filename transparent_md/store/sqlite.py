@@ -36,6 +36,7 @@ from transparent_md.errors import UserError
 from transparent_md.identity import Guest
 from transparent_md.store.cache import ENTRY_CACHE_SIZE, EntryCache
 from transparent_md.store.errors import (
+    InvalidStoredRecord,
     RecordConflict,
     StaleRevision,
     StoreBusy,
@@ -134,6 +135,8 @@ class SqliteStore:
         self._loaded = False  # a first snapshot was read (later failures keep it)
         self._reload_failure: type | None = None  # the last reload's, logged once
         self._cache_size = cache_size
+        # id -> revision of stored records not served as invalid (logged once each).
+        self._invalid_logged: dict[str, int] = {}
         # Whole records of guests that asked; read-only outside the store.
         self.cache = EntryCache(cache_size)
 
@@ -360,22 +363,40 @@ class SqliteStore:
         if row is None or row[1] != binding.revision:
             return None
         record, revision = row
-        entry = Entry(parse_record(json.loads(record), binding.instance_id, stored=True),
-                      revision)
+        try:
+            instance = self._stored(record, binding.instance_id)
+        except InvalidStoredRecord as exc:
+            if self._invalid_logged.get(binding.instance_id) != revision:
+                self._invalid_logged[binding.instance_id] = revision
+                log.error("not serving: %s", exc)
+            return None
+        entry = Entry(instance, revision)
         self.cache.put(binding.instance_id, entry)
         return entry
+
+    def _stored(self, record: str, instance_id: str) -> Instance:
+        """A stored record, checked as every record is; one stored before a rule it
+        breaks now (or around our tools) is an InvalidStoredRecord, in one line."""
+        try:
+            return parse_record(json.loads(record), instance_id, stored=True)
+        except RecordError as exc:
+            raise InvalidStoredRecord(self.path, instance_id, exc.message) from None
+        except (ValueError, RecursionError) as exc:
+            raise InvalidStoredRecord(self.path, instance_id,
+                                      f"record {instance_id}: not readable JSON ({exc})"
+                                      ) from None
 
     @_guarded
     def get(self, instance_id: str) -> Instance | None:
         row = self._db.execute("SELECT record FROM instances WHERE instance_id = ?",
                                (instance_id,)).fetchone()
-        return parse_record(json.loads(row[0]), instance_id, stored=True) if row else None
+        return self._stored(row[0], instance_id) if row else None
 
     @_guarded
     def list(self) -> list[Instance]:
         rows = self._db.execute("SELECT instance_id, record FROM instances "
                                 "ORDER BY instance_id").fetchall()
-        return [parse_record(json.loads(record), i, stored=True) for i, record in rows]
+        return [self._stored(record, i) for i, record in rows]
 
     @_guarded
     def entry(self, instance_id: str) -> Entry | None:
@@ -384,14 +405,14 @@ class SqliteStore:
                                (instance_id,)).fetchone()
         if row is None:
             return None
-        return Entry(parse_record(json.loads(row[0]), instance_id, stored=True), row[1])
+        return Entry(self._stored(row[0], instance_id), row[1])
 
     @_guarded
     def entries(self) -> list[Entry]:
         """Every record with its revision, by id, from one committed state."""
         rows = self._db.execute("SELECT instance_id, record, revision FROM instances "
                                 "ORDER BY instance_id").fetchall()
-        return [Entry(parse_record(json.loads(record), i, stored=True), revision)
+        return [Entry(self._stored(record, i), revision)
                 for i, record, revision in rows]
 
     # -- writing ------------------------------------------------------------------
@@ -417,7 +438,7 @@ class SqliteStore:
             if row is None:
                 raise UserError(f"no instance {instance_id!r} in {self.path} "
                                 "(use 'instance add' to create it)")
-            new = change(parse_record(json.loads(row[0]), instance_id, stored=True))
+            new = change(self._stored(row[0], instance_id))
             if new.instance_id != instance_id:
                 raise ValueError(f"a change of {instance_id!r} returned {new.instance_id!r}")
             self._put(db, [new], replace=True, prune=False)
