@@ -15,9 +15,10 @@ Readers hold their lock for a snapshot load or one SELECT, so writers barely wai
 One store object may be used from several threads (the daemon's serving loop and its
 status thread): every use of its connection, snapshot reloads included, holds the
 object's lock, so no two threads ever run statements on it at once. A serving store
-(`serving=True`) waits only briefly for another process's lock (`store.lock_wait`): a
-guest whose record is not in memory then gets 503 instead of the whole loop queueing
-behind an import, and guests already served keep their answers.
+(`serving=True`) never waits for another process's lock to reload (the loaded snapshot
+is served on) and waits only briefly (`store.lock_wait`) for a read a guest's answer
+needs: that guest then gets 503 instead of the whole loop queueing behind an import,
+and guests already served keep their answers.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from transparent_md.store.errors import (
     StaleRevision,
     StoreBusy,
     StoreFault,
-    StoreUnavailable,
 )
 from transparent_md.store.generation import GenerationFile
 from transparent_md.store.lock_wait import LockWait
@@ -71,6 +71,10 @@ _monotonic = time.monotonic  # a module global: one lookup on the request path
 BUSY_TIMEOUT_MS = 10_000
 # OpenStack's password endpoint stores at most 255 bytes, like nova.
 MAX_PASSWORD_BYTES = 255
+
+# A reload kept out by another process's lock for this long (s) is logged: longer than
+# any ordinary commit holds it.
+STALE_LOG_S = 1.0
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
@@ -134,6 +138,7 @@ class SqliteStore:
         self._snapshot = Snapshot({})
         self._loaded = False  # a first snapshot was read (later failures keep it)
         self._reload_failure: type | None = None  # the last reload's, logged once
+        self._stale_since: float | None = None  # reloads failing since (monotonic)
         self._cache_size = cache_size
         # id -> revision of stored records not served as invalid (logged once each).
         self._invalid_logged: dict[str, int] = {}
@@ -184,9 +189,11 @@ class SqliteStore:
         return self._snapshot
 
     def _reload(self) -> None:
-        """Load the snapshot the stamp names; once one was loaded, a failure (the file
-        locked by another process, damaged) keeps it, logged once, and the next call
-        tries again."""
+        """Load the snapshot the stamp names. Once one was loaded, a reload tries once
+        and never waits for another process's lock: the loaded snapshot is consistent
+        and is served on (the next call tries again), so guests already answered never
+        queue behind a writer; only a guest the old snapshot cannot answer waits
+        (entry_for). A lock held for long, or a damaged file, is logged once."""
         with self._lock:
             stamp = self._generation.current()
             if stamp == self._seen_stamp:
@@ -196,22 +203,43 @@ class SqliteStore:
                 self._seen_stamp = stamp
                 return
             try:
-                self._load_guarded()
-            except (StoreFault, StoreUnavailable) as fault:
-                if type(fault) is not self._reload_failure:
-                    self._reload_failure = type(fault)
-                    log.error("%s; still serving the %d records loaded before", fault,
-                              len(self._snapshot.bindings))
+                self._snapshot = self._load(self._snapshot)
+            except (sqlite3.Error, OSError) as exc:
+                fault = store_fault(self.path, exc, 0)
+                if fault is None:
+                    raise
+                self._stale(fault)
                 return
             self._seen_stamp = stamp
-            if self._reload_failure is not None:
-                self._reload_failure = None
-                log.warning("the instance store %s is readable again: %d records",
-                            self.path, len(self._snapshot.bindings))
+            self._fresh()
+
+    def _stale(self, fault: UserError) -> None:
+        """A reload failed: log it once, a held lock only once it lasts (commits hold it
+        for milliseconds all the time)."""
+        now = _monotonic()
+        if self._stale_since is None:
+            self._stale_since = now
+        if self._reload_failure is type(fault) or (
+                isinstance(fault, StoreBusy) and now - self._stale_since < STALE_LOG_S):
+            return
+        self._reload_failure = type(fault)
+        log.error("%s; still serving the %d records loaded before", fault,
+                  len(self._snapshot.bindings))
+
+    def _fresh(self) -> None:
+        if self._reload_failure is not None:
+            log.warning("the instance store %s is readable again: %d records", self.path,
+                        len(self._snapshot.bindings))
+        self._stale_since = self._reload_failure = None
 
     @_guarded
-    def _load_guarded(self) -> None:
+    def _catch_up(self) -> None:
+        """Load the snapshot the stamp names now, waiting for the lock as this store may
+        (see LockWait); StoreBusy if it cannot."""
+        stamp = self._generation.current()
         self._snapshot = self._load(self._snapshot)
+        self._seen_stamp = stamp
+        self._fresh()
 
     @_guarded
     def _first_load(self) -> None:
@@ -306,12 +334,18 @@ class SqliteStore:
         self._seen_stamp = self._generation.current()
         self._snapshot = self._load(self._snapshot)
         self._loaded = True
+        self._fresh()
         return self._snapshot
 
     @_guarded
     def entry_for(self, guest: Guest) -> Entry | None:
         """The whole record answering `guest` now; a dict hit unless it changed or aged out."""
         binding = self.snapshot().match(guest)
+        if binding is None and self._stale_since is not None:
+            # The snapshot is behind a write a held lock kept out: it cannot tell that
+            # this guest has no record. Catch up, or the guest is answered 503.
+            self._catch_up()
+            binding = self._snapshot.match(guest)
         if binding is None:
             return None
         entry = self.cache.get(binding)
@@ -321,10 +355,12 @@ class SqliteStore:
             # A commit landed after the snapshot was read and its stamp may not show yet:
             # read bindings and the row in one transaction, where they must agree.
             with _ReadTransaction(self._db):
-                self._seen_stamp = self._generation.current()
+                stamp = self._generation.current()
                 self._snapshot = self._servable(self._read_bindings(self._snapshot.bindings))
+                self._seen_stamp = stamp
                 binding = self._snapshot.match(guest)
                 entry = self._fetch(binding) if binding is not None else None
+            self._fresh()
         return entry
 
     def _load(self, previous: Snapshot) -> Snapshot:
