@@ -163,3 +163,13 @@ def wait_status(hv, ns: str, status: int, timeout: float = 10.0) -> tuple[int, s
         if reply[0] == status or time.monotonic() > deadline:
             return reply
         time.sleep(0.1)
+
+
+def test_a_warm_restart_serves_the_cache_the_moment_it_is_ready(fleet):
+    """Issue 26: `ready` means served. A daemon restarted over its cache while etcd is up
+    (the follower resynchronises in its thread meanwhile) answers its guest at once."""
+    for _ in range(3):
+        fleet.daemons[1].stop()
+        daemon = fleet.start_daemon(1)
+        assert fleet.served(1) == (200, "i-two"), daemon.log()
+        assert "Traceback" not in daemon.log()

@@ -195,6 +195,51 @@ def test_a_failure_is_one_line_a_non_zero_exit_and_no_change(store, xml, message
     assert {k: e.revision for k, e in records(store).items()} == before
 
 
+ENTITY_XML = """<?xml version="1.0" encoding="UTF-16"?>
+<!DOCTYPE domain [<!ENTITY secret "user_data: stolen">]>
+<domain type='kvm'>
+  <name>evil</name>
+  <metadata><tmd:instance xmlns:tmd="urn:transparent-md:metadata:1">&secret;</tmd:instance>
+  </metadata>
+  <devices><interface type='bridge'><mac address='52:54:00:a1:00:09'/>
+    <source bridge='br0'/><target dev='vnet9'/></interface></devices>
+</domain>
+"""
+
+
+DTD_REFUSED = b"domain XML with a DOCTYPE or entity declarations is refused"
+
+
+@pytest.mark.parametrize("encoding, refusal", [
+    ("utf-16", DTD_REFUSED), ("utf-16-le", DTD_REFUSED), ("utf-16-be", DTD_REFUSED),
+    ("utf-8", DTD_REFUSED), ("utf-32", b"domain XML is not well-formed"),  # expat has none
+])
+def test_a_doctype_with_entities_is_refused_in_every_encoding(store, encoding, refusal):
+    declared = "UTF-16" if encoding.startswith("utf-16") else encoding.upper()
+    text = ENTITY_XML.replace("UTF-16", declared)
+    bom = "" if encoding in ("utf-16", "utf-32", "utf-8") else "\ufeff"
+    data = (bom + text).encode(encoding)
+    assert (b"<!DOCTYPE" in data) == (encoding == "utf-8")  # a byte search is blind here
+    result = subprocess.run(
+        [sys.executable, "-m", "transparent_md", "libvirt-hook", "--store", store,
+         "evil", "start", "begin", "-"], input=data, capture_output=True, timeout=30)
+    assert result.returncode == 1, result
+    assert result.stderr.count(b"\n") == 1 and b"Traceback" not in result.stderr
+    assert refusal in result.stderr, result.stderr
+    assert records(store) == {}
+
+
+def test_a_utf16_domain_xml_without_a_doctype_is_read(store):
+    data = (DOMAINS / "web-1.xml").read_text().encode("utf-16")
+    result = subprocess.run(
+        [sys.executable, "-m", "transparent_md", "libvirt-hook", "--store", store,
+         "web-1", "started", "begin", "-"], input=data, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    record = records(store)["web-1"].instance
+    # Read whole: its metadata reached the record (parked: no tap vnet0 exists here).
+    assert record.parked and record.user_data.startswith(b"#cloud-config")
+
+
 def test_operations_it_does_not_handle_exit_at_once(store):
     for operation in ("migrate", "restore", "attach"):
         result = hook(store, "web-1", operation, "web-1.xml")

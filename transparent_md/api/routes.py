@@ -31,6 +31,7 @@ from transparent_md.api import operations
 from transparent_md.api.operations import Condition, NotFound, PreconditionFailed, Written
 from transparent_md.errors import UserError
 from transparent_md.store import Entry, RecordConflict, RecordError, StaleRevision, Store
+from transparent_md.store.errors import StoreFault, StoreUnavailable
 from transparent_md.store.policy import serving
 
 API_VERSION = "v1"
@@ -117,6 +118,8 @@ class AdminApi:
             if current is not None:
                 headers["ETag"] = etag(current.revision)
             return ApiError(412, str(exc), exc.instance_id, headers=headers).response()
+        except (StoreFault, StoreUnavailable) as exc:  # the store, not the request
+            return ApiError(exc.status, str(exc)).response()
         except UserError as exc:  # e.g. a record without a binding, refused by the store
             return ApiError(422, str(exc)).response()
 

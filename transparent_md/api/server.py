@@ -55,7 +55,8 @@ _REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request",
             404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
             412: "Precondition Failed", 413: "Content Too Large",
             422: "Unprocessable Content", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+            500: "Internal Server Error", 503: "Service Unavailable",
+            507: "Insufficient Storage"}
 
 
 def bind_socket(path: str) -> socket.socket:

@@ -23,7 +23,7 @@ from transparent_md.store.fieldspec import FieldSpec, Flag
 from transparent_md.store.importfile import STDIN, bind_file_links, read_records
 from transparent_md.store.links import bind_link, parked_warning
 from transparent_md.store.policy import exposure_warning, serving
-from transparent_md.store.record import parse_record, record_specs
+from transparent_md.store.record import DEEP_JSON_PROBLEM, parse_record, record_specs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -336,3 +336,5 @@ def _read_document(path: str) -> Any:
         return yaml.safe_load(_read_text(path))
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not YAML or JSON: {exc}") from exc
+    except RecursionError:
+        raise UserError(f"{path}: {DEEP_JSON_PROBLEM}") from None

@@ -81,9 +81,11 @@ def open_serving_store(store_path: str | None, fleet_store: str | None = None,
     """The store a serving process answers from: `store_path` (SQLite, or the fleet
     cache), and for a fleet the cache with guest passwords written through to etcd."""
     if fleet_store is None:
-        from transparent_md.store import open_store
+        from transparent_md.store import DEFAULT_STORE_PATH
+        from transparent_md.store.sqlite import SqliteStore
 
-        return open_store(store_path)
+        # The serving loop waits only briefly for another process's lock (see LockWait).
+        return SqliteStore(store_path or DEFAULT_STORE_PATH, serving=True)
     from transparent_md.store.fleet_serving import FleetCacheStore
 
     assert store_path is not None  # the cache path StoreSource.start() returned

@@ -27,6 +27,9 @@ from typing import Any
 
 import yaml
 
+from transparent_md.integrations.untrusted_xml import UntrustedXmlError, parse_untrusted
+from transparent_md.store.record import DEEP_JSON_PROBLEM
+
 # The namespace of our element in a domain's <metadata>; libvirt keeps one element per
 # namespace URI (`virsh metadata DOMAIN URI --key tmd --set ...`).
 METADATA_NS = "urn:transparent-md:metadata:1"
@@ -130,13 +133,10 @@ def parse_domain(xml_text: str | bytes, *, bridges: tuple[str, ...] = (),
         xml_text = xml_text.encode()
     if len(xml_text) > MAX_XML_BYTES:
         raise DomainError(f"domain XML larger than {MAX_XML_BYTES} bytes")
-    if b"<!DOCTYPE" in xml_text or b"<!ENTITY" in xml_text:
-        raise DomainError("domain XML with a DOCTYPE or entities refused (libvirt never "
-                          "sends one)")
     try:
-        root = ET.fromstring(xml_text)
-    except ET.ParseError as exc:
-        raise DomainError(f"domain XML is not well-formed: {exc}") from None
+        root = parse_untrusted(xml_text)
+    except UntrustedXmlError as exc:
+        raise DomainError(f"domain XML {exc}") from None
     if root.tag != "domain":
         raise DomainError(f"expected a <domain> document, got <{root.tag}>")
     name = (root.findtext("name") or "").strip()
@@ -207,6 +207,8 @@ def _metadata(root: ET.Element) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise DomainError("metadata under " + METADATA_NS + " is neither YAML nor JSON: "
                           + " ".join(str(exc).split())) from None
+    except RecursionError:
+        raise DomainError(f"metadata under {METADATA_NS}: {DEEP_JSON_PROBLEM}") from None
     if not isinstance(value, dict):
         raise DomainError(f"metadata under {METADATA_NS} must be a mapping of record "
                           "fields (the import format)")

@@ -41,10 +41,11 @@ TOKEN_PATH = b"/latest/api/token"
 OPENSTACK_PREFIX = b"/openstack"
 _PASSWORD_OK = Reply(200, b"")
 _NO_PASSWORD = Reply(200, b"")  # nova answers an unset password with an empty 200
-# A fleet store (etcd) that cannot be reached takes no password: the guest may retry
-# (cloudbase-init does at its next run); the Retry-After matches the store's back-off.
+# A fleet store (etcd) that cannot be reached takes no password, and a store file
+# locked by another process gives no record: the guest may retry (cloud-init's crawl
+# and cloudbase-init do); the Retry-After matches the stores' back-off.
 STORE_UNAVAILABLE_RETRY_S = 5
-_STORE_UNAVAILABLE = error_reply(503, b"Retry-After: %d\r\n" % STORE_UNAVAILABLE_RETRY_S)
+STORE_UNAVAILABLE = error_reply(503, b"Retry-After: %d\r\n" % STORE_UNAVAILABLE_RETRY_S)
 _GCE_ROOT = gce.reply(gce.ROOT_LISTING)
 _GCE_VERSIONS = gce.reply(b"v1/\n")
 _GCE_TOP = b"/computeMetadata"
@@ -152,6 +153,8 @@ class Dispatcher:
     def _get_password(self, prepared: Prepared) -> Reply:
         try:
             password = self.store.password(prepared.instance_id)
+        except StoreUnavailable:
+            return STORE_UNAVAILABLE
         except Exception:
             log.exception("reading the password of %s failed", prepared.instance_id)
             return SERVER_ERROR
@@ -174,7 +177,7 @@ class Dispatcher:
         except PasswordAlreadySet:
             return CONFLICT
         except StoreUnavailable:
-            return _STORE_UNAVAILABLE
+            return STORE_UNAVAILABLE
         except Exception:
             log.exception("storing the password of %s failed", prepared.instance_id)
             return SERVER_ERROR

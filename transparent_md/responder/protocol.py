@@ -25,7 +25,9 @@ import httptools
 
 from transparent_md.responder import hoplimit, http, lastreply
 from transparent_md.responder.admission import identity_of
+from transparent_md.responder.dispatch import STORE_UNAVAILABLE
 from transparent_md.responder.tokens import TOKEN_HEADER, TTL_REQUEST_HEADER
+from transparent_md.store.errors import StoreFault, StoreUnavailable
 
 if TYPE_CHECKING:
     from transparent_md.responder.connections import SocketTransport
@@ -302,11 +304,9 @@ class MetadataProtocol(asyncio.Protocol):
             reply = self._refuse_forged()
         else:
             snapshot = self._store.snapshot()
-            if snapshot is not self._snapshot:
-                self._snapshot = snapshot
-                self._prepared = self._state.views.prepared(self._guest, self._identity,
-                                                            snapshot)
-            if self._flavor is not None and method in (_GET, _HEAD):
+            if snapshot is not self._snapshot and not self._find_record(snapshot):
+                reply = STORE_UNAVAILABLE
+            elif self._flavor is not None and method in (_GET, _HEAD):
                 reply = self._dispatcher.gce(self._prepared, self._url, self._flavor,
                                              self._forwarded)
             elif method == _GET:
@@ -361,6 +361,18 @@ class MetadataProtocol(asyncio.Protocol):
                           f"requests over {state.limits.request_rate:g}/s "
                           f"(burst {state.limits.request_burst}): answered 429")
         self._fail(429)
+
+    def _find_record(self, snapshot) -> bool:
+        """Bring this connection's view to `snapshot` (a new one); False when the store
+        could not be read for it (locked by another process, damaged): answered 503,
+        and the next request tries again."""
+        try:
+            self._prepared = self._state.views.prepared(self._guest, self._identity, snapshot)
+        except (StoreUnavailable, StoreFault) as exc:
+            self._state.events.warn("store-unavailable", self._guest, f"{exc}: answered 503")
+            return False
+        self._snapshot = snapshot
+        return True
 
     def _refuse_forged(self) -> http.Reply:
         """A guest using a MAC locked to another port learns nothing: 404."""

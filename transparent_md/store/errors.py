@@ -34,8 +34,56 @@ class StaleRevision(UserError):
 
 
 class StoreUnavailable(UserError):
-    """The store could not be reached (an etcd outage): nothing was read or written.
-    A guest posting its OpenStack password is answered 503 (try again later)."""
+    """The store could not be reached (an etcd outage, or another process holding the
+    SQLite file's lock): nothing was read or written. A guest is answered 503 (try
+    again later), and so is the admin API."""
+
+    status = 503
 
 
-__all__ = ["RecordConflict", "StaleRevision", "StoreUnavailable"]
+class StoreBusy(StoreUnavailable):
+    """Another process held the SQLite store's lock for longer than this reader or
+    writer may wait (a responder waits briefly: guests must not queue behind it)."""
+
+    def __init__(self, path: str, waited_ms: int) -> None:
+        super().__init__(f"store {path} is locked by another process (waited {waited_ms} ms); "
+                         "nothing read or written: retry, or find the process holding it "
+                         f"(fuser {path})")
+        self.path = path
+
+
+class StoreFault(UserError):
+    """The store's file cannot be used as it is; `status` is the admin API's answer."""
+
+    status = 500
+
+
+class InvalidStoredRecord(StoreFault):
+    """A stored record breaks a rule (stored before the rule, or written around our
+    tools); it is not served, and reading it says so in one line."""
+
+    def __init__(self, path: str, instance_id: str, problem: str) -> None:
+        super().__init__(f"store {path}: {problem}; replace the record ('instance import' "
+                         f"of a valid one) or remove it ('instance remove {instance_id}')")
+        self.instance_id = instance_id
+
+
+class StoreCorrupted(StoreFault):
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"store {path} is corrupted ({detail}): restore it from a backup, "
+                         "or move it aside and load the records again with "
+                         "'instance import'")
+        self.path = path
+
+
+class DiskFull(StoreFault):
+    status = 507  # Insufficient Storage
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"disk full at {path}: nothing was written; free space on its "
+                         "filesystem and retry")
+        self.path = path
+
+
+__all__ = ["DiskFull", "InvalidStoredRecord", "RecordConflict", "StaleRevision", "StoreBusy",
+           "StoreCorrupted", "StoreFault", "StoreUnavailable"]

@@ -45,13 +45,12 @@ class FleetCache:
     def __init__(self, path: str) -> None:
         self.path = path
         self.store = SqliteStore(path)  # creates it private, with the schema
-        self._db = self.store._db
-        self._db.execute(FLEET_TABLE)
-        self._db.execute(PASSWORDS_TABLE)
+        self.store.query(FLEET_TABLE)
+        self.store.query(PASSWORDS_TABLE)
 
     def meta(self, name: str) -> str | None:
-        row = self._db.execute("SELECT value FROM fleet WHERE name = ?", (name,)).fetchone()
-        return row[0] if row else None
+        rows = self.store.query("SELECT value FROM fleet WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
 
     @property
     def revision(self) -> int:
@@ -59,15 +58,15 @@ class FleetCache:
         return int(self.meta("revision") or 0)
 
     def records(self) -> int:
-        return self._db.execute("SELECT count(*) FROM instances").fetchone()[0]
+        return self.store.query("SELECT count(*) FROM instances")[0][0]
 
     def matches(self, source: str, cluster_id: str) -> bool:
         """Whether the rows came from this prefix of this cluster (else refill)."""
         return self.meta("source") == source and self.meta("cluster_id") == cluster_id
 
     def password(self, instance_id: str) -> str | None:
-        row = self._db.execute(SELECT_PASSWORD, (instance_id,)).fetchone()
-        return row[0] if row else None
+        rows = self.store.query(SELECT_PASSWORD, (instance_id,))
+        return rows[0][0] if rows else None
 
     def apply(self, changes: list[tuple[str, bytes | None, int]], revision: int,
               passwords: list[tuple[str, bytes | None, int]] = ()) -> None:

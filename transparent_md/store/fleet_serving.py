@@ -21,7 +21,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from transparent_md.store.errors import StoreUnavailable
+from transparent_md.store.errors import StoreFault, StoreUnavailable
 from transparent_md.store.etcd import EtcdStore
 from transparent_md.store.etcd_client import EtcdClient
 from transparent_md.store.etcd_url import EtcdTarget
@@ -30,7 +30,7 @@ from transparent_md.store.fleet_cache import (
     SELECT_PASSWORD,
     remember_posted_password,
 )
-from transparent_md.store.sqlite import BUSY_TIMEOUT_MS, MAX_PASSWORD_BYTES, SqliteStore
+from transparent_md.store.sqlite import MAX_PASSWORD_BYTES, SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ class FleetCacheStore(SqliteStore):
     def __init__(self, cache_path: str, target: EtcdTarget, *,
                  client: EtcdClient | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(cache_path)
-        self._db.execute(PASSWORDS_TABLE)  # the follower created it; a no-op then
+        super().__init__(cache_path, serving=True)
+        self.query(PASSWORDS_TABLE)  # the follower created it; a no-op then
         # requests times the connect and the reply separately: half the share each.
         per_member = PASSWORD_WRITE_BUDGET_S / len(target.endpoints) / 2
         self.fleet = EtcdStore(target, client or EtcdClient(target, timeout=per_member))
@@ -80,21 +80,22 @@ class FleetCacheStore(SqliteStore):
 
     def _remember(self, instance_id: str, password: str, revision: int) -> None:
         """The guest's next GET here sees its password even before the watch brings it."""
-        self._db.execute(f"PRAGMA busy_timeout = {CACHE_WRITE_WAIT_MS}")
-        try:
-            remember_posted_password(self, instance_id, password, revision)
-        except sqlite3.Error as exc:
-            log.info("password of %s left to the follower: %s", instance_id, exc)
-        finally:
-            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        with self._lock:
+            self._set_busy_timeout(CACHE_WRITE_WAIT_MS)
+            try:
+                remember_posted_password(self, instance_id, password, revision)
+            except (sqlite3.Error, StoreUnavailable, StoreFault) as exc:
+                log.info("password of %s left to the follower: %s", instance_id, exc)
+            finally:
+                self._set_busy_timeout(self._busy_timeout_ms)
 
     def clear_password(self, instance_id: str) -> None:
         """Through etcd: the follower removes it from every daemon's cache."""
         self.fleet.clear_password(instance_id)
 
     def password(self, instance_id: str) -> str | None:
-        row = self._db.execute(SELECT_PASSWORD, (instance_id,)).fetchone()
-        return row[0] if row else None
+        rows = self.query(SELECT_PASSWORD, (instance_id,))
+        return rows[0][0] if rows else None
 
     def close(self) -> None:
         self.fleet.close()

@@ -45,6 +45,13 @@ _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _KEY_NAME_RE = re.compile(r"^[^\s=/]+$")
 _IAM_ROLE_RE = re.compile(r"^[\w+=,.@-]+$")
 
+# How deep the JSON fields (vendor_data, network_data) may nest. OpenStack's documents
+# nest a handful of levels; a deeper one only exhausts the stack of whatever reads it
+# recursively (the JSON and YAML encoders behind `instance show`, the responder).
+MAX_JSON_DEPTH = 64
+DEEP_JSON_PROBLEM = (f"nests deeper than {MAX_JSON_DEPTH} levels (JSON fields are limited "
+                     "so that every reader can walk them)")
+
 # Ends the message for text that YAML turned into a number; an import adds the spelling.
 QUOTE_IT = "quote it"
 UNBOUND_PROBLEM = (
@@ -509,12 +516,14 @@ class _Parser:
     # -- structured checks ---------------------------------------------------------
 
     def check_anything(self, key: str, value: Any) -> Any:
+        if json_depth_exceeds(value, MAX_JSON_DEPTH):
+            raise _Problem(key, DEEP_JSON_PROBLEM)
         return value
 
     def check_document(self, key: str, value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise _Problem(key, "must be a mapping (OpenStack network_data.json)")
-        return value
+        return self.check_anything(key, value)
 
     def check_names(self, key: str, value: Any) -> tuple[str, ...]:
         if not isinstance(value, list) or not all(
@@ -606,6 +615,24 @@ class _Fields:
 
     def __getattr__(self, name: str) -> Any:
         return self._values.get(name)
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether lists and mappings nest more than `limit` levels in `value`; walked with
+    a stack of its own, so any depth is measured without recursion."""
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, Mapping):
+            children = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _named(problems: list[_Problem], *fields: str) -> bool:
