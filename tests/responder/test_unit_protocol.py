@@ -321,3 +321,66 @@ def test_error_replies_are_prepared_with_their_headers():
     assert http.TOO_MANY_REQUESTS.keep_alive.startswith(b"HTTP/1.1 429 Too Many Requests")
     assert b"Retry-After: 1\r\n" in http.TOO_MANY_REQUESTS.keep_alive
     assert http.REQUEST_TIMEOUT.status == 408
+
+
+def test_pipelined_requests_wait_unread_while_the_output_is_over_its_ceiling(store):
+    """A peer that stops reading gets the ceiling's worth of replies and one more; the
+    rest of its read waits unparsed, and is answered, in order, as it takes replies."""
+    state = make_state(store, ResponderLimits(max_unsent_bytes=256))
+    client = FakeClient(state)
+    client.transport.stall(256)
+    paths = [ID, "/latest/meta-data/hostname"] * 50
+    client.protocol.data_received(b"".join(request(p) for p in paths))
+    waiting = parse_responses(bytes(client.transport.unsent))
+    assert 1 < len(waiting) < 5, len(waiting)
+    assert len(client.transport.unsent) < 256 + 2 * 200
+    assert not client.transport.reading
+    client.transport.drain()
+    replies = parse_responses(client.take())
+    assert [r.body for r in replies] == [b"i-aaaa", b"alpha"] * 50
+    assert client.transport.reading and not client.transport.closed
+
+
+def test_output_left_unsent_for_the_send_timeout_resets_the_connection(store):
+    state = make_state(store, ResponderLimits(max_unsent_bytes=256, send_timeout_s=1.0),
+                       idle_timeout=30.0)
+    client = FakeClient(state)
+    client.transport.stall(256)
+    client.protocol.data_received(request(ID) * 20)
+    state.sweep()  # first sight of the waiting output: the timeout starts here
+    for _ in range(state.send_ticks - 1):
+        state.sweep()
+    assert not client.transport.reset_sent
+    state.sweep()
+    assert client.transport.reset_sent and not client.transport.unsent
+    assert state.stats.send_timeouts == 1
+
+
+def test_a_closing_connection_with_output_left_is_reset_too(store):
+    state = make_state(store, ResponderLimits(send_timeout_s=1.0), idle_timeout=30.0)
+    client = FakeClient(state)
+    client.transport.stall(1 << 20)
+    last = request(ID, headers={"Connection": "close"})
+    client.protocol.data_received(request(ID) * 3 + last)
+    assert client.transport.closed and client.transport.unsent  # closing, still queued
+    for _ in range(state.send_ticks + 1):
+        state.sweep()
+    assert client.transport.reset_sent
+    assert state.stats.send_timeouts == 1
+
+
+def test_output_that_drains_starts_the_send_timeout_again(store):
+    state = make_state(store, ResponderLimits(max_unsent_bytes=256, send_timeout_s=1.0),
+                       idle_timeout=30.0)
+    client = FakeClient(state)
+    client.transport.stall(256)
+    client.protocol.data_received(request(ID) * 6)
+    for _ in range(state.send_ticks):
+        state.sweep()
+    client.transport.drain()  # the peer took its replies: progress
+    client.protocol.data_received(request(ID) * 6)
+    for _ in range(state.send_ticks):
+        state.sweep()
+    assert not client.transport.reset_sent
+    state.sweep()
+    assert client.transport.reset_sent

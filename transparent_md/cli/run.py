@@ -80,6 +80,10 @@ RESPONDER_LIMIT_FLAGS = (
     ("--request-rate", "PER_S", limits.DEFAULT_REQUEST_RATE,
      "requests per second per guest; over it 429 and the connection closes"),
     ("--request-burst", "N", limits.DEFAULT_REQUEST_BURST, "requests above the rate at once"),
+    ("--max-unsent-bytes", "BYTES", limits.DEFAULT_MAX_UNSENT_BYTES,
+     "reply bytes a connection may hold unsent; past it its pipelined requests wait"),
+    ("--send-timeout", "SECONDS", limits.DEFAULT_SEND_TIMEOUT_S,
+     "a connection whose output stays unsent this long is reset"),
 )
 # run's dest -> ResponderLimits field.
 _LIMIT_FIELDS = {
@@ -87,7 +91,8 @@ _LIMIT_FIELDS = {
     "max_conns_per_port", "max_conns_unknown": "max_conns_unknown",
     "keepalive_requests": "keepalive_requests", "keepalive_time": "keepalive_time_s",
     "header_timeout": "header_timeout_s", "request_rate": "request_rate",
-    "request_burst": "request_burst",
+    "request_burst": "request_burst", "max_unsent_bytes": "max_unsent_bytes",
+    "send_timeout": "send_timeout_s",
 }
 
 

@@ -36,14 +36,15 @@ from transparent_md.responder.rawsock import RawSocketCalls
 
 log = logging.getLogger(__name__)
 
-# One read takes any request head and small body whole.
-READ_SIZE = 65536
+# One read takes any request head and small body whole; a connection whose output is
+# over its ceiling holds at most one read's worth of requests waiting (`protocol`).
+READ_SIZE = 16 * 1024
 # Events taken per pass of the loop; more wait for the next pass (level-triggered).
 MAX_EVENTS = 512
-# Unsent bytes past which the protocol is told to stop producing, and below which it
-# may again (asyncio's defaults).
+# Unsent bytes past which the protocol is told to stop producing (asyncio's default,
+# unless the responder sets its ceiling), and the fraction of it below which it may again.
 HIGH_WATER = 64 * 1024
-LOW_WATER = HIGH_WATER // 4
+LOW_WATER_FRACTION = 4
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
@@ -56,8 +57,12 @@ class Connections:
     """The open connections of one event loop and the epoll that watches them."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 raw_calls: RawSocketCalls | None = None, hand_over: bool = True) -> None:
+                 raw_calls: RawSocketCalls | None = None, hand_over: bool = True,
+                 high_water: int = HIGH_WATER) -> None:
         self._loop = loop
+        # Every connection's write buffer limits (see SocketTransport.write).
+        self.high_water = high_water
+        self.low_water = high_water // LOW_WATER_FRACTION
         # Move keep-alive connections to the loop's transports (see the module doc).
         self._hand_over_keep_alive = hand_over
         self.handed_over = 0
@@ -260,7 +265,7 @@ class SocketTransport(asyncio.Transport):
         return len(self._buffer)
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
-        return LOW_WATER, HIGH_WATER
+        return self._owner.low_water, self._owner.high_water
 
     def write(self, data: bytes) -> None:
         if self._fd < 0 or self._eof:
@@ -280,7 +285,7 @@ class SocketTransport(asyncio.Transport):
             self._watch()
         else:
             buffer += data
-        if not self._write_paused and len(buffer) > HIGH_WATER:
+        if not self._write_paused and len(buffer) > self._owner.high_water:
             self._write_paused = True
             self._protocol.pause_writing()
 
@@ -305,6 +310,13 @@ class SocketTransport(asyncio.Transport):
             self._force_close(None)
 
     def abort(self) -> None:
+        self._force_close(None)
+
+    def reset(self) -> None:
+        """Abort with a reset (SO_LINGER 0): nothing queued, here or in the socket, is
+        kept for a peer that does not take it."""
+        if self._fd >= 0:
+            self._owner.raw_calls.reset_on_close(self._fd)
         self._force_close(None)
 
     # -- the loop's side ----------------------------------------------------------------
@@ -338,7 +350,7 @@ class SocketTransport(asyncio.Transport):
                 self._force_close(exc)
                 return
             del buffer[:sent]
-            if self._write_paused and len(buffer) <= LOW_WATER:
+            if self._write_paused and len(buffer) <= self._owner.low_water:
                 self._write_paused = False
                 self._protocol.resume_writing()
             if buffer or self._fd < 0:

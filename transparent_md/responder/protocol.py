@@ -49,9 +49,9 @@ _INTERESTING_LENGTHS = frozenset(
 # and URL limits plus slack, so a never-ending header line cannot grow the parser's
 # buffer without bound.
 MAX_HEAD_BYTES = http.MAX_HEADER_BYTES + http.MAX_URL_BYTES + 1024
-# A reader that stops reading while pipelining requests gets closed past this much
-# queued output rather than growing our memory.
-MAX_QUEUED_OUTPUT = 1 << 20
+# Where a request head ends (llhttp takes no bare LF): a read holding more than one is
+# pipelined, and is parsed one head at a time (see data_received).
+_HEAD_END = b"\r\n\r\n"
 
 
 class _Reject(Exception):
@@ -79,6 +79,7 @@ class MetadataProtocol(asyncio.Protocol):
     # What close_if_stale() closed a connection for.
     CLOSED_IDLE = "idle"
     CLOSED_HEADER_TIMEOUT = "header-timeout"
+    RESET_SEND_TIMEOUT = "send-timeout"
 
     __slots__ = (
         "_state", "_store", "_dispatcher", "_responses", "_parser", "_transport", "_guest",
@@ -86,7 +87,8 @@ class MetadataProtocol(asyncio.Protocol):
         "_in_head", "_unparsed", "_url", "_header_bytes", "_token", "_ttl",
         "_forwarded", "_flavor", "_connection_header", "_body", "_reject", "_admitted", "_forged",
         "_bucket", "_requests_left", "_expires_tick", "_active_tick", "_head_tick",
-        "_linger_left", "_linger_timer", "_last_status", "_fd", "_extras",
+        "_linger_left", "_linger_timer", "_last_status", "_fd", "_extras", "_held",
+        "_unsent_tick", "_unsent_bytes",
     )
 
     def __init__(self, state: ResponderState) -> None:
@@ -116,6 +118,12 @@ class MetadataProtocol(asyncio.Protocol):
         self._expires_tick = state.tick + state.keepalive_ticks
         self._linger_left = 0
         self._linger_timer: asyncio.TimerHandle | None = None
+        # Pipelined input read but not parsed while the output is over its ceiling.
+        self._held = b""
+        # The sweeper tick since which output waits unsent with no progress (-1: none
+        # waits), and how much waited at the last sweep.
+        self._unsent_tick = -1
+        self._unsent_bytes = 0
         self._extras = True  # nothing is set yet: _reset_request() sets it all
         self._reset_request()
 
@@ -143,6 +151,7 @@ class MetadataProtocol(asyncio.Protocol):
             # A keep-alive connection handed to the event loop's transport (see
             # `connections`): same connection, same admission, new transport.
             self._transport = transport  # type: ignore[assignment]
+            transport.set_write_buffer_limits(self._state.limits.max_unsent_bytes)
             if self._closing:
                 transport.close()
             return
@@ -189,6 +198,7 @@ class MetadataProtocol(asyncio.Protocol):
         # The parser holds bound methods of this protocol: break the cycle so both go
         # now, by reference counting, instead of piling up for the cyclic GC.
         self._parser = None
+        self._held = b""
         if not self._admitted:
             return
         self._admitted = False
@@ -202,6 +212,29 @@ class MetadataProtocol(asyncio.Protocol):
             if self._linger_left > 0:
                 self._discard(len(data))
             return
+        if data.count(_HEAD_END) > 1:
+            self._feed_pipelined(data)
+        else:
+            self._feed(data)
+
+    def _feed_pipelined(self, data: bytes) -> None:
+        """Parse a read holding several requests one head at a time, and keep the rest
+        unparsed once the output is over its ceiling (pause_writing): a guest that asks
+        without reading gets no more answers queued than the ceiling and one piece's
+        (a piece completes at most a body before its head and the request it ends)."""
+        start, end = 0, len(data)
+        while start < end:
+            cut = data.find(_HEAD_END, start)
+            cut = end if cut < 0 else cut + len(_HEAD_END)
+            self._feed(data[start:cut])
+            start = cut
+            if self._closing:
+                return
+            if self._write_paused and start < end:
+                self._held = data[start:]
+                return
+
+    def _feed(self, data: bytes) -> None:
         if self._in_head:
             if not self._unparsed:
                 self._head_tick = self._state.tick
@@ -232,8 +265,15 @@ class MetadataProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if not self._closing:
-            self._transport.resume_reading()
+        self._unsent_tick = -1  # the peer took replies: the send timeout starts again
+        if self._closing:
+            return
+        held, self._held = self._held, b""
+        if held:
+            self._feed_pipelined(held)
+            if self._write_paused or self._closing:
+                return
+        self._transport.resume_reading()
 
     # -- httptools callbacks --------------------------------------------------------
 
@@ -343,8 +383,6 @@ class MetadataProtocol(asyncio.Protocol):
             self._close()
             return
         transport.write(data)
-        if self._write_paused and transport.get_write_buffer_size() > MAX_QUEUED_OUTPUT:
-            self._close()
 
     def _descriptor(self) -> int:
         """The connection's descriptor for `rawsock` calls (-1 once closed)."""
@@ -389,6 +427,7 @@ class MetadataProtocol(asyncio.Protocol):
         `linger_bytes` arrived or `linger_s` passed.
         """
         self._closing = True
+        self._held = b""
         limits = self._state.limits
         self._linger_left = limits.linger_bytes
         transport = self._transport
@@ -417,7 +456,24 @@ class MetadataProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         self._closing = True
+        self._held = b""
         self._transport.close()
+
+    def _reset(self) -> None:
+        """Abort with a reset: what is queued for this peer is dropped, here and in the
+        socket (SO_LINGER 0), whether or not the connection was already closing."""
+        self._closing = True
+        self._held = b""
+        transport = self._transport
+        reset = getattr(transport, "reset", None)
+        if reset is not None:
+            reset()
+            return
+        # The event loop's transport (a handed-over keep-alive connection): its
+        # descriptor is still this connection's until it closes.
+        if not transport.is_closing():
+            self._state.raw_calls.reset_on_close(self._fd)
+        transport.abort()
 
     def close(self) -> None:
         """Close this connection (responder shutdown)."""
@@ -427,20 +483,38 @@ class MetadataProtocol(asyncio.Protocol):
             self._end_linger()
 
     def close_if_stale(self, tick: int) -> str | None:
-        """Called by the sweeper at each tick: close a connection past a time limit.
+        """Called by the sweeper at each tick: close a connection past a time limit,
+        counted before it closes (a client that sees the close sees the count).
 
-        Returns CLOSED_HEADER_TIMEOUT (a request head started too long ago: 408),
-        CLOSED_IDLE (no request completed for the idle timeout) or None.
+        Returns RESET_SEND_TIMEOUT (output waited unsent for the send timeout, closing
+        or not: reset), CLOSED_HEADER_TIMEOUT (a request head started too long ago:
+        408), CLOSED_IDLE (no request completed for the idle timeout) or None.
         """
+        state = self._state
+        unsent = self._transport.get_write_buffer_size()
+        if unsent:
+            if self._unsent_tick < 0 or unsent < self._unsent_bytes:
+                self._unsent_tick = tick  # output began to wait, or the peer took some
+            elif tick - self._unsent_tick >= state.send_ticks:
+                state.events.warn("send-timeout", self._guest,
+                                  "replies not taken in time (a full receive window): "
+                                  "connection reset")
+                state.stats.send_timeouts += 1
+                self._reset()
+                return self.RESET_SEND_TIMEOUT
+        else:
+            self._unsent_tick = -1
+        self._unsent_bytes = unsent
         if self._closing:
             return None
-        state = self._state
         if self._in_head and self._unparsed and tick - self._head_tick >= state.header_ticks:
             state.events.warn("header-timeout", self._guest,
                               "request head not complete in time: answered 408")
+            state.stats.header_timeouts += 1
             self._fail(408)
             return self.CLOSED_HEADER_TIMEOUT
         if tick - self._active_tick >= state.idle_ticks:
+            state.stats.connections_idle_closed += 1
             self._close()
             return self.CLOSED_IDLE
         return None

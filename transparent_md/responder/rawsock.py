@@ -39,11 +39,13 @@ _NOTHING_WAITING = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 class RawSocketCalls:
     """send and setsockopt on descriptors, for one event loop's thread."""
 
-    __slots__ = ("_int", "_int_ptr")
+    __slots__ = ("_int", "_int_ptr", "_linger_ptr")
 
     def __init__(self) -> None:
         self._int = ctypes.c_int(0)
         self._int_ptr = ctypes.pointer(self._int)
+        # struct linger {l_onoff = 1, l_linger = 0}: close() resets the connection.
+        self._linger_ptr = ctypes.pointer((ctypes.c_int * 2)(1, 0))
 
     @staticmethod
     def send_last(fd: int, data: bytes) -> int:
@@ -58,6 +60,11 @@ class RawSocketCalls:
     def shutdown_write(fd: int) -> bool:
         """shutdown(fd, SHUT_WR): our FIN after what is already queued; True on success."""
         return _shutdown(fd, socket.SHUT_WR) == 0
+
+    def reset_on_close(self, fd: int) -> bool:
+        """SO_LINGER 0: the close() that follows sends a reset and drops whatever the
+        socket still holds, instead of trying to deliver it; True on success."""
+        return _setsockopt(fd, socket.SOL_SOCKET, socket.SO_LINGER, self._linger_ptr, 8) == 0
 
     def set_int_option(self, fd: int, level: int, option: int, value: int) -> bool:
         """setsockopt(fd, level, option, &value); True on success."""

@@ -75,11 +75,15 @@ class ResponderState:
         self.loop = loop
         self.listener: Listener | None = None
         # Time as sweeper ticks: connections compare ticks instead of reading a clock.
-        self.sweep_s = min(idle_timeout, limits.header_timeout_s) / SWEEPS_PER_LIMIT
+        self.sweep_s = min(idle_timeout, limits.header_timeout_s,
+                           limits.send_timeout_s) / SWEEPS_PER_LIMIT
         self.tick = 0
         self.idle_ticks = ticks_for(idle_timeout, self.sweep_s)
         self.header_ticks = ticks_for(limits.header_timeout_s, self.sweep_s)
         self.keepalive_ticks = ticks_for(limits.keepalive_time_s, self.sweep_s)
+        # Counted from the first tick that sees output waiting, which is already later
+        # than the output began to wait: no extra tick needed to cover the whole timeout.
+        self.send_ticks = math.ceil(limits.send_timeout_s / self.sweep_s - 1e-9)
 
     def _no_record(self, guest: Guest) -> None:
         self.events.warn("no_record", guest, "asks for metadata but no instance record "
@@ -90,11 +94,7 @@ class ResponderState:
         self.tick += 1
         stats = self.stats
         for connection in list(self.connections):
-            closed = connection.close_if_stale(self.tick)
-            if closed == MetadataProtocol.CLOSED_IDLE:
-                stats.connections_idle_closed += 1
-            elif closed == MetadataProtocol.CLOSED_HEADER_TIMEOUT:
-                stats.header_timeouts += 1
+            connection.close_if_stale(self.tick)  # counts what it closes
         self.buckets.sweep(self.caps.per_identity, self.caps.unknown > 0)
         if self.listener is not None:
             self.listener.watch()
@@ -151,7 +151,8 @@ class Responder:
         def restarted() -> None:
             state.stats.accept_restarted += 1
 
-        self._connections = connections = Connections(loop, state.raw_calls)
+        self._connections = connections = Connections(
+            loop, state.raw_calls, high_water=limits.max_unsent_bytes)
         listener = Listener(loop, sock, lambda: MetadataProtocol(state), connections,
                             limits.accept_pause_s, lambda: state.stats.open_connections,
                             descriptor_budget(limits.fd_reserve), paused, restarted)
