@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.responder.fakes import (
     GUEST,
@@ -384,3 +386,83 @@ def test_output_that_drains_starts_the_send_timeout_again(store):
     assert not client.transport.reset_sent
     state.sweep()
     assert client.transport.reset_sent
+
+
+TOKEN_PATH = "/latest/api/token"
+TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+
+
+def _no_traceback(caplog) -> None:
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_a_ttl_of_4301_digits_gets_400_and_no_traceback(state, caplog):
+    caplog.set_level("DEBUG")
+    client = FakeClient(state)
+    for _ in range(3):
+        reply = one(client.send(request(TOKEN_PATH, "PUT", {TTL_HEADER: "9" * 4301})))
+        assert reply.status == 400
+    _no_traceback(caplog)
+    assert state.stats.responses[400] == 3
+
+
+def test_an_unexpected_error_is_one_line_per_guest_not_a_traceback_per_request(
+        state, caplog, monkeypatch):
+    caplog.set_level("INFO")
+
+    def broken(*_args):
+        raise ValueError("a bug " + "x" * 10_000)
+    monkeypatch.setattr(state.dispatcher, "get", broken)
+    statuses = []
+    for _ in range(20):
+        client = FakeClient(state)
+        statuses += [r.status for r in parse_responses(client.send(request(ID)))]
+    assert statuses == [500] * 20
+    lines = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(lines) == 1, caplog.text
+    assert "ValueError: a bug" in lines[0].getMessage()
+    assert len(lines[0].getMessage()) < 600
+    _no_traceback(caplog)
+
+
+# The headers the responder reads a value of come first: hypothesis shrinks towards them.
+_HEADER_NAMES = st.sampled_from([
+    TTL_HEADER, "X-aws-ec2-metadata-token", "X-Forwarded-For", "Connection",
+    "Proxy-Connection", "Content-Type", "X-Anything"])
+# Any byte a header value may carry (llhttp refuses control bytes; so may we).
+_HEADER_VALUES = st.one_of(
+    st.binary(max_size=64), st.text(alphabet="0123456789 -+.", max_size=6000).map(str.encode),
+    st.integers(min_value=-10**30, max_value=10**30).map(lambda n: str(n).encode()),
+    # Around int()'s limit on digits (4,300), below the header limit (8 KiB).
+    st.integers(min_value=4000, max_value=8000).map(lambda n: b"7" * n),
+).map(lambda v: v.replace(b"\r", b"").replace(b"\n", b""))
+
+
+def _with_headers(method: str, path: str, headers: list[tuple[str, bytes]]) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: 169.254.169.254".encode()
+    for name, value in headers:
+        head += b"\r\n" + name.encode() + b": " + value
+    length = b"\r\nContent-Length: 0" if method in ("PUT", "POST") else b""
+    return head + length + b"\r\n\r\n"
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(headers=st.lists(st.tuples(_HEADER_NAMES, _HEADER_VALUES), min_size=1, max_size=3))
+def test_fuzzed_header_values_never_reach_a_traceback_or_a_500(state, caplog, headers):
+    """The same headers on a token PUT, a GET, a password POST and a HEAD, pipelined."""
+    caplog.clear()
+    client = FakeClient(state)
+    requests = [_with_headers(method, path, headers) for method, path in (
+        ("PUT", TOKEN_PATH), ("GET", ID), ("POST", "/openstack/latest/password"),
+        ("HEAD", "/"))]
+    try:
+        out = client.send(b"".join(requests))
+    finally:
+        client.close()
+    statuses = [int(line.split()[1]) for line in out.split(b"\r\n")
+                if line.startswith(b"HTTP/1.1 ")]
+    assert statuses and all(s < 500 for s in statuses), out[:300]
+    _no_traceback(caplog)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text

@@ -32,6 +32,7 @@ import os
 import select
 import socket
 
+from transparent_md.responder.ratelog import RateLimitedLog
 from transparent_md.responder.rawsock import RawSocketCalls
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,11 @@ class Connections:
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  raw_calls: RawSocketCalls | None = None, hand_over: bool = True,
-                 high_water: int = HIGH_WATER) -> None:
+                 high_water: int = HIGH_WATER, events: RateLimitedLog | None = None) -> None:
         self._loop = loop
+        # Where an unexpected error serving a connection is told: a guest may cause it
+        # at will, so one line per guest per interval (see `ratelog`).
+        self._events = events if events is not None else RateLimitedLog(log)
         # Every connection's write buffer limits (see SocketTransport.write).
         self.high_water = high_water
         self.low_water = high_water // LOW_WATER_FRACTION
@@ -92,8 +96,7 @@ class Connections:
             if transport._fd >= 0:
                 transport._watch()
         except Exception as exc:
-            log.exception("serving a new connection from %s failed", peer[0])
-            transport._force_close(exc)
+            self._failed(transport, exc)
 
     def begin_pass(self) -> None:
         """Hold back connection_lost calls until end_pass() (see the module doc)."""
@@ -153,11 +156,16 @@ class Connections:
                     if mask & _OUT and transport._fd >= 0:
                         transport._write_ready()
                 except Exception as exc:
-                    log.exception("serving the connection from %s failed",
-                                  transport._peer[0])
-                    transport._force_close(exc)
+                    self._failed(transport, exc)
         finally:
             self.end_pass()
+
+    def _failed(self, transport: SocketTransport, exc: Exception) -> None:
+        """A protocol callback raised: say so (rate-limited) and close the connection."""
+        guest = getattr(transport._protocol, "guest", None)
+        self._events.error("connection-error", guest,
+                           f"serving the connection from {transport._peer[0]} failed", exc)
+        transport._force_close(exc)
 
     def _movable(self, transport: SocketTransport) -> bool:
         """Whether `transport` can move to the loop: open, reading, nothing queued."""

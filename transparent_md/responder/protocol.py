@@ -165,8 +165,9 @@ class MetadataProtocol(asyncio.Protocol):
         guest = None
         try:
             guest = state.resolver(peer[0]) if peer else None
-        except Exception:
-            log.exception("resolving the guest behind %s failed", peer)
+        except Exception as exc:
+            state.events.error("resolve-error", None,
+                               f"resolving the guest behind {peer[0]} failed", exc)
         self._guest = guest
         self._identity = key = identity_of(guest)
         refused = state.caps.admit(guest, key)
@@ -321,8 +322,9 @@ class MetadataProtocol(asyncio.Protocol):
         started = perf_counter_ns() if access_log is not None else 0
         try:
             self._respond()
-        except Exception:
-            log.exception("answering %r failed", self._url)
+        except Exception as exc:
+            state.events.error("server-error", self._guest,
+                               f"answering {self._url[:80]!r} failed: answered 500", exc)
             raise self._abort(500) from None
         if access_log is not None:
             access_log.record(self._guest, self._prepared, self._parser, self._url,

@@ -62,14 +62,14 @@ class ResponderState:
         self.resolver = resolver
         self.token_hop_limit = token_hop_limit
         self.tokens = TokenAuthority(secret=token_secret)
-        self.dispatcher = Dispatcher(store, self.tokens)
+        self.events = RateLimitedLog(log)
+        self.dispatcher = Dispatcher(store, self.tokens, self.events)
         self.views = GuestViews(store, self._no_record)
         self.stats = ResponderStats()
         self.connections: set[MetadataProtocol] = set()
         self.limits = limits = limits or ResponderLimits()
         self.caps = ConnectionCaps(limits)
         self.buckets = RequestBuckets(limits)
-        self.events = RateLimitedLog(log)
         self.reclaimer = MemoryReclaimer()
         self.raw_calls = RawSocketCalls()  # this loop's thread only
         self.loop = loop
@@ -152,7 +152,7 @@ class Responder:
             state.stats.accept_restarted += 1
 
         self._connections = connections = Connections(
-            loop, state.raw_calls, high_water=limits.max_unsent_bytes)
+            loop, state.raw_calls, high_water=limits.max_unsent_bytes, events=state.events)
         listener = Listener(loop, sock, lambda: MetadataProtocol(state), connections,
                             limits.accept_pause_s, lambda: state.stats.open_connections,
                             descriptor_budget(limits.fd_reserve), paused, restarted)
