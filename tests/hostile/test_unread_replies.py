@@ -28,7 +28,7 @@ from transparent_md.responder.limits import (
     DEFAULT_MAX_CONNS_PER_PORT,
     DEFAULT_SEND_TIMEOUT_S,
 )
-from transparent_md.responder.server import DEFAULT_IDLE_TIMEOUT, SWEEPS_PER_LIMIT
+from transparent_md.responder.state import DEFAULT_IDLE_TIMEOUT, SWEEPS_PER_LIMIT
 
 pytestmark = pytest.mark.netns
 

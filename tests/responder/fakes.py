@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from transparent_md.identity import Guest
 from transparent_md.responder.limits import ResponderLimits
 from transparent_md.responder.protocol import MetadataProtocol
-from transparent_md.responder.server import ResponderState
+from transparent_md.responder.state import ResponderState
 from transparent_md.store import Store, open_store, parse_record
 
 GUEST = Guest(bridge="br0", port="tap0", ifindex=10, mac="52:54:00:00:00:0a", ip="10.0.0.5")

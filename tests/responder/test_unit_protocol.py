@@ -9,10 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.responder.fakes import (
-    GUEST,
     UNKNOWN_PEER,
     FakeClient,
-    FakeTransport,
     make_state,
     one,
     parse_responses,
@@ -214,34 +212,6 @@ def test_per_identity_cap_refuses_by_abort_and_frees_on_close(store):
     fourth = FakeClient(state)
     assert not fourth.transport.closed
     assert one(fourth.send(request(ID))).status == 200
-
-
-def test_a_connection_handed_to_a_new_transport_keeps_its_admission(store):
-    """connections.py moves a keep-alive connection to the loop's transport and calls
-    connection_made again: same connection, so it is not counted or capped twice."""
-    state = make_state(store, ResponderLimits(max_conns_per_identity=1))
-    client = FakeClient(state)
-    assert one(client.send(request(ID))).status == 200
-    old, new = client.transport, FakeTransport(client.transport.peer)
-    client.protocol.connection_made(new)
-    client.transport = new
-    assert state.stats.connections_opened == 1 and state.stats.open_connections == 1
-    assert state.caps.per_identity == {(GUEST.ifindex, GUEST.mac, GUEST.ip): 1}
-    assert one(client.send(request(ID))).status == 200
-    assert not old.out and not new.closed
-    client.close()
-    assert state.stats.open_connections == 0 and state.caps.per_identity == {}
-    old.sock.close()
-
-
-def test_a_connection_closed_while_being_handed_over_closes_its_new_transport(store):
-    state = make_state(store)
-    client = FakeClient(state)
-    client.protocol.close()  # e.g. shutdown, while the loop has not taken it yet
-    new = FakeTransport(client.transport.peer)
-    client.protocol.connection_made(new)
-    assert new.closed
-    new.sock.close()
 
 
 def test_per_port_cap_counts_every_identity_of_the_port(store):

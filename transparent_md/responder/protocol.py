@@ -23,20 +23,20 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from transparent_md.responder import hoplimit, http, lastreply
+from transparent_md.responder import http, rawsock
 from transparent_md.responder.admission import identity_of
 from transparent_md.responder.tokens import TOKEN_HEADER, TTL_REQUEST_HEADER
 
 if TYPE_CHECKING:
     from transparent_md.responder.connections import SocketTransport
-    from transparent_md.responder.server import ResponderState
+    from transparent_md.responder.state import ResponderState
 
 log = logging.getLogger(__name__)
 
 _FORWARDED_HEADER = b"x-forwarded-for"
 _FLAVOR_HEADER = b"metadata-flavor"  # GCE's clients send it; it selects that flavour
 # Only these can make an HTTP/1.0 request keep-alive (llhttp honours both), so only a
-# request carrying one needs the parser's version string (~170 ns to build).
+# request carrying one needs the parser's version string (built anew at each call).
 _CONNECTION_HEADERS = frozenset({b"connection", b"proxy-connection"})
 _GET = b"GET"
 _HEAD = b"HEAD"
@@ -147,14 +147,6 @@ class MetadataProtocol(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._admitted:
-            # A keep-alive connection handed to the event loop's transport (see
-            # `connections`): same connection, same admission, new transport.
-            self._transport = transport  # type: ignore[assignment]
-            transport.set_write_buffer_limits(self._state.limits.max_unsent_bytes)
-            if self._closing:
-                transport.close()
-            return
         self._transport = transport  # type: ignore[assignment]
         self._fd = transport.fileno()
         state = self._state
@@ -374,14 +366,14 @@ class MetadataProtocol(asyncio.Protocol):
         transport = self._transport
         if is_token:
             if not self._ttl_lowered:
-                self._ttl_lowered = hoplimit.lower_ttl(self._state.raw_calls,
+                self._ttl_lowered = rawsock.lower_ttl(self._state.raw_calls,
                                                        self._descriptor(),
                                                        self._state.token_hop_limit)
-        elif self._ttl_lowered and hoplimit.restore_if_sent(
+        elif self._ttl_lowered and rawsock.restore_if_sent(
                 transport, self._state.raw_calls, self._descriptor()):
             self._ttl_lowered = False
         if not keep_alive:
-            lastreply.write_last(transport, self._state.raw_calls, self._descriptor(), data)
+            rawsock.write_last(transport, self._state.raw_calls, self._descriptor(), data)
             self._close()
             return
         transport.write(data)
@@ -466,16 +458,7 @@ class MetadataProtocol(asyncio.Protocol):
         socket (SO_LINGER 0), whether or not the connection was already closing."""
         self._closing = True
         self._held = b""
-        transport = self._transport
-        reset = getattr(transport, "reset", None)
-        if reset is not None:
-            reset()
-            return
-        # The event loop's transport (a handed-over keep-alive connection): its
-        # descriptor is still this connection's until it closes.
-        if not transport.is_closing():
-            self._state.raw_calls.reset_on_close(self._fd)
-        transport.abort()
+        self._transport.reset()
 
     def close(self) -> None:
         """Close this connection (responder shutdown)."""

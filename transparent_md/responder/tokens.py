@@ -16,6 +16,9 @@ import os
 import struct
 import time
 
+# AWS's default PUT response hop limit: a token reply leaves with this IP TTL, so it
+# cannot cross a router (a proxy or container network in the guest).
+DEFAULT_TOKEN_HOP_LIMIT = 1
 # AWS accepts 1 second to 6 hours.
 MIN_TTL_SECONDS = 1
 MAX_TTL_SECONDS = 21600
