@@ -163,7 +163,8 @@ def test_a_request_sent_with_the_connection_is_answered_without_joining_the_epol
 
 
 def test_a_connection_that_stays_open_is_watched_until_it_closes():
-    """Keep-alive requests stay on this module's transport to the end."""
+    """Keep-alive requests stay on this module's transport to the end: from the second
+    one on, the loop watches the descriptor itself, and lets go before it closes."""
     with serving(_echo) as (server, address):
         client = socket.create_connection(address, timeout=TIMEOUT_S)
         client.sendall(b"one")
@@ -176,7 +177,8 @@ def test_a_connection_that_stays_open_is_watched_until_it_closes():
             client.sendall(word)
             assert client.recv(100) == b"got " + word
         assert protocol.transport is transport
-        assert server.call(server.epoll_targets) == {fd}
+        assert server.call(server.epoll_targets) == set()
+        assert server.call(lambda: transport._looped)  # the loop's own epoll has it
         client.shutdown(socket.SHUT_WR)  # EOF: the protocol's eof_received says close
         assert client.recv(100) == b""
         protocol = server.protocols[0]
@@ -334,3 +336,28 @@ def test_closed_connections_leave_no_reference_cycles(tmp_path):
         # Each connection left a cycle of 4+ objects before; the loop's own bookkeeping
         # may leave a few.
         assert leftover < 50, leftover
+
+
+def test_a_keep_alive_reply_the_socket_does_not_take_waits_on_the_loops_watch():
+    """Once the loop watches a keep-alive connection, a queued reply still drains in
+    order and close() still waits for it."""
+    body = bytes(range(256)) * (8 * HIGH_WATER // 256)
+
+    def big_on_third(protocol: Recorder, data: bytes) -> None:
+        if data == b"big":
+            protocol.transport.write(body)
+            protocol.transport.close()
+        else:
+            protocol.transport.write(b"got " + data)
+
+    with serving(big_on_third, sndbuf=8192) as (server, address):
+        client = socket.create_connection(address, timeout=TIMEOUT_S)
+        for word in (b"one", b"two"):
+            client.sendall(word)
+            assert client.recv(100) == b"got " + word
+        client.sendall(b"big")
+        assert _read_all(client) == body
+        protocol = server.protocols[0]
+        assert protocol.lost.wait(TIMEOUT_S)
+        assert protocol.lost_exc is None
+        client.close()
