@@ -158,16 +158,6 @@ class Connections:
         finally:
             self.end_pass()
 
-    def _loop_event(self, transport: SocketTransport, handler) -> None:
-        """A descriptor the loop watches itself is ready: `handler` runs as one pass."""
-        self._passes += 1
-        try:
-            handler()
-        except Exception as exc:
-            self._failed(transport, exc)
-        finally:
-            self.end_pass()
-
     def _failed(self, transport: SocketTransport, exc: Exception) -> None:
         """A protocol callback raised: say so (rate-limited) and close the connection."""
         guest = getattr(transport._protocol, "guest", None)
@@ -308,7 +298,10 @@ class SocketTransport(asyncio.Transport):
             return
         if data:
             self._answered += 1
-            self._protocol.data_received(data)
+            try:  # here, not in the caller: the loop calls this itself (keep-alive)
+                self._protocol.data_received(data)
+            except Exception as exc:
+                self._owner._failed(self, exc)
             return
         self._reading = False
         if self._protocol.eof_received():
@@ -373,15 +366,21 @@ class SocketTransport(asyncio.Transport):
         loop, fd, changed = self._owner._loop, self._fd, wanted ^ self._events
         if changed & _IN:
             if wanted & _IN:
-                loop.add_reader(fd, self._owner._loop_event, self, self._read_ready)
+                loop.add_reader(fd, self._read_ready)
             else:
                 loop.remove_reader(fd)
         if changed & _OUT:
             if wanted & _OUT:
-                loop.add_writer(fd, self._owner._loop_event, self, self._write_ready)
+                loop.add_writer(fd, self._loop_writable)
             else:
                 loop.remove_writer(fd)
         self._events = wanted
+
+    def _loop_writable(self) -> None:
+        try:
+            self._write_ready()
+        except Exception as exc:
+            self._owner._failed(self, exc)
 
     def _force_close(self, exc: Exception | None) -> None:
         fd = self._fd
