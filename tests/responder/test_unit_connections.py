@@ -163,8 +163,7 @@ def test_a_request_sent_with_the_connection_is_answered_without_joining_the_epol
 
 
 def test_a_connection_that_stays_open_is_watched_until_it_closes():
-    """Keep-alive requests stay on this module's transport to the end: from the second
-    one on, the loop watches the descriptor itself, and lets go before it closes."""
+    """Keep-alive requests stay on this module's transport and epoll to the end."""
     with serving(_echo) as (server, address):
         client = socket.create_connection(address, timeout=TIMEOUT_S)
         client.sendall(b"one")
@@ -177,8 +176,7 @@ def test_a_connection_that_stays_open_is_watched_until_it_closes():
             client.sendall(word)
             assert client.recv(100) == b"got " + word
         assert protocol.transport is transport
-        assert server.call(server.epoll_targets) == set()
-        assert server.call(lambda: transport._looped)  # the loop's own epoll has it
+        assert server.call(server.epoll_targets) == {fd}
         client.shutdown(socket.SHUT_WR)  # EOF: the protocol's eof_received says close
         assert client.recv(100) == b""
         protocol = server.protocols[0]
@@ -338,9 +336,8 @@ def test_closed_connections_leave_no_reference_cycles(tmp_path):
         assert leftover < 50, leftover
 
 
-def test_a_keep_alive_reply_the_socket_does_not_take_waits_on_the_loops_watch():
-    """Once the loop watches a keep-alive connection, a queued reply still drains in
-    order and close() still waits for it."""
+def test_a_keep_alive_reply_the_socket_does_not_take_waits_and_close_waits_for_it():
+    """On a keep-alive connection, a queued reply drains in order and close() waits."""
     body = bytes(range(256)) * (8 * HIGH_WATER // 256)
 
     def big_on_third(protocol: Recorder, data: bytes) -> None:

@@ -13,13 +13,8 @@ connection's whole life:
   says `Connection: close` costs accept4, read, send, close, and never joins an epoll;
 - a connection that stays open joins this module's epoll (one epoll_ctl), which the
   event loop watches as a single descriptor; closing the descriptor takes it out of
-  the epoll with no call of its own. Most such connections only wait for the guest's
-  close (cloud-init asks once per connection, keep-alive by default);
-- a connection that sends a second request is a keep-alive client: from then on the
-  event loop watches its descriptor itself (add_reader, one epoll_ctl each way), so
-  each of its requests costs the loop's wake-up only, not also a pass over this
-  module's epoll. It keeps its transport, its protocol and its state: only who
-  watches the descriptor changes.
+  the epoll with no call of its own. Keep-alive requests are read and answered from
+  that epoll's events, on the same transport.
 
 `SocketTransport` is the part of asyncio.Transport that `MetadataProtocol` uses, with
 asyncio's semantics: writes that the socket does not take wait in a buffer, close()
@@ -146,9 +141,6 @@ class Connections:
                     if mask & _READ_EVENTS:
                         if transport._reading:
                             transport._read_ready()
-                            if transport._answered > 1 and transport._fd >= 0:
-                                transport._watch_from_loop()
-                                continue
                         else:
                             transport._trouble(mask)
                     if mask & _OUT and transport._fd >= 0:
@@ -184,7 +176,7 @@ class SocketTransport(asyncio.Transport):
     """One connection's descriptor as the asyncio.Transport its protocol writes to."""
 
     __slots__ = ("_owner", "_fd", "_peer", "_protocol", "_buffer", "_events", "_reading",
-                 "_closing", "_eof", "_write_paused", "_answered", "_looped")
+                 "_closing", "_eof", "_write_paused")
 
     def __init__(self, owner: Connections, fd: int, peer: tuple[str, int],
                  protocol: asyncio.Protocol) -> None:
@@ -198,8 +190,6 @@ class SocketTransport(asyncio.Transport):
         self._closing = False
         self._eof = False  # write_eof() called
         self._write_paused = False
-        self._answered = 0  # reads that brought data: a second one means keep-alive
-        self._looped = False  # watched by the event loop itself, not the epoll
 
     # -- asyncio.Transport ------------------------------------------------------------
 
@@ -297,11 +287,7 @@ class SocketTransport(asyncio.Transport):
             self._force_close(exc)
             return
         if data:
-            self._answered += 1
-            try:  # here, not in the caller: the loop calls this itself (keep-alive)
-                self._protocol.data_received(data)
-            except Exception as exc:
-                self._owner._failed(self, exc)
+            self._protocol.data_received(data)
             return
         self._reading = False
         if self._protocol.eof_received():
@@ -346,48 +332,16 @@ class SocketTransport(asyncio.Transport):
         wanted = (_IN if self._reading else 0) | (_OUT if self._buffer else 0)
         if wanted == self._events:
             return
-        if self._looped:
-            self._watch_on_loop(wanted)
-        elif self._events < 0:
+        if self._events < 0:
             self._owner._register(self._fd, wanted)
         else:
             self._owner._modify(self._fd, wanted)
         self._events = wanted
 
-    def _watch_from_loop(self) -> None:
-        """A keep-alive client: the event loop watches this descriptor from now on."""
-        self._owner._epoll.unregister(self._fd)
-        self._looped = True
-        wanted = (_IN if self._reading else 0) | (_OUT if self._buffer else 0)
-        self._events = 0
-        self._watch_on_loop(wanted)
-
-    def _watch_on_loop(self, wanted: int) -> None:
-        loop, fd, changed = self._owner._loop, self._fd, wanted ^ self._events
-        if changed & _IN:
-            if wanted & _IN:
-                loop.add_reader(fd, self._read_ready)
-            else:
-                loop.remove_reader(fd)
-        if changed & _OUT:
-            if wanted & _OUT:
-                loop.add_writer(fd, self._loop_writable)
-            else:
-                loop.remove_writer(fd)
-        self._events = wanted
-
-    def _loop_writable(self) -> None:
-        try:
-            self._write_ready()
-        except Exception as exc:
-            self._owner._failed(self, exc)
-
     def _force_close(self, exc: Exception | None) -> None:
         fd = self._fd
         if fd < 0:
             return
-        if self._looped and self._events:
-            self._watch_on_loop(0)  # the loop must let go before the descriptor closes
         self._fd = -1
         self._closing = True
         self._reading = False

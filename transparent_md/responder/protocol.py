@@ -207,27 +207,7 @@ class MetadataProtocol(asyncio.Protocol):
             return
         if data.count(_HEAD_END) > 1:
             self._feed_pipelined(data)
-        else:
-            self._feed(data)
-
-    def _feed_pipelined(self, data: bytes) -> None:
-        """Parse a read holding several requests one head at a time, and keep the rest
-        unparsed once the output is over its ceiling (pause_writing): a guest that asks
-        without reading gets no more answers queued than the ceiling and one piece's
-        (a piece completes at most a body before its head and the request it ends)."""
-        start, end = 0, len(data)
-        while start < end:
-            cut = data.find(_HEAD_END, start)
-            cut = end if cut < 0 else cut + len(_HEAD_END)
-            self._feed(data[start:cut])
-            start = cut
-            if self._closing:
-                return
-            if self._write_paused and start < end:
-                self._held = data[start:]
-                return
-
-    def _feed(self, data: bytes) -> None:
+            return
         if self._in_head:
             if not self._unparsed:
                 self._head_tick = self._state.tick
@@ -248,6 +228,24 @@ class MetadataProtocol(asyncio.Protocol):
         else:
             if self._in_head and self._unparsed > MAX_HEAD_BYTES:
                 self._fail(431)
+
+    def _feed_pipelined(self, data: bytes) -> None:
+        """Parse a read holding several requests one head at a time, and keep the rest
+        unparsed once the output is over its ceiling (pause_writing): a guest that asks
+        without reading gets no more answers queued than the ceiling and one piece's
+        (a piece completes at most a body before its head and the request it ends).
+        Each piece holds one head end at most, so data_received parses it at once."""
+        start, end = 0, len(data)
+        while start < end:
+            cut = data.find(_HEAD_END, start)
+            cut = end if cut < 0 else cut + len(_HEAD_END)
+            self.data_received(data[start:cut])
+            start = cut
+            if self._closing:
+                return
+            if self._write_paused and start < end:
+                self._held = data[start:]
+                return
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; in-flight responses are already written
