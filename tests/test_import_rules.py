@@ -152,3 +152,16 @@ def test_checker_finds_run_time_cycles_only(tmp_path: Path, monkeypatch):
     # The type-only arrow from a to view closes no cycle although view imports a.
     files = dict(TOY_FILES, **{"low/b.py": ""})
     assert cycle_violations(toy_package(tmp_path / "again", files)) == []
+
+
+def test_the_responders_modules_import_each_other_in_no_circle_even_for_type_checking():
+    """Issue 22: protocol.py and server.py imported each other (for type checking only)
+    over ResponderState; it lives in a module of its own, so none of the responder's
+    modules needs another that needs it back, not even to read its types."""
+    responder = f"{PACKAGE}.responder."
+    graph: dict[str, set[str]] = {}
+    for found in importcheck.module_imports():
+        if found.importer.startswith(responder) and found.imported.startswith(responder):
+            graph.setdefault(found.importer, set()).add(found.imported)
+    assert f"{responder}protocol" in graph and f"{responder}server" in graph
+    assert importcheck._cycles(graph) == []

@@ -161,3 +161,14 @@ def wait_for_capture(proc) -> None:
         if not line and proc.poll() is not None:
             break
     raise RuntimeError("tcpdump did not start")
+
+
+def test_a_token_ttl_of_4301_digits_gets_400_and_no_traceback(world):
+    """int() refuses more than 4,300 digits: the value is checked before conversion."""
+    ttl = "X-aws-ec2-metadata-token-ttl-seconds: " + "9" * 4301
+    for _ in range(3):
+        status, body = world.hv.curl(world.guests["attacker"].ns, "/latest/api/token",
+                                     extra=["-X", "PUT", "-H", ttl])
+        assert status == 400, body
+    world.assert_serves("attacker")
+    assert "Traceback" not in world.daemon.log(), world.log_tail()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from transparent_md.identity import Guest
 from transparent_md.responder.limits import ResponderLimits
 from transparent_md.responder.protocol import MetadataProtocol
-from transparent_md.responder.server import ResponderState
+from transparent_md.responder.state import ResponderState
 from transparent_md.store import Store, open_store, parse_record
 
 GUEST = Guest(bridge="br0", port="tap0", ifindex=10, mac="52:54:00:00:00:0a", ip="10.0.0.5")
@@ -66,7 +66,14 @@ class FakeTransport(asyncio.Transport):
         self.aborted = False
         self.eof_sent = False
         self.reading = True
+        self.reset_sent = False
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # A peer that stops reading (stall()): writes wait in `unsent`, and the protocol
+        # is told to pause past `high_water`, as a real transport does.
+        self.protocol: asyncio.Protocol | None = None
+        self.high_water: int | None = None
+        self.unsent = bytearray()
+        self.paused = False
 
     def get_extra_info(self, name: str, default=None):
         return {"peername": (self.peer, 40000)}.get(name, default)
@@ -77,7 +84,34 @@ class FakeTransport(asyncio.Transport):
     def write(self, data: bytes) -> None:
         assert not self.closed, "write after close"
         assert not self.eof_sent, "write after write_eof"
-        self.out += data
+        if self.high_water is None:
+            self.out += data
+            return
+        self.unsent += data
+        if not self.paused and len(self.unsent) > self.high_water:
+            self.paused = True
+            self.protocol.pause_writing()
+
+    def stall(self, high_water: int) -> None:
+        """From now on the peer takes nothing until drain()."""
+        self.high_water = high_water
+
+    def drain(self) -> None:
+        """The peer takes everything waiting (the protocol may resume, write more)."""
+        while self.unsent:
+            self.out += self.unsent
+            self.unsent.clear()
+            if self.paused:
+                self.paused = False
+                self.protocol.resume_writing()
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        self.limits = (high, low)
+
+    def reset(self) -> None:
+        self.reset_sent = True
+        self.unsent.clear()
+        self.abort()
 
     def write_eof(self) -> None:
         self.eof_sent = True
@@ -101,7 +135,7 @@ class FakeTransport(asyncio.Transport):
         self.reading = True
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        return len(self.unsent)
 
 
 class FakeClient:
@@ -111,6 +145,7 @@ class FakeClient:
         self.state = state
         self.transport = FakeTransport(peer)
         self.protocol = MetadataProtocol(state)
+        self.transport.protocol = self.protocol
         self.lost = False
         self.protocol.connection_made(self.transport)
         self._settle()

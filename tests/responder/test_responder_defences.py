@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -238,3 +239,60 @@ def test_asyncio_loop_default_listener_works_too(tmp_path):
         return int(head.split()[1])
 
     assert asyncio.run(main()) == 200
+
+
+def _unsent_bytes(live) -> int:
+    """The largest output a connection of `live` holds unsent now (read on its loop)."""
+    done = threading.Event()
+    held = []
+
+    def measure() -> None:
+        held.append(max((c._transport.get_write_buffer_size()
+                         for c in live.responder.state.connections), default=0))
+        done.set()
+    live.loop.call_soon_threadsafe(measure)
+    assert done.wait(10)
+    return held[0]
+
+
+def _reset_by_server(sock: socket.socket, timeout: float) -> bool:
+    """Wait for the server's reset without reading (POLLHUP/POLLERR: never a FIN alone,
+    as this side never shuts down)."""
+    poller = select.poll()
+    poller.register(sock, 0)  # errors and hang-ups are reported whatever is asked
+    return bool(poller.poll(timeout * 1000))
+
+
+def test_a_guest_that_never_reads_holds_the_ceiling_then_is_reset(tmp_path):
+    """Pipelined requests with a tiny receive window and no reading: the responder
+    holds at most the ceiling and one reply for it, and resets it after the send
+    timeout, though the client's window stays shut; others are served meanwhile."""
+    ceiling, timeout = 4096, 0.5
+    for live in start_responder(str(tmp_path / "i.db"), idle_timeout=30.0,
+                                listener_sndbuf=SMALL_BUFFER,
+                                limits=ResponderLimits(max_unsent_bytes=ceiling,
+                                                       send_timeout_s=timeout,
+                                                       request_rate=1e9, request_burst=10**9)):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+        sock.connect(("127.0.0.1", live.port))
+        sock.setblocking(False)
+        pipelined = f"GET {ID} HTTP/1.1\r\nHost: x\r\n\r\n".encode() * 2000
+        with contextlib.suppress(BlockingIOError):
+            sock.send(pipelined)
+        started = time.monotonic()
+        held = []
+        while not _reset_by_server(sock, 0.05) and time.monotonic() - started < 10:
+            held.append(_unsent_bytes(live))
+            assert live.get(ID).status == 200
+        elapsed = time.monotonic() - started
+        sweep = live.responder.state.sweep_s
+        assert elapsed < timeout + 2 * sweep + 1.0, elapsed
+        assert max(held) >= ceiling // 2, held  # it did wait: the window was shut
+        assert max(held) <= ceiling + 200, held  # the ceiling and one small reply
+        with pytest.raises(ConnectionResetError):
+            while sock.recv(65536):
+                pass
+        sock.close()
+        assert live.responder.stats.send_timeouts == 1
+        assert live.get(ID).status == 200

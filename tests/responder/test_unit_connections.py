@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,10 +35,6 @@ class Recorder(asyncio.Protocol):
         self.lost_exc: Exception | None = None
 
     def connection_made(self, transport) -> None:
-        if self.transport is not None:  # handed to the loop's transport
-            self.transport = transport
-            self.events.append("moved")
-            return
         self.transport = transport
         self.events.append("made")
         self.server.protocols.append(self)
@@ -101,7 +96,7 @@ class Server:
 
 @contextmanager
 def serving(on_data, on_made=lambda p: None, family=socket.AF_INET,
-            sndbuf: int | None = None, hand_over: bool = True) -> Iterator[tuple]:
+            sndbuf: int | None = None) -> Iterator[tuple]:
     server = Server(on_data, on_made)
     sock = socket.socket(family, socket.SOCK_STREAM)
     if sndbuf is not None:  # accepted sockets inherit it (and no autotuning)
@@ -112,7 +107,7 @@ def serving(on_data, on_made=lambda p: None, family=socket.AF_INET,
 
     def run() -> None:
         asyncio.set_event_loop(server.loop)
-        server.connections = Connections(server.loop, hand_over=hand_over)
+        server.connections = Connections(server.loop)
         server.listener = Listener(server.loop, sock, lambda: Recorder(server),
                                    server.connections, 1.0, lambda: len(server.connections),
                                    1000, lambda: None)
@@ -168,56 +163,31 @@ def test_a_request_sent_with_the_connection_is_answered_without_joining_the_epol
 
 
 def test_a_connection_that_stays_open_is_watched_until_it_closes():
-    """Without the hand-over, this module's transport serves it to the end."""
-    with serving(_echo, hand_over=False) as (server, address):
-        client = socket.create_connection(address, timeout=TIMEOUT_S)
-        client.sendall(b"one")
-        assert client.recv(100) == b"got one"
-        fd = server.call(lambda: server.protocols[0].transport.fileno())
-        assert server.call(server.epoll_targets) == {fd}
-        client.sendall(b"two")
-        assert client.recv(100) == b"got two"
-        client.shutdown(socket.SHUT_WR)  # EOF: the protocol's eof_received says close
-        assert client.recv(100) == b""
-        protocol = server.protocols[0]
-        assert protocol.lost.wait(TIMEOUT_S)
-        assert protocol.events == ["made", "data", "data", "eof", "lost"]
-        assert protocol.lost_exc is None
-        assert server.call(server.epoll_targets) == set()
-        client.close()
-
-
-def _is_ours(transport) -> bool:
-    return type(transport).__name__ == "SocketTransport"
-
-
-def test_a_keep_alive_client_moves_to_the_loops_transport_after_its_second_read():
+    """Keep-alive requests stay on this module's transport and epoll to the end."""
     with serving(_echo) as (server, address):
         client = socket.create_connection(address, timeout=TIMEOUT_S)
         client.sendall(b"one")
         assert client.recv(100) == b"got one"
         protocol = server.protocols[0]
-        fd = server.call(lambda: protocol.transport.fileno())
+        transport = protocol.transport
+        fd = server.call(lambda: transport.fileno())
         assert server.call(server.epoll_targets) == {fd}
-        client.sendall(b"two")  # answered here, then moved
-        assert client.recv(100) == b"got two"
-        client.sendall(b"three")
-        assert client.recv(100) == b"got three"
-        assert server.call(lambda: protocol.events[:4]) == ["made", "data", "data", "moved"]
-        assert not _is_ours(protocol.transport)
-        assert server.call(server.epoll_targets) == set()
-        assert server.connections.handed_over == 1
-        assert len(server.connections) == 0  # no longer this module's to close
-        assert protocol.transport.get_extra_info("peername") == client.getsockname()[:2]
-        client.shutdown(socket.SHUT_WR)
-        assert client.recv(100) == b""  # eof_received said close: the loop closed it
+        for word in (b"two", b"three", b"four"):
+            client.sendall(word)
+            assert client.recv(100) == b"got " + word
+        assert protocol.transport is transport
+        assert server.call(server.epoll_targets) == {fd}
+        client.shutdown(socket.SHUT_WR)  # EOF: the protocol's eof_received says close
+        assert client.recv(100) == b""
+        protocol = server.protocols[0]
         assert protocol.lost.wait(TIMEOUT_S)
-        assert protocol.events[4:] == ["data", "eof", "lost"]
+        assert protocol.events == ["made", "data", "data", "data", "data", "eof", "lost"]
         assert protocol.lost_exc is None
+        assert server.call(server.epoll_targets) == set()
         client.close()
 
 
-def test_a_connection_that_asks_once_and_closes_never_moves():
+def test_a_connection_that_asks_once_and_closes_is_lost_once():
     """cloud-init's pattern: keep-alive by default, one request, then the client closes."""
     with serving(_echo) as (server, address):
         for _ in range(3):
@@ -228,64 +198,6 @@ def test_a_connection_that_asks_once_and_closes_never_moves():
         for protocol in server.protocols:
             assert protocol.lost.wait(TIMEOUT_S)
             assert protocol.events == ["made", "data", "eof", "lost"]
-        assert server.connections.handed_over == 0
-
-
-def test_a_connection_with_queued_output_is_not_moved():
-    """A reply the socket did not take stays in this module's buffer, so the connection
-    stays here: bytes already queued keep their order."""
-    body = bytes(range(256)) * (8 * HIGH_WATER // 256)
-
-    def big_then_echo(protocol: Recorder, data: bytes) -> None:
-        protocol.transport.write(body if data == b"big" else b"got " + data)
-
-    with serving(big_then_echo, sndbuf=8192) as (server, address):
-        client = socket.create_connection(address, timeout=TIMEOUT_S)
-        client.sendall(b"one")
-        assert client.recv(100) == b"got one"
-        client.sendall(b"big")  # second read: its reply is queued, so no move
-        received = b""
-        while len(received) < len(body):
-            received += client.recv(65536)
-        assert received == body
-        assert server.connections.handed_over == 0
-        client.sendall(b"three")  # the queue is empty now: this read moves it
-        assert client.recv(100) == b"got three"
-        assert server.call(lambda: server.connections.handed_over) == 1
-        protocol = server.protocols[0]
-        deadline = time.monotonic() + TIMEOUT_S  # the loop's transport comes a turn later
-        while server.call(lambda: protocol.events[-1]) != "moved":
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        client.close()
-        assert protocol.lost.wait(TIMEOUT_S)
-
-
-def test_a_hand_over_the_loop_refuses_closes_the_socket_and_loses_the_connection():
-    """If the loop does not take the socket, the descriptor is closed and the protocol
-    hears connection_lost, so its caps are released (driven with a failed task: the
-    loop's own refusals cannot be provoked from outside)."""
-    from transparent_md.responder.connections import _handed_over
-
-    loop = uvloop.new_event_loop()
-    try:
-        async def refused():
-            raise ValueError("the loop says no")
-
-        task = loop.create_task(refused())
-        with pytest.raises(ValueError):
-            loop.run_until_complete(task)
-        left, right = socket.socketpair()
-        protocol = Recorder(None)  # connection_lost needs no server
-        _handed_over(task, left, protocol)
-        assert left.fileno() == -1
-        assert protocol.events == ["lost"]
-        assert isinstance(protocol.lost_exc, ValueError)
-        right.settimeout(TIMEOUT_S)
-        assert right.recv(10) == b""  # the peer sees the close
-        right.close()
-    finally:
-        loop.close()
 
 
 def test_a_silent_client_is_accepted_after_the_deferral_and_can_then_talk():
@@ -422,3 +334,27 @@ def test_closed_connections_leave_no_reference_cycles(tmp_path):
         # Each connection left a cycle of 4+ objects before; the loop's own bookkeeping
         # may leave a few.
         assert leftover < 50, leftover
+
+
+def test_a_keep_alive_reply_the_socket_does_not_take_waits_and_close_waits_for_it():
+    """On a keep-alive connection, a queued reply drains in order and close() waits."""
+    body = bytes(range(256)) * (8 * HIGH_WATER // 256)
+
+    def big_on_third(protocol: Recorder, data: bytes) -> None:
+        if data == b"big":
+            protocol.transport.write(body)
+            protocol.transport.close()
+        else:
+            protocol.transport.write(b"got " + data)
+
+    with serving(big_on_third, sndbuf=8192) as (server, address):
+        client = socket.create_connection(address, timeout=TIMEOUT_S)
+        for word in (b"one", b"two"):
+            client.sendall(word)
+            assert client.recv(100) == b"got " + word
+        client.sendall(b"big")
+        assert _read_all(client) == body
+        protocol = server.protocols[0]
+        assert protocol.lost.wait(TIMEOUT_S)
+        assert protocol.lost_exc is None
+        client.close()

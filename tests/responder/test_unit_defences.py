@@ -131,6 +131,22 @@ def test_rate_limited_log_once_per_event_and_guest_and_bounded(caplog):
     assert len(events) == 3
 
 
+def test_an_error_is_one_cut_line_per_interval_and_its_traceback_only_at_debug(caplog):
+    clock = Clock()
+    events = RateLimitedLog(logging.getLogger("test.errors"), interval_s=60, clock=clock)
+    error = ValueError("guest said " + "x" * 5000)
+    with caplog.at_level(logging.INFO):
+        assert events.error("bug", GUEST, "answering failed", error)
+        assert not events.error("bug", GUEST, "answering failed", error)
+    assert len(caplog.records) == 1 and not caplog.records[0].exc_info
+    assert "ValueError: guest said xxx" in caplog.text and len(caplog.text) < 600
+    caplog.clear()
+    clock.now += 61
+    with caplog.at_level(logging.DEBUG):
+        assert events.error("bug", GUEST, "answering failed", error)
+    assert [bool(r.exc_info) for r in caplog.records] == [False, True]
+
+
 def test_prepared_views_of_a_mac_only_record_are_bounded(tmp_path):
     store = open_store(str(tmp_path / "i.db"))
     try:

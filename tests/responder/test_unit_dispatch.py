@@ -133,3 +133,19 @@ def test_parse_ttl_bounds():
     assert TokenAuthority.parse_ttl(b"21600") == 21600
     assert TokenAuthority.parse_ttl(b" 5 ") == 5
     assert TokenAuthority.parse_ttl(b"-1") is None
+    assert TokenAuthority.parse_ttl(b"0" * 5000 + b"60") == 60
+
+
+def test_a_ttl_of_thousands_of_digits_is_refused_before_it_is_converted():
+    # int() refuses more than 4,300 digits with a ValueError: the length goes first.
+    for digits in (4301, 100_000):
+        assert TokenAuthority.parse_ttl(b"9" * digits) is None
+    assert TokenAuthority.parse_ttl(b"216000") is None
+
+
+def test_a_token_of_another_length_is_refused_before_it_is_decoded():
+    authority = TokenAuthority()
+    token = authority.issue("i-1", 60)
+    assert authority.is_valid(token, "i-1")
+    for bad in (token + b"=", token[:-1], b"A" * 8000, b""):
+        assert not authority.is_valid(bad, "i-1")

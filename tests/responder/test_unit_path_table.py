@@ -13,7 +13,7 @@ from transparent_md.identity import Guest
 from transparent_md.responder import paths
 from transparent_md.responder.dispatch import Dispatcher
 from transparent_md.responder.prepared import prepared_for
-from transparent_md.responder.server import ResponderState
+from transparent_md.responder.state import ResponderState
 from transparent_md.responder.tokens import TokenAuthority
 from transparent_md.store import open_store, parse_record
 

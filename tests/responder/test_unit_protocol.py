@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.responder.fakes import (
-    GUEST,
     UNKNOWN_PEER,
     FakeClient,
-    FakeTransport,
     make_state,
     one,
     parse_responses,
@@ -214,34 +214,6 @@ def test_per_identity_cap_refuses_by_abort_and_frees_on_close(store):
     assert one(fourth.send(request(ID))).status == 200
 
 
-def test_a_connection_handed_to_a_new_transport_keeps_its_admission(store):
-    """connections.py moves a keep-alive connection to the loop's transport and calls
-    connection_made again: same connection, so it is not counted or capped twice."""
-    state = make_state(store, ResponderLimits(max_conns_per_identity=1))
-    client = FakeClient(state)
-    assert one(client.send(request(ID))).status == 200
-    old, new = client.transport, FakeTransport(client.transport.peer)
-    client.protocol.connection_made(new)
-    client.transport = new
-    assert state.stats.connections_opened == 1 and state.stats.open_connections == 1
-    assert state.caps.per_identity == {(GUEST.ifindex, GUEST.mac, GUEST.ip): 1}
-    assert one(client.send(request(ID))).status == 200
-    assert not old.out and not new.closed
-    client.close()
-    assert state.stats.open_connections == 0 and state.caps.per_identity == {}
-    old.sock.close()
-
-
-def test_a_connection_closed_while_being_handed_over_closes_its_new_transport(store):
-    state = make_state(store)
-    client = FakeClient(state)
-    client.protocol.close()  # e.g. shutdown, while the loop has not taken it yet
-    new = FakeTransport(client.transport.peer)
-    client.protocol.connection_made(new)
-    assert new.closed
-    new.sock.close()
-
-
 def test_per_port_cap_counts_every_identity_of_the_port(store):
     state = make_state(store, ResponderLimits(max_conns_per_identity=5, max_conns_per_port=3))
     clients = [FakeClient(state, "100.64.0.1") for _ in range(2)]
@@ -321,3 +293,146 @@ def test_error_replies_are_prepared_with_their_headers():
     assert http.TOO_MANY_REQUESTS.keep_alive.startswith(b"HTTP/1.1 429 Too Many Requests")
     assert b"Retry-After: 1\r\n" in http.TOO_MANY_REQUESTS.keep_alive
     assert http.REQUEST_TIMEOUT.status == 408
+
+
+def test_pipelined_requests_wait_unread_while_the_output_is_over_its_ceiling(store):
+    """A peer that stops reading gets the ceiling's worth of replies and one more; the
+    rest of its read waits unparsed, and is answered, in order, as it takes replies."""
+    state = make_state(store, ResponderLimits(max_unsent_bytes=256))
+    client = FakeClient(state)
+    client.transport.stall(256)
+    paths = [ID, "/latest/meta-data/hostname"] * 50
+    client.protocol.data_received(b"".join(request(p) for p in paths))
+    waiting = parse_responses(bytes(client.transport.unsent))
+    assert 1 < len(waiting) < 5, len(waiting)
+    assert len(client.transport.unsent) < 256 + 2 * 200
+    assert not client.transport.reading
+    client.transport.drain()
+    replies = parse_responses(client.take())
+    assert [r.body for r in replies] == [b"i-aaaa", b"alpha"] * 50
+    assert client.transport.reading and not client.transport.closed
+
+
+def test_output_left_unsent_for_the_send_timeout_resets_the_connection(store):
+    state = make_state(store, ResponderLimits(max_unsent_bytes=256, send_timeout_s=1.0),
+                       idle_timeout=30.0)
+    client = FakeClient(state)
+    client.transport.stall(256)
+    client.protocol.data_received(request(ID) * 20)
+    state.sweep()  # first sight of the waiting output: the timeout starts here
+    for _ in range(state.send_ticks - 1):
+        state.sweep()
+    assert not client.transport.reset_sent
+    state.sweep()
+    assert client.transport.reset_sent and not client.transport.unsent
+    assert state.stats.send_timeouts == 1
+
+
+def test_a_closing_connection_with_output_left_is_reset_too(store):
+    state = make_state(store, ResponderLimits(send_timeout_s=1.0), idle_timeout=30.0)
+    client = FakeClient(state)
+    client.transport.stall(1 << 20)
+    last = request(ID, headers={"Connection": "close"})
+    client.protocol.data_received(request(ID) * 3 + last)
+    assert client.transport.closed and client.transport.unsent  # closing, still queued
+    for _ in range(state.send_ticks + 1):
+        state.sweep()
+    assert client.transport.reset_sent
+    assert state.stats.send_timeouts == 1
+
+
+def test_output_that_drains_starts_the_send_timeout_again(store):
+    state = make_state(store, ResponderLimits(max_unsent_bytes=256, send_timeout_s=1.0),
+                       idle_timeout=30.0)
+    client = FakeClient(state)
+    client.transport.stall(256)
+    client.protocol.data_received(request(ID) * 6)
+    for _ in range(state.send_ticks):
+        state.sweep()
+    client.transport.drain()  # the peer took its replies: progress
+    client.protocol.data_received(request(ID) * 6)
+    for _ in range(state.send_ticks):
+        state.sweep()
+    assert not client.transport.reset_sent
+    state.sweep()
+    assert client.transport.reset_sent
+
+
+TOKEN_PATH = "/latest/api/token"
+TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+
+
+def _no_traceback(caplog) -> None:
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_a_ttl_of_4301_digits_gets_400_and_no_traceback(state, caplog):
+    caplog.set_level("DEBUG")
+    client = FakeClient(state)
+    for _ in range(3):
+        reply = one(client.send(request(TOKEN_PATH, "PUT", {TTL_HEADER: "9" * 4301})))
+        assert reply.status == 400
+    _no_traceback(caplog)
+    assert state.stats.responses[400] == 3
+
+
+def test_an_unexpected_error_is_one_line_per_guest_not_a_traceback_per_request(
+        state, caplog, monkeypatch):
+    caplog.set_level("INFO")
+
+    def broken(*_args):
+        raise ValueError("a bug " + "x" * 10_000)
+    monkeypatch.setattr(state.dispatcher, "get", broken)
+    statuses = []
+    for _ in range(20):
+        client = FakeClient(state)
+        statuses += [r.status for r in parse_responses(client.send(request(ID)))]
+    assert statuses == [500] * 20
+    lines = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(lines) == 1, caplog.text
+    assert "ValueError: a bug" in lines[0].getMessage()
+    assert len(lines[0].getMessage()) < 600
+    _no_traceback(caplog)
+
+
+# The headers the responder reads a value of come first: hypothesis shrinks towards them.
+_HEADER_NAMES = st.sampled_from([
+    TTL_HEADER, "X-aws-ec2-metadata-token", "X-Forwarded-For", "Connection",
+    "Proxy-Connection", "Content-Type", "X-Anything"])
+# Any byte a header value may carry (llhttp refuses control bytes; so may we).
+_HEADER_VALUES = st.one_of(
+    st.binary(max_size=64), st.text(alphabet="0123456789 -+.", max_size=6000).map(str.encode),
+    st.integers(min_value=-10**30, max_value=10**30).map(lambda n: str(n).encode()),
+    # Around int()'s limit on digits (4,300), below the header limit (8 KiB).
+    st.integers(min_value=4000, max_value=8000).map(lambda n: b"7" * n),
+).map(lambda v: v.replace(b"\r", b"").replace(b"\n", b""))
+
+
+def _with_headers(method: str, path: str, headers: list[tuple[str, bytes]]) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: 169.254.169.254".encode()
+    for name, value in headers:
+        head += b"\r\n" + name.encode() + b": " + value
+    length = b"\r\nContent-Length: 0" if method in ("PUT", "POST") else b""
+    return head + length + b"\r\n\r\n"
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(headers=st.lists(st.tuples(_HEADER_NAMES, _HEADER_VALUES), min_size=1, max_size=3))
+def test_fuzzed_header_values_never_reach_a_traceback_or_a_500(state, caplog, headers):
+    """The same headers on a token PUT, a GET, a password POST and a HEAD, pipelined."""
+    caplog.clear()
+    client = FakeClient(state)
+    requests = [_with_headers(method, path, headers) for method, path in (
+        ("PUT", TOKEN_PATH), ("GET", ID), ("POST", "/openstack/latest/password"),
+        ("HEAD", "/"))]
+    try:
+        out = client.send(b"".join(requests))
+    finally:
+        client.close()
+    statuses = [int(line.split()[1]) for line in out.split(b"\r\n")
+                if line.startswith(b"HTTP/1.1 ")]
+    assert statuses and all(s < 500 for s in statuses), out[:300]
+    _no_traceback(caplog)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text

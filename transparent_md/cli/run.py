@@ -21,6 +21,7 @@ from transparent_md.datapath.ports import GatewayRule
 from transparent_md.errors import UserError
 from transparent_md.names import DEFAULT_NAME, NAME_MAX, DaemonNames
 from transparent_md.responder import limits
+from transparent_md.responder.tokens import DEFAULT_TOKEN_HOP_LIMIT
 
 log = logging.getLogger("transparent_md")
 
@@ -80,6 +81,10 @@ RESPONDER_LIMIT_FLAGS = (
     ("--request-rate", "PER_S", limits.DEFAULT_REQUEST_RATE,
      "requests per second per guest; over it 429 and the connection closes"),
     ("--request-burst", "N", limits.DEFAULT_REQUEST_BURST, "requests above the rate at once"),
+    ("--max-unsent-bytes", "BYTES", limits.DEFAULT_MAX_UNSENT_BYTES,
+     "reply bytes a connection may hold unsent; past it its pipelined requests wait"),
+    ("--send-timeout", "SECONDS", limits.DEFAULT_SEND_TIMEOUT_S,
+     "a connection whose output stays unsent this long is reset"),
 )
 # run's dest -> ResponderLimits field.
 _LIMIT_FIELDS = {
@@ -87,7 +92,8 @@ _LIMIT_FIELDS = {
     "max_conns_per_port", "max_conns_unknown": "max_conns_unknown",
     "keepalive_requests": "keepalive_requests", "keepalive_time": "keepalive_time_s",
     "header_timeout": "header_timeout_s", "request_rate": "request_rate",
-    "request_burst": "request_burst",
+    "request_burst": "request_burst", "max_unsent_bytes": "max_unsent_bytes",
+    "send_timeout": "send_timeout_s",
 }
 
 
@@ -155,8 +161,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--responder-netns", default="auto", choices=["auto", "none"],
                    help="where md1 and 169.254.169.254 live: 'auto' (default) a namespace "
                    "of the daemon's own, 'none' the current namespace (see below)")
-    p.add_argument("--token-hop-limit", type=int, default=1, metavar="N",
-                   help="IP TTL of IMDSv2 token responses (default 1, like EC2)")
+    p.add_argument("--token-hop-limit", type=int, default=DEFAULT_TOKEN_HOP_LIMIT, metavar="N",
+                   help="IP TTL of IMDSv2 token responses "
+                   f"(default {DEFAULT_TOKEN_HOP_LIMIT}, like EC2)")
     p.add_argument("--tc-priority", type=int, default=tc.DEFAULT_PRIORITY, metavar="N",
                    help=f"tc filter priority we own on each port (default {tc.DEFAULT_PRIORITY})")
     p.add_argument("--name", default=DEFAULT_NAME, help="name of this daemon's devices and "

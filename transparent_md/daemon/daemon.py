@@ -32,11 +32,10 @@ from transparent_md.datapath.slot_release import SlotReleaser
 from transparent_md.errors import UserError
 from transparent_md.lockfile import DaemonLock
 from transparent_md.process import raise_nofile_limit, stop_process
+from transparent_md.responder.tokens import DEFAULT_TOKEN_HOP_LIMIT
 from transparent_md.store.etcd_url import EtcdTls
 
 log = logging.getLogger("transparent_md")
-
-DEFAULT_TOKEN_HOP_LIMIT = 1
 
 
 @dataclass

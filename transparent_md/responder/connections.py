@@ -4,7 +4,8 @@ A booting guest opens a connection for nearly every request, so what a connectio
 costs is what a boot storm costs. uvloop's transports spend system calls per
 connection that nothing here needs: a TCP_NODELAY (accepted sockets inherit it from
 the listening socket), a getsockname and a getpeername for its address cache, an epoll
-add and, on close, an epoll delete. Served on the descriptor instead:
+add and, on close, an epoll delete. Served on the descriptor instead, for the
+connection's whole life:
 
 - `Acceptor` (accept4) returns a non-blocking descriptor and the peer in one call;
 - the listening socket defers accepting until the request has arrived
@@ -12,12 +13,8 @@ add and, on close, an epoll delete. Served on the descriptor instead:
   says `Connection: close` costs accept4, read, send, close, and never joins an epoll;
 - a connection that stays open joins this module's epoll (one epoll_ctl), which the
   event loop watches as a single descriptor; closing the descriptor takes it out of
-  the epoll with no call of its own;
-- a connection that sends a second time is a keep-alive client: once that read is
-  served, it moves to the event loop's own transport (uvloop's, in C), which costs
-  about six system calls once and then less CPU per request than this module's Python
-  (user time per keep-alive request on the bench: 3.3 us here, 2.9 us there). A connection that
-  makes one request and closes, as cloud-init's do, never pays for the move.
+  the epoll with no call of its own. Keep-alive requests are read and answered from
+  that epoll's events, on the same transport.
 
 `SocketTransport` is the part of asyncio.Transport that `MetadataProtocol` uses, with
 asyncio's semantics: writes that the socket does not take wait in a buffer, close()
@@ -30,20 +27,21 @@ import asyncio
 import logging
 import os
 import select
-import socket
 
+from transparent_md.responder.ratelog import RateLimitedLog
 from transparent_md.responder.rawsock import RawSocketCalls
 
 log = logging.getLogger(__name__)
 
-# One read takes any request head and small body whole.
-READ_SIZE = 65536
+# One read takes any request head and small body whole; a connection whose output is
+# over its ceiling holds at most one read's worth of requests waiting (`protocol`).
+READ_SIZE = 16 * 1024
 # Events taken per pass of the loop; more wait for the next pass (level-triggered).
 MAX_EVENTS = 512
-# Unsent bytes past which the protocol is told to stop producing, and below which it
-# may again (asyncio's defaults).
+# Unsent bytes past which the protocol is told to stop producing (asyncio's default,
+# unless the responder sets its ceiling), and the fraction of it below which it may again.
 HIGH_WATER = 64 * 1024
-LOW_WATER = HIGH_WATER // 4
+LOW_WATER_FRACTION = 4
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
@@ -56,11 +54,15 @@ class Connections:
     """The open connections of one event loop and the epoll that watches them."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 raw_calls: RawSocketCalls | None = None, hand_over: bool = True) -> None:
+                 raw_calls: RawSocketCalls | None = None, high_water: int = HIGH_WATER,
+                 events: RateLimitedLog | None = None) -> None:
         self._loop = loop
-        # Move keep-alive connections to the loop's transports (see the module doc).
-        self._hand_over_keep_alive = hand_over
-        self.handed_over = 0
+        # Where an unexpected error serving a connection is told: a guest may cause it
+        # at will, so one line per guest per interval (see `ratelog`).
+        self._events = events if events is not None else RateLimitedLog(log)
+        # Every connection's write buffer limits (see SocketTransport.write).
+        self.high_water = high_water
+        self.low_water = high_water // LOW_WATER_FRACTION
         self._epoll = select.epoll()
         self._open: dict[int, SocketTransport] = {}
         # connection_lost calls owed for connections closed during the current pass.
@@ -87,8 +89,7 @@ class Connections:
             if transport._fd >= 0:
                 transport._watch()
         except Exception as exc:
-            log.exception("serving a new connection from %s failed", peer[0])
-            transport._force_close(exc)
+            self._failed(transport, exc)
 
     def begin_pass(self) -> None:
         """Hold back connection_lost calls until end_pass() (see the module doc)."""
@@ -140,42 +141,21 @@ class Connections:
                     if mask & _READ_EVENTS:
                         if transport._reading:
                             transport._read_ready()
-                            if transport._reads > 1 and self._movable(transport):
-                                self._hand_over(transport)
-                                continue
                         else:
                             transport._trouble(mask)
                     if mask & _OUT and transport._fd >= 0:
                         transport._write_ready()
                 except Exception as exc:
-                    log.exception("serving the connection from %s failed",
-                                  transport._peer[0])
-                    transport._force_close(exc)
+                    self._failed(transport, exc)
         finally:
             self.end_pass()
 
-    def _movable(self, transport: SocketTransport) -> bool:
-        """Whether `transport` can move to the loop: open, reading, nothing queued."""
-        return (self._hand_over_keep_alive and transport._reading and transport._fd >= 0
-                and not transport._buffer and not transport._eof)
-
-    def _hand_over(self, transport: SocketTransport) -> None:
-        """Give a keep-alive connection to the event loop's own transport.
-
-        Whatever arrives next waits in the kernel until the loop's transport reads
-        it. The protocol keeps its state; its connection_made is called again, with
-        the new transport (see MetadataProtocol.connection_made).
-        """
-        fd, protocol = transport._fd, transport._protocol
-        self._epoll.unregister(fd)
-        transport._detach()
-        del self._open[fd]
-        family = socket.AF_INET6 if len(transport._peer) == 4 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
-        self.handed_over += 1
-        task = self._loop.create_task(
-            self._loop.connect_accepted_socket(lambda: protocol, sock))
-        task.add_done_callback(lambda done: _handed_over(done, sock, protocol))
+    def _failed(self, transport: SocketTransport, exc: Exception) -> None:
+        """A protocol callback raised: say so (rate-limited) and close the connection."""
+        guest = getattr(transport._protocol, "guest", None)
+        self._events.error("connection-error", guest,
+                           f"serving the connection from {transport._peer[0]} failed", exc)
+        transport._force_close(exc)
 
     def _flush_lost(self) -> None:
         self._flush_scheduled = False
@@ -192,28 +172,11 @@ class Connections:
                 log.exception("connection_lost failed")
 
 
-def _handed_over(task: asyncio.Task, sock: socket.socket, protocol: asyncio.Protocol) -> None:
-    """After a hand-over: if the loop did not take the socket, the connection is lost."""
-    if task.cancelled():
-        exc: BaseException | None = asyncio.CancelledError()
-    else:
-        exc = task.exception()
-    if exc is None:
-        return
-    log.warning("handing a keep-alive connection to the event loop failed: %s", exc)
-    if sock.fileno() >= 0:  # still ours: uvloop detaches the sockets it took
-        sock.close()
-    try:
-        protocol.connection_lost(exc if isinstance(exc, Exception) else None)
-    except Exception:
-        log.exception("connection_lost failed")
-
-
 class SocketTransport(asyncio.Transport):
     """One connection's descriptor as the asyncio.Transport its protocol writes to."""
 
     __slots__ = ("_owner", "_fd", "_peer", "_protocol", "_buffer", "_events", "_reading",
-                 "_closing", "_eof", "_write_paused", "_reads")
+                 "_closing", "_eof", "_write_paused")
 
     def __init__(self, owner: Connections, fd: int, peer: tuple[str, int],
                  protocol: asyncio.Protocol) -> None:
@@ -227,7 +190,6 @@ class SocketTransport(asyncio.Transport):
         self._closing = False
         self._eof = False  # write_eof() called
         self._write_paused = False
-        self._reads = 0  # reads that brought data: a second one means keep-alive
 
     # -- asyncio.Transport ------------------------------------------------------------
 
@@ -260,7 +222,7 @@ class SocketTransport(asyncio.Transport):
         return len(self._buffer)
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
-        return LOW_WATER, HIGH_WATER
+        return self._owner.low_water, self._owner.high_water
 
     def write(self, data: bytes) -> None:
         if self._fd < 0 or self._eof:
@@ -280,7 +242,7 @@ class SocketTransport(asyncio.Transport):
             self._watch()
         else:
             buffer += data
-        if not self._write_paused and len(buffer) > HIGH_WATER:
+        if not self._write_paused and len(buffer) > self._owner.high_water:
             self._write_paused = True
             self._protocol.pause_writing()
 
@@ -307,6 +269,13 @@ class SocketTransport(asyncio.Transport):
     def abort(self) -> None:
         self._force_close(None)
 
+    def reset(self) -> None:
+        """Abort with a reset (SO_LINGER 0): nothing queued, here or in the socket, is
+        kept for a peer that does not take it."""
+        if self._fd >= 0:
+            self._owner.raw_calls.reset_on_close(self._fd)
+        self._force_close(None)
+
     # -- the loop's side ----------------------------------------------------------------
 
     def _read_ready(self) -> None:
@@ -318,7 +287,6 @@ class SocketTransport(asyncio.Transport):
             self._force_close(exc)
             return
         if data:
-            self._reads += 1
             self._protocol.data_received(data)
             return
         self._reading = False
@@ -338,7 +306,7 @@ class SocketTransport(asyncio.Transport):
                 self._force_close(exc)
                 return
             del buffer[:sent]
-            if self._write_paused and len(buffer) <= LOW_WATER:
+            if self._write_paused and len(buffer) <= self._owner.low_water:
                 self._write_paused = False
                 self._protocol.resume_writing()
             if buffer or self._fd < 0:
@@ -369,13 +337,6 @@ class SocketTransport(asyncio.Transport):
         else:
             self._owner._modify(self._fd, wanted)
         self._events = wanted
-
-    def _detach(self) -> None:
-        """Let go of the descriptor and protocol without closing or telling anyone."""
-        self._fd = -1
-        self._closing = True
-        self._reading = False
-        self._protocol = None
 
     def _force_close(self, exc: Exception | None) -> None:
         fd = self._fd

@@ -12,8 +12,6 @@ and nova match paths) only when a route is computed, so a known URL costs nothin
 
 from __future__ import annotations
 
-import logging
-
 from transparent_md.responder import ec2, gce, nocloud, openstack, paths
 from transparent_md.responder.http import (
     BAD_REQUEST,
@@ -27,11 +25,10 @@ from transparent_md.responder.http import (
     error_reply,
 )
 from transparent_md.responder.prepared import Prepared, Route
+from transparent_md.responder.ratelog import RateLimitedLog
 from transparent_md.responder.tokens import TokenAuthority
 from transparent_md.store import MAX_PASSWORD_BYTES, PasswordAlreadySet, Store
 from transparent_md.store.errors import StoreUnavailable
-
-log = logging.getLogger(__name__)
 
 GET = b"GET"
 HEAD = b"HEAD"
@@ -54,9 +51,12 @@ _GCE_TOP = b"/computeMetadata"
 class Dispatcher:
     """Answers one parsed request; never raises for bad input, only returns 4xx."""
 
-    def __init__(self, store: Store, tokens: TokenAuthority) -> None:
+    def __init__(self, store: Store, tokens: TokenAuthority,
+                 events: RateLimitedLog | None = None) -> None:
         self.store = store
         self.tokens = tokens
+        # A guest can repeat a request that fails at will: one line per interval.
+        self._events = events if events is not None else RateLimitedLog(log)
 
     def respond(self, prepared: Prepared | None, method: bytes, url: bytes,
                 token: bytes | None, ttl: bytes | None, forwarded: bool,
@@ -155,8 +155,9 @@ class Dispatcher:
             password = self.store.password(prepared.instance_id)
         except StoreUnavailable:
             return STORE_UNAVAILABLE
-        except Exception:
-            log.exception("reading the password of %s failed", prepared.instance_id)
+        except Exception as exc:
+            self._events.error("password-read-error", None,
+                               f"reading the password of {prepared.instance_id} failed", exc)
             return SERVER_ERROR
         return Reply(200, password.encode()) if password else _NO_PASSWORD
 
@@ -178,8 +179,9 @@ class Dispatcher:
             return CONFLICT
         except StoreUnavailable:
             return STORE_UNAVAILABLE
-        except Exception:
-            log.exception("storing the password of %s failed", prepared.instance_id)
+        except Exception as exc:
+            self._events.error("password-write-error", None,
+                               f"storing the password of {prepared.instance_id} failed", exc)
             return SERVER_ERROR
         return _PASSWORD_OK
 

@@ -23,9 +23,9 @@ OCTETS = b"application/octet-stream"
 
 @cache
 def status_line(code: int) -> bytes:
-    """b"HTTP/1.1 200 OK\\r\\n" for 200; made once per code: an instance's ~50 replies are
-    built when it first asks, and building them took 378 us in-process with an
-    HTTPStatus lookup per reply, 305 us with this cache."""
+    """b"HTTP/1.1 200 OK\\r\\n" for 200; made once per code: all of an instance's replies
+    are built when it first asks (a boot storm's first request per guest), and an
+    HTTPStatus lookup per reply was a measurable part of that (docs/benchmark.md)."""
     return b"HTTP/1.1 %d %s\r\n" % (code, HTTPStatus(code).phrase.encode())
 
 

@@ -45,13 +45,23 @@ DEFAULT_ACCEPT_PAUSE_S = 0.25
 # instead of a reset (nginx's lingering_close does the same).
 DEFAULT_LINGER_S = 2.0
 DEFAULT_LINGER_BYTES = 1 << 20
+# Reply bytes one connection may hold unsent in the responder's memory. Past it, the
+# connection's further (pipelined) requests wait unread until its output drains to a
+# quarter of it: a guest that asks without reading holds this, plus one reply, per
+# connection. Twice the largest user-data (the largest reply) fits.
+DEFAULT_MAX_UNSENT_BYTES = 32 * 1024
+# How long a connection's output may stay unsent (in the responder's memory, the
+# socket being full) before the connection is reset, whatever the peer's window and
+# whether or not it is already closing: an honest client takes its reply at once.
+DEFAULT_SEND_TIMEOUT_S = 10.0
 
 # "No limit" for the counts above: more than any process could ever reach.
 UNLIMITED = 1 << 40
 # Limits an operator may switch off with 0 on the command line (`from_flags`).
 _ZERO_IS_OFF = frozenset({"max_conns_per_identity", "max_conns_per_port",
                           "max_conns_unknown", "keepalive_requests", "keepalive_time_s",
-                          "header_timeout_s", "request_rate", "request_burst"})
+                          "header_timeout_s", "request_rate", "request_burst",
+                          "max_unsent_bytes", "send_timeout_s"})
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,8 @@ class ResponderLimits:
     accept_pause_s: float = DEFAULT_ACCEPT_PAUSE_S
     linger_s: float = DEFAULT_LINGER_S
     linger_bytes: int = DEFAULT_LINGER_BYTES
+    max_unsent_bytes: int = DEFAULT_MAX_UNSENT_BYTES
+    send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S
 
     @classmethod
     def off(cls) -> ResponderLimits:
@@ -89,11 +101,11 @@ class ResponderLimits:
 
     def __post_init__(self) -> None:
         for name in ("max_conns_per_identity", "max_conns_per_port", "max_conns_unknown",
-                     "keepalive_requests", "request_burst"):
+                     "keepalive_requests", "request_burst", "max_unsent_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("keepalive_time_s", "header_timeout_s", "request_rate",
-                     "accept_pause_s", "linger_s"):
+                     "accept_pause_s", "linger_s", "send_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.fd_reserve < 0 or self.linger_bytes < 0:

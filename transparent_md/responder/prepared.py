@@ -25,7 +25,7 @@ ROUTE_MEMO_LIMIT = 512
 ROUTE_MEMO_MAX_URL = 256
 # (MAC, IP) views one record keeps prepared at once. A record that leaves MAC or IP
 # open is seen by a guest with a few secondary addresses; one asking with ever new
-# addresses only replaces the oldest view (which is rebuilt, ~1 ms, if asked again).
+# addresses only replaces the oldest view (which is rebuilt if asked again).
 PREPARED_PER_ENTRY = 16
 # Identities whose view GuestViews keeps: above any host's guests in use at once.
 VIEWS_LIMIT = 65536
@@ -72,9 +72,8 @@ class GuestViews:
     view for every connection would cost more than the request itself; the guest's
     identity, the very Guest object the resolver handed out (so a re-resolved slot is
     looked up again) and the snapshot object decide whether the kept view still holds.
-    Dropped once on a micro-benchmark's word (1 %); through the tc path, with 10,000
-    records, a new connection then cost ~5 % more CPU (dev rounds against nginx on the
-    bridge: 0.999-1.054 with it, 1.004-1.11 without).
+    Dropped once on a micro-benchmark's word; through the tc path, with many records,
+    a new connection then cost measurably more CPU (see docs/benchmark.md).
     """
 
     __slots__ = ("_store", "_views", "_on_missing")

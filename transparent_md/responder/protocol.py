@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from transparent_md.responder import hoplimit, http, lastreply
+from transparent_md.responder import http, rawsock
 from transparent_md.responder.admission import identity_of
 from transparent_md.responder.dispatch import STORE_UNAVAILABLE
 from transparent_md.responder.tokens import TOKEN_HEADER, TTL_REQUEST_HEADER
@@ -31,14 +31,14 @@ from transparent_md.store.errors import StoreFault, StoreUnavailable
 
 if TYPE_CHECKING:
     from transparent_md.responder.connections import SocketTransport
-    from transparent_md.responder.server import ResponderState
+    from transparent_md.responder.state import ResponderState
 
 log = logging.getLogger(__name__)
 
 _FORWARDED_HEADER = b"x-forwarded-for"
 _FLAVOR_HEADER = b"metadata-flavor"  # GCE's clients send it; it selects that flavour
 # Only these can make an HTTP/1.0 request keep-alive (llhttp honours both), so only a
-# request carrying one needs the parser's version string (~170 ns to build).
+# request carrying one needs the parser's version string (built anew at each call).
 _CONNECTION_HEADERS = frozenset({b"connection", b"proxy-connection"})
 _GET = b"GET"
 _HEAD = b"HEAD"
@@ -51,9 +51,9 @@ _INTERESTING_LENGTHS = frozenset(
 # and URL limits plus slack, so a never-ending header line cannot grow the parser's
 # buffer without bound.
 MAX_HEAD_BYTES = http.MAX_HEADER_BYTES + http.MAX_URL_BYTES + 1024
-# A reader that stops reading while pipelining requests gets closed past this much
-# queued output rather than growing our memory.
-MAX_QUEUED_OUTPUT = 1 << 20
+# Where a request head ends (llhttp takes no bare LF): a read holding more than one is
+# pipelined, and is parsed one head at a time (see data_received).
+_HEAD_END = b"\r\n\r\n"
 
 
 class _Reject(Exception):
@@ -81,6 +81,7 @@ class MetadataProtocol(asyncio.Protocol):
     # What close_if_stale() closed a connection for.
     CLOSED_IDLE = "idle"
     CLOSED_HEADER_TIMEOUT = "header-timeout"
+    RESET_SEND_TIMEOUT = "send-timeout"
 
     __slots__ = (
         "_state", "_store", "_dispatcher", "_responses", "_parser", "_transport", "_guest",
@@ -88,7 +89,8 @@ class MetadataProtocol(asyncio.Protocol):
         "_in_head", "_unparsed", "_url", "_header_bytes", "_token", "_ttl",
         "_forwarded", "_flavor", "_connection_header", "_body", "_reject", "_admitted", "_forged",
         "_bucket", "_requests_left", "_expires_tick", "_active_tick", "_head_tick",
-        "_linger_left", "_linger_timer", "_last_status", "_fd", "_extras",
+        "_linger_left", "_linger_timer", "_last_status", "_fd", "_extras", "_held",
+        "_unsent_tick", "_unsent_bytes",
     )
 
     def __init__(self, state: ResponderState) -> None:
@@ -118,6 +120,12 @@ class MetadataProtocol(asyncio.Protocol):
         self._expires_tick = state.tick + state.keepalive_ticks
         self._linger_left = 0
         self._linger_timer: asyncio.TimerHandle | None = None
+        # Pipelined input read but not parsed while the output is over its ceiling.
+        self._held = b""
+        # The sweeper tick since which output waits unsent with no progress (-1: none
+        # waits), and how much waited at the last sweep.
+        self._unsent_tick = -1
+        self._unsent_bytes = 0
         self._extras = True  # nothing is set yet: _reset_request() sets it all
         self._reset_request()
 
@@ -141,13 +149,6 @@ class MetadataProtocol(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._admitted:
-            # A keep-alive connection handed to the event loop's transport (see
-            # `connections`): same connection, same admission, new transport.
-            self._transport = transport  # type: ignore[assignment]
-            if self._closing:
-                transport.close()
-            return
         self._transport = transport  # type: ignore[assignment]
         self._fd = transport.fileno()
         state = self._state
@@ -158,8 +159,9 @@ class MetadataProtocol(asyncio.Protocol):
         guest = None
         try:
             guest = state.resolver(peer[0]) if peer else None
-        except Exception:
-            log.exception("resolving the guest behind %s failed", peer)
+        except Exception as exc:
+            state.events.error("resolve-error", None,
+                               f"resolving the guest behind {peer[0]} failed", exc)
         self._guest = guest
         self._identity = key = identity_of(guest)
         refused = state.caps.admit(guest, key)
@@ -191,6 +193,7 @@ class MetadataProtocol(asyncio.Protocol):
         # The parser holds bound methods of this protocol: break the cycle so both go
         # now, by reference counting, instead of piling up for the cyclic GC.
         self._parser = None
+        self._held = b""
         if not self._admitted:
             return
         self._admitted = False
@@ -203,6 +206,9 @@ class MetadataProtocol(asyncio.Protocol):
         if self._closing:
             if self._linger_left > 0:
                 self._discard(len(data))
+            return
+        if data.count(_HEAD_END) > 1:
+            self._feed_pipelined(data)
             return
         if self._in_head:
             if not self._unparsed:
@@ -225,6 +231,24 @@ class MetadataProtocol(asyncio.Protocol):
             if self._in_head and self._unparsed > MAX_HEAD_BYTES:
                 self._fail(431)
 
+    def _feed_pipelined(self, data: bytes) -> None:
+        """Parse a read holding several requests one head at a time, and keep the rest
+        unparsed once the output is over its ceiling (pause_writing): a guest that asks
+        without reading gets no more answers queued than the ceiling and one piece's
+        (a piece completes at most a body before its head and the request it ends).
+        Each piece holds one head end at most, so data_received parses it at once."""
+        start, end = 0, len(data)
+        while start < end:
+            cut = data.find(_HEAD_END, start)
+            cut = end if cut < 0 else cut + len(_HEAD_END)
+            self.data_received(data[start:cut])
+            start = cut
+            if self._closing:
+                return
+            if self._write_paused and start < end:
+                self._held = data[start:]
+                return
+
     def eof_received(self) -> bool | None:
         return None  # close our side too; in-flight responses are already written
 
@@ -234,8 +258,15 @@ class MetadataProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if not self._closing:
-            self._transport.resume_reading()
+        self._unsent_tick = -1  # the peer took replies: the send timeout starts again
+        if self._closing:
+            return
+        held, self._held = self._held, b""
+        if held:
+            self._feed_pipelined(held)
+            if self._write_paused or self._closing:
+                return
+        self._transport.resume_reading()
 
     # -- httptools callbacks --------------------------------------------------------
 
@@ -283,8 +314,9 @@ class MetadataProtocol(asyncio.Protocol):
         started = perf_counter_ns() if access_log is not None else 0
         try:
             self._respond()
-        except Exception:
-            log.exception("answering %r failed", self._url)
+        except Exception as exc:
+            state.events.error("server-error", self._guest,
+                               f"answering {self._url[:80]!r} failed: answered 500", exc)
             raise self._abort(500) from None
         if access_log is not None:
             access_log.record(self._guest, self._prepared, self._parser, self._url,
@@ -332,19 +364,17 @@ class MetadataProtocol(asyncio.Protocol):
         transport = self._transport
         if is_token:
             if not self._ttl_lowered:
-                self._ttl_lowered = hoplimit.lower_ttl(self._state.raw_calls,
+                self._ttl_lowered = rawsock.lower_ttl(self._state.raw_calls,
                                                        self._descriptor(),
                                                        self._state.token_hop_limit)
-        elif self._ttl_lowered and hoplimit.restore_if_sent(
+        elif self._ttl_lowered and rawsock.restore_if_sent(
                 transport, self._state.raw_calls, self._descriptor()):
             self._ttl_lowered = False
         if not keep_alive:
-            lastreply.write_last(transport, self._state.raw_calls, self._descriptor(), data)
+            rawsock.write_last(transport, self._state.raw_calls, self._descriptor(), data)
             self._close()
             return
         transport.write(data)
-        if self._write_paused and transport.get_write_buffer_size() > MAX_QUEUED_OUTPUT:
-            self._close()
 
     def _descriptor(self) -> int:
         """The connection's descriptor for `rawsock` calls (-1 once closed)."""
@@ -401,6 +431,7 @@ class MetadataProtocol(asyncio.Protocol):
         `linger_bytes` arrived or `linger_s` passed.
         """
         self._closing = True
+        self._held = b""
         limits = self._state.limits
         self._linger_left = limits.linger_bytes
         transport = self._transport
@@ -429,7 +460,15 @@ class MetadataProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         self._closing = True
+        self._held = b""
         self._transport.close()
+
+    def _reset(self) -> None:
+        """Abort with a reset: what is queued for this peer is dropped, here and in the
+        socket (SO_LINGER 0), whether or not the connection was already closing."""
+        self._closing = True
+        self._held = b""
+        self._transport.reset()
 
     def close(self) -> None:
         """Close this connection (responder shutdown)."""
@@ -439,20 +478,38 @@ class MetadataProtocol(asyncio.Protocol):
             self._end_linger()
 
     def close_if_stale(self, tick: int) -> str | None:
-        """Called by the sweeper at each tick: close a connection past a time limit.
+        """Called by the sweeper at each tick: close a connection past a time limit,
+        counted before it closes (a client that sees the close sees the count).
 
-        Returns CLOSED_HEADER_TIMEOUT (a request head started too long ago: 408),
-        CLOSED_IDLE (no request completed for the idle timeout) or None.
+        Returns RESET_SEND_TIMEOUT (output waited unsent for the send timeout, closing
+        or not: reset), CLOSED_HEADER_TIMEOUT (a request head started too long ago:
+        408), CLOSED_IDLE (no request completed for the idle timeout) or None.
         """
+        state = self._state
+        unsent = self._transport.get_write_buffer_size()
+        if unsent:
+            if self._unsent_tick < 0 or unsent < self._unsent_bytes:
+                self._unsent_tick = tick  # output began to wait, or the peer took some
+            elif tick - self._unsent_tick >= state.send_ticks:
+                state.events.warn("send-timeout", self._guest,
+                                  "replies not taken in time (a full receive window): "
+                                  "connection reset")
+                state.stats.send_timeouts += 1
+                self._reset()
+                return self.RESET_SEND_TIMEOUT
+        else:
+            self._unsent_tick = -1
+        self._unsent_bytes = unsent
         if self._closing:
             return None
-        state = self._state
         if self._in_head and self._unparsed and tick - self._head_tick >= state.header_ticks:
             state.events.warn("header-timeout", self._guest,
                               "request head not complete in time: answered 408")
+            state.stats.header_timeouts += 1
             self._fail(408)
             return self.CLOSED_HEADER_TIMEOUT
         if tick - self._active_tick >= state.idle_ticks:
+            state.stats.connections_idle_closed += 1
             self._close()
             return self.CLOSED_IDLE
         return None

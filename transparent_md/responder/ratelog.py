@@ -1,7 +1,9 @@
 """Log a defence's event once per (event, guest) per interval, in bounded memory.
 
 A flood hits the same defence thousands of times a second; the operator needs to know
-which port, MAC and IP did it, not thousands of identical lines.
+which port, MAC and IP did it, not thousands of identical lines. The same holds for an
+unexpected error a guest's request runs into: a guest can repeat it at will, so it is
+one line per interval too, and its traceback is kept for DEBUG.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ DEFAULT_INTERVAL_S = 300.0
 # Remembered (event, guest) pairs; the oldest is forgotten first (it may log again
 # early, which costs one line).
 DEFAULT_MAX_KEYS = 4096
+# An error's own text is cut here: it may quote what the guest sent.
+MAX_ERROR_TEXT = 200
 
 
 def describe(guest: Guest | None) -> str:
@@ -41,6 +45,22 @@ class RateLimitedLog:
 
     def warn(self, event: str, guest: Guest | None, message: str) -> bool:
         """Log `message` about `guest` unless it was logged recently; True if logged."""
+        return self._log(logging.WARNING, event, guest, message)
+
+    def error(self, event: str, guest: Guest | None, message: str,
+              exc: BaseException) -> bool:
+        """An unexpected error met while serving `guest`: one line with the error's type
+        and (cut) text unless logged recently; its traceback only at DEBUG."""
+        text = str(exc)
+        if len(text) > MAX_ERROR_TEXT:
+            text = text[:MAX_ERROR_TEXT] + "..."
+        logged = self._log(logging.ERROR, event, guest,
+                           f"{message}: {type(exc).__name__}: {text}")
+        if logged and self._logger.isEnabledFor(logging.DEBUG):
+            self._logger.debug("the error above, in full", exc_info=exc)
+        return logged
+
+    def _log(self, level: int, event: str, guest: Guest | None, message: str) -> bool:
         key = (event, guest)
         now = self._clock()
         last = self._last.get(key)
@@ -50,7 +70,7 @@ class RateLimitedLog:
         self._last.move_to_end(key)
         while len(self._last) > self._max_keys:
             self._last.popitem(last=False)
-        self._logger.warning("%s: %s", describe(guest), message)
+        self._logger.log(level, "%s: %s", describe(guest), message)
         return True
 
     def __len__(self) -> int:

@@ -1,106 +1,30 @@
 """The responder the `run` daemon starts: a listening socket served by MetadataProtocol.
 
 The daemon owns the socket (it binds it inside its own network namespace) and the
-event loop (uvloop); this module wires store, resolver, tokens, the per-guest
-defences (`limits`) and the sweeper that enforces the time limits.
+event loop (uvloop); this module starts accepting, the sweeper that enforces the time
+limits (`state`) and the store's file checks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import math
 import socket
-from collections.abc import Callable
 
-from transparent_md.identity import Guest
 from transparent_md.responder.accepting import Listener, descriptor_budget
 from transparent_md.responder.access_log import AccessLog
-from transparent_md.responder.admission import ConnectionCaps, RequestBuckets
 from transparent_md.responder.connections import Connections
-from transparent_md.responder.dispatch import Dispatcher
 from transparent_md.responder.limits import ResponderLimits
-from transparent_md.responder.memory import MemoryReclaimer
 from transparent_md.responder.metrics import ResponderStats, StatsCollector
-from transparent_md.responder.prepared import GuestViews
 from transparent_md.responder.protocol import MetadataProtocol
-from transparent_md.responder.ratelog import RateLimitedLog
-from transparent_md.responder.rawsock import RawSocketCalls
-from transparent_md.responder.tokens import TokenAuthority
+from transparent_md.responder.state import DEFAULT_IDLE_TIMEOUT, Resolver, ResponderState
+from transparent_md.responder.tokens import DEFAULT_TOKEN_HOP_LIMIT
 from transparent_md.store import Store
 
-Resolver = Callable[[str], Guest | None]
-"""Peer IP string (the shadow address the datapath gave the connection) -> Guest."""
+__all__ = ["Resolver", "Responder"]
 
-# AWS's default PUT response hop limit: the token reply cannot leave the host.
-DEFAULT_TOKEN_HOP_LIMIT = 1
-DEFAULT_IDLE_TIMEOUT = 30.0
-# Sweeps per shortest time limit: a limit of T closes between T and T * (1 + 1/2).
-SWEEPS_PER_LIMIT = 2
 # A store asking to be checked more often than this (a test's 0 s) is not worth a
 # timer that fires at every loop iteration.
 STORE_CHECK_FLOOR_S = 0.1
-
-log = logging.getLogger("transparent_md.responder.defences")
-
-
-def ticks_for(seconds: float, sweep_s: float) -> int:
-    """Sweeper ticks that cover at least `seconds` whatever tick the clock started in."""
-    return math.ceil(seconds / sweep_s - 1e-9) + 1
-
-
-class ResponderState:
-    """What every connection of one responder shares."""
-
-    def __init__(self, store: Store, resolver: Resolver, token_hop_limit: int,
-                 token_secret: bytes | None = None, limits: ResponderLimits | None = None,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                 loop: asyncio.AbstractEventLoop | None = None,
-                 access_log: AccessLog | None = None) -> None:
-        self.store = store
-        self.access_log = access_log
-        self.resolver = resolver
-        self.token_hop_limit = token_hop_limit
-        self.tokens = TokenAuthority(secret=token_secret)
-        self.dispatcher = Dispatcher(store, self.tokens)
-        self.views = GuestViews(store, self._no_record)
-        self.stats = ResponderStats()
-        self.connections: set[MetadataProtocol] = set()
-        self.limits = limits = limits or ResponderLimits()
-        self.caps = ConnectionCaps(limits)
-        self.buckets = RequestBuckets(limits)
-        self.events = RateLimitedLog(log)
-        self.reclaimer = MemoryReclaimer()
-        self.raw_calls = RawSocketCalls()  # this loop's thread only
-        self.loop = loop
-        self.listener: Listener | None = None
-        # Time as sweeper ticks: connections compare ticks instead of reading a clock.
-        self.sweep_s = min(idle_timeout, limits.header_timeout_s) / SWEEPS_PER_LIMIT
-        self.tick = 0
-        self.idle_ticks = ticks_for(idle_timeout, self.sweep_s)
-        self.header_ticks = ticks_for(limits.header_timeout_s, self.sweep_s)
-        self.keepalive_ticks = ticks_for(limits.keepalive_time_s, self.sweep_s)
-
-    def _no_record(self, guest: Guest) -> None:
-        self.events.warn("no_record", guest, "asks for metadata but no instance record "
-                         "matches it (404 on every path)")
-
-    def sweep(self) -> None:
-        """Advance the clock one tick and enforce the time limits on every connection."""
-        self.tick += 1
-        stats = self.stats
-        for connection in list(self.connections):
-            closed = connection.close_if_stale(self.tick)
-            if closed == MetadataProtocol.CLOSED_IDLE:
-                stats.connections_idle_closed += 1
-            elif closed == MetadataProtocol.CLOSED_HEADER_TIMEOUT:
-                stats.header_timeouts += 1
-        self.buckets.sweep(self.caps.per_identity, self.caps.unknown > 0)
-        if self.listener is not None:
-            self.listener.watch()
-        if self.reclaimer.maybe_reclaim(stats.open_connections):
-            stats.memory_reclaims += 1
-
 
 class Responder:
     """Serve instance metadata on an already listening TCP socket."""
@@ -151,7 +75,8 @@ class Responder:
         def restarted() -> None:
             state.stats.accept_restarted += 1
 
-        self._connections = connections = Connections(loop, state.raw_calls)
+        self._connections = connections = Connections(
+            loop, state.raw_calls, high_water=limits.max_unsent_bytes, events=state.events)
         listener = Listener(loop, sock, lambda: MetadataProtocol(state), connections,
                             limits.accept_pause_s, lambda: state.stats.open_connections,
                             descriptor_budget(limits.fd_reserve), paused, restarted)

@@ -16,15 +16,24 @@ import os
 import struct
 import time
 
+# AWS's default PUT response hop limit: a token reply leaves with this IP TTL, so it
+# cannot cross a router (a proxy or container network in the guest).
+DEFAULT_TOKEN_HOP_LIMIT = 1
 # AWS accepts 1 second to 6 hours.
 MIN_TTL_SECONDS = 1
 MAX_TTL_SECONDS = 21600
+# Digits a TTL may have once leading zeros are dropped: a header value is checked
+# before it is converted (int() of thousands of digits raises, and costs time).
+MAX_TTL_DIGITS = len(str(MAX_TTL_SECONDS))
 TTL_REQUEST_HEADER = b"x-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = b"x-aws-ec2-metadata-token"
 SECRET_BYTES = 32
 # Truncated HMAC-SHA256: 128 bits is beyond guessing within a 6 h token life.
 TAG_BYTES = 16
 _PAYLOAD = struct.Struct(">dQ")  # monotonic expiry time, random nonce
+# Every token this authority issues has this length: anything else is refused
+# before it is decoded.
+TOKEN_LENGTH = len(base64.urlsafe_b64encode(bytes(_PAYLOAD.size + TAG_BYTES)))
 # Bound on memoised verifications; the memo is simply cleared when full.
 MEMO_LIMIT = 4096
 
@@ -44,9 +53,12 @@ class TokenAuthority:
     @staticmethod
     def parse_ttl(raw: bytes | None) -> int | None:
         """The requested TTL, or None when missing or outside 1..21600."""
-        if raw is None or not raw.strip().isdigit():
+        if raw is None:
             return None
-        ttl = int(raw)
+        digits = raw.strip()
+        if not digits.isdigit() or len(digits.lstrip(b"0")) > MAX_TTL_DIGITS:
+            return None
+        ttl = int(digits.lstrip(b"0") or b"0")
         return ttl if MIN_TTL_SECONDS <= ttl <= MAX_TTL_SECONDS else None
 
     def issue(self, instance_id: str, ttl: int) -> bytes:
@@ -74,6 +86,8 @@ class TokenAuthority:
         return len(self._memo)
 
     def _verify(self, token: bytes, instance_id: str) -> float | None:
+        if len(token) != TOKEN_LENGTH:
+            return None
         try:
             raw = base64.urlsafe_b64decode(token)
         except (binascii.Error, ValueError):

@@ -6,6 +6,9 @@ attention. One style per process:
   slowloris  send a request line, then one header byte every --byte-every seconds
              (3 s), so the head never completes
   keepalive  one GET every --get-every seconds (20 s) on each connection, forever
+  unread     a receive window of a few bytes, --pipeline requests for --path
+             (user-data) sent at once, never a byte read: held until the server
+             resets the connection (reported: how many, and how long after the send)
 Connections are opened as fast as the network lets (at most --pending connects in
 flight) until --count were tried; everything ends after --seconds. The process raises
 its own RLIMIT_NOFILE to fit --count sockets.
@@ -26,13 +29,14 @@ import contextlib
 import errno
 import json
 import resource
+import select
 import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 METADATA = ("169.254.169.254", 80)
-STYLES = ("idle", "slowloris", "keepalive")
+STYLES = ("idle", "slowloris", "keepalive", "unread")
 # Descriptors beyond --count for the interpreter, the event loop and stdio.
 FD_HEADROOM = 1024
 # Connects in flight at once: enough to open thousands per second, few enough that a
@@ -48,6 +52,12 @@ SLOW_REQUEST_LINE = b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.25
 # The header a slowloris connection drips out, byte by byte, never finished.
 SLOW_HEADER = b"X-Slow: " + b"a" * 4096
 RECV_BYTES = 4096
+UNREAD_PATH = "/latest/user-data"
+UNREAD_PIPELINE = 64
+# The smallest receive buffer Linux grants (it doubles what is asked, then clamps): the
+# peer's window shuts after a few segments.
+UNREAD_RCVBUF = 1
+_SERVER_ENDED = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 
 
 @dataclass
@@ -62,6 +72,8 @@ class Tally:
     open_at_end: int = 0
     peak_open: int = 0
     statuses: Counter = field(default_factory=Counter)
+    reset_by_server: int = 0
+    reset_after_s: list[float] = field(default_factory=list)
 
     def opened(self) -> None:
         self.established += 1
@@ -75,7 +87,17 @@ class Tally:
                 "connect_other": dict(self.connect_other),
                 "closed_by_server": self.closed_by_server, "open_at_end": self.open_at_end,
                 "peak_open": self.peak_open,
-                "responses": {str(k): v for k, v in sorted(self.statuses.items())}}
+                "responses": {str(k): v for k, v in sorted(self.statuses.items())},
+                **self.resets()}
+
+    def resets(self) -> dict:
+        """How many connections the server reset, and how long after their requests."""
+        if not self.reset_after_s:
+            return {"reset_by_server": self.reset_by_server}
+        after = sorted(self.reset_after_s)
+        return {"reset_by_server": self.reset_by_server,
+                "reset_after_p50_s": round(after[len(after) // 2], 2),
+                "reset_after_max_s": round(after[-1], 2)}
 
 
 def raise_nofile(needed: int) -> int:
@@ -94,9 +116,12 @@ def parse_status(head: bytes) -> int:
 
 class Flood:
     def __init__(self, style: str, count: int, seconds: float, pending: int,
-                 source: str | None, byte_every: float, get_every: float) -> None:
+                 source: str | None, byte_every: float, get_every: float,
+                 path: str = UNREAD_PATH, pipeline: int = UNREAD_PIPELINE) -> None:
         self.style, self.count, self.source = style, count, source
         self.byte_every, self.get_every = byte_every, get_every
+        self.path, self.pipeline = path, pipeline
+        self.endings: Endings | None = None
         self.deadline = time.monotonic() + seconds
         self.slots = asyncio.Semaphore(pending)
         self.tally = Tally()
@@ -124,6 +149,8 @@ class Flood:
     async def one(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
+        if self.style == "unread":  # before connecting: the window it announces
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UNREAD_RCVBUF)
         try:
             if not await self.connect(sock):
                 return
@@ -187,6 +214,22 @@ class Flood:
             if await self.closed_within(sock, min(self.get_every, self.remaining())):
                 return
 
+    async def hold_unread(self, sock: socket.socket) -> None:
+        if self.endings is None:
+            self.endings = Endings(self.loop)
+        request = (f"GET {self.path} HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n").encode()
+        await self.loop.sock_sendall(sock, request * self.pipeline)
+        sent = time.monotonic()
+        try:
+            mask = await asyncio.wait_for(self.endings.wait(sock), self.remaining())
+        except TimeoutError:
+            return
+        if mask & (select.EPOLLHUP | select.EPOLLERR):
+            self.tally.reset_by_server += 1
+            self.tally.reset_after_s.append(time.monotonic() - sent)
+        else:
+            self.tally.closed_by_server += 1
+
     async def read_response(self, sock: socket.socket) -> int | None:
         """Status of one response (head plus Content-Length body); None if closed."""
         buf = b""
@@ -209,10 +252,41 @@ class Flood:
         return parse_status(head)
 
 
+class Endings:
+    """Tells when the server ends a connection this side never reads from: an epoll of
+    hang-ups (FIN: EPOLLRDHUP; reset: EPOLLHUP/EPOLLERR), blind to the data waiting."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._epoll = select.epoll()
+        self._waiting: dict[int, asyncio.Future] = {}
+        loop.add_reader(self._epoll.fileno(), self._ready)
+        self._loop = loop
+
+    async def wait(self, sock: socket.socket) -> int:
+        """The epoll mask with which the server ended `sock`."""
+        fd = sock.fileno()
+        future = self._loop.create_future()
+        self._waiting[fd] = future
+        self._epoll.register(fd, select.EPOLLRDHUP)
+        try:
+            return await future
+        finally:
+            self._waiting.pop(fd, None)
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(fd)
+
+    def _ready(self) -> None:
+        for fd, mask in self._epoll.poll(0):
+            future = self._waiting.pop(fd, None)
+            self._epoll.unregister(fd)
+            if future is not None and not future.done() and mask & _SERVER_ENDED:
+                future.set_result(mask)
+
+
 async def flood(args: argparse.Namespace) -> dict:
     started = time.monotonic()
     result = await Flood(args.style, args.count, args.seconds, args.pending, args.source,
-                         args.byte_every, args.get_every).run()
+                         args.byte_every, args.get_every, args.path, args.pipeline).run()
     return {"style": args.style, **result, "seconds": round(time.monotonic() - started, 2)}
 
 
@@ -228,6 +302,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--source", help="local address to bind (a secondary address)")
     p.add_argument("--byte-every", type=float, default=SLOWLORIS_BYTE_EVERY_S)
     p.add_argument("--get-every", type=float, default=KEEPALIVE_GET_EVERY_S)
+    p.add_argument("--path", default=UNREAD_PATH, help="what unread connections ask for")
+    p.add_argument("--pipeline", type=int, default=UNREAD_PIPELINE,
+                   help="requests each unread connection sends at once")
     args = p.parse_args(argv)
     nofile = raise_nofile(args.count + FD_HEADROOM)
     result = uvloop.run(flood(args))

@@ -115,3 +115,35 @@ def widen_local_ports(topo: Topology, ns: str) -> None:
     sysctl, in the attacker's own namespace only)."""
     topo.sh(ns, ["sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65000"],
             check=True)
+
+
+def serving_pid(daemon: DaemonProcess) -> int:
+    """The daemon's own process: the one started, or the first of its descendants
+    that runs `transparent_md` (`ip netns exec` and `prlimit` exec it, but a wrapper
+    that forks would leave it a child)."""
+    pid = daemon.proc.pid
+    for _ in range(4):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"transparent_md" in f.read():
+                    return pid
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                children = f.read().split()
+        except OSError:
+            break
+        if not children:
+            break
+        pid = int(children[0])
+    return daemon.proc.pid
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of process `pid` (VmRSS), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

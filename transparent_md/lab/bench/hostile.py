@@ -26,7 +26,9 @@ from transparent_md.lab.attacks.launch import (
     TOOL_GRACE_S,
     Tool,
     known_flags,
+    rss_bytes,
     secondary_addresses,
+    serving_pid,
     start_limited_daemon,
     widen_local_ports,
 )
@@ -47,9 +49,15 @@ WRK_URL = "http://169.254.169.254/latest/meta-data/instance-id"
 FLOOD, IDLE, SLOWLORIS, KEEPALIVE = ("random-frame flood", "idle connections", "slowloris",
                                      "keep-alive hold")
 WRK_KEEPALIVE, WRK_CLOSE, FORGED = "wrk keep-alive", "wrk Connection: close", "forged MAC+IP"
+UNREAD = "unread replies"
 # The flood runs last: without protections it leaves the identity table full.
-ATTACKS = (IDLE, SLOWLORIS, KEEPALIVE, WRK_KEEPALIVE, WRK_CLOSE, FORGED, FLOOD)
+ATTACKS = (IDLE, SLOWLORIS, KEEPALIVE, UNREAD, WRK_KEEPALIVE, WRK_CLOSE, FORGED, FLOOD)
 CONNFLOOD_STYLE = {IDLE: "idle", SLOWLORIS: "slowloris", KEEPALIVE: "keepalive"}
+# The attacker's user-data: EC2's largest, so each unread reply is as large as any.
+ATTACKER_USER_DATA = "#cloud-config\n# " + "u" * (16 * 1024 - 20) + "\n"
+# Requests each unread connection pipelines: with protections off, a mebibyte of
+# replies per connection stays in the daemon.
+UNREAD_PIPELINE = 64
 
 # Every protection off: 0 disables a quota, a rate or a bound in `transparent-md run`.
 PROTECTIONS_OFF: dict[str, str | None] = {
@@ -57,7 +65,8 @@ PROTECTIONS_OFF: dict[str, str | None] = {
     "--port-mac-quota": "0", "--no-mac-lock": None,
     "--max-conns-per-identity": "0", "--max-conns-per-port": "0",
     "--max-conns-unknown": "0", "--keepalive-requests": "0", "--keepalive-time": "0",
-    "--header-timeout": "0", "--request-rate": "0",
+    "--header-timeout": "0", "--request-rate": "0", "--max-unsent-bytes": "0",
+    "--send-timeout": "0",
 }
 ON, OFF = "defaults", "off"  # the names HostileSettings.protections uses
 
@@ -67,6 +76,9 @@ class HostileSettings:
     crawl_s: float = 1.5      # the neighbour's crawl under each attack
     ramp_s: float = 1.0       # the attack's head start (connections opened, wrk running)
     connections: int = 2_000  # per connection-flood attack: twice the 1024 soft limit
+    # Connections that never read their replies: what protections off cost in memory is
+    # this many mebibytes.
+    unread_connections: int = 256
     protections: tuple[str, ...] = ("defaults", "off")  # the daemon configurations run
 
 
@@ -111,7 +123,8 @@ class HostileRun:
         try:
             db.put_many([parse_record({"instance_id": f"i-{g.ns.rsplit('-', 1)[1]}",
                                        "mac": g.mac, "ip": g.ip, "bridge": g.bridge,
-                                       "user_data": "#cloud-config\n"})
+                                       "user_data": ATTACKER_USER_DATA
+                                       if g is self.attacker else "#cloud-config\n"})
                          for g in (self.attacker, self.victim, *self.fresh)])
         finally:
             db.close()
@@ -133,6 +146,8 @@ class HostileRun:
         s, ns = self.s, self.attacker.ns
         lasting = s.ramp_s + s.crawl_s
         victim_ns = self.victim.ns
+        if attack == UNREAD:
+            return self.unread(lasting)
         if attack in CONNFLOOD_STYLE:
             style = CONNFLOOD_STYLE[attack]
             source = ATTACK_SOURCES[list(CONNFLOOD_STYLE).index(attack)]
@@ -166,6 +181,25 @@ class HostileRun:
         victim = self.crawl(self.fresh[0].ns)  # never asked before, on the other bridge
         got = tool.result(lasting + TOOL_GRACE_S)
         return victim, f"{got['sent']:,} frames ({got['frames_per_s']:,}/s)"
+
+    def unread(self, lasting: float) -> tuple[dict, str]:
+        """Pipelined requests for the attacker's user-data, never read; the daemon's
+        resident memory is measured before, after the ramp and after the crawl (the
+        connections are still held then). From the attacker's own address: its record
+        (and 16 KiB user-data) answers that one."""
+        s = self.s
+        pid = serving_pid(self.daemon)
+        before = rss_bytes(pid)
+        tool = Tool(self.topo, self.attacker.ns, "connflood",
+                    ["--style", "unread", "--count", str(s.unread_connections),
+                     "--pipeline", str(UNREAD_PIPELINE), "--seconds", str(lasting + 1.0)])
+        time.sleep(s.ramp_s)
+        peak = rss_bytes(pid)
+        victim = self.crawl(self.victim.ns)
+        peak = max(peak, rss_bytes(pid))
+        got = tool.result(lasting + 1.0 + TOOL_GRACE_S)
+        return victim, (f"{got['established']:,} connections held, daemon RSS "
+                        f"+{max(0, peak - before) / (1 << 20):.0f} MiB")
 
     def one_config(self, protections: str, extra: list[str]) -> list[Row]:
         self.daemon = start_limited_daemon(self.hv, BRIDGES, self.store, extra)
