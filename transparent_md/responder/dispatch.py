@@ -12,6 +12,8 @@ and nova match paths) only when a route is computed, so a known URL costs nothin
 
 from __future__ import annotations
 
+import logging
+
 from transparent_md.responder import ec2, gce, nocloud, openstack, paths
 from transparent_md.responder.http import (
     BAD_REQUEST,
@@ -46,6 +48,8 @@ STORE_UNAVAILABLE = error_reply(503, b"Retry-After: %d\r\n" % STORE_UNAVAILABLE_
 _GCE_ROOT = gce.reply(gce.ROOT_LISTING)
 _GCE_VERSIONS = gce.reply(b"v1/\n")
 _GCE_TOP = b"/computeMetadata"
+
+log = logging.getLogger(__name__)
 
 
 class Dispatcher:
