@@ -8,13 +8,14 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from transparent_md.api.client import ApiClient
 from transparent_md.lab.api_load import measure
-from transparent_md.lab.hypervisor import Hypervisor
+from transparent_md.lab.hypervisor import METADATA_URL, Hypervisor
 
 pytestmark = pytest.mark.netns
 
@@ -98,3 +99,37 @@ def test_a_thousand_puts_do_not_delay_a_crawling_guest(hv):
     assert guest["failures"] == 0, guest["failure_examples"]
     assert guest["requests"] > 100
     assert guest["p99_ms"] < P99_BOUND_MS, figures
+
+
+def test_a_gce_long_poll_returns_on_an_api_change_and_at_its_timeout_unchanged(hv):
+    """Issue 25: curl from the guest holds `wait_for_change`; a PATCH through the admin API
+    ends it within a second; with nothing changing it ends at timeout_sec, same ETag."""
+    guest = hv.guests["g0"].ns
+    name = "/computeMetadata/v1/instance/name"
+    google = ["-H", "Metadata-Flavor: Google"]
+    with ApiClient(hv.api) as api:
+        assert api.request("PUT", "/v1/instances/i-gce",
+                           guest_record(hv, hostname="before")).status in (200, 201)
+        try:
+            poll = subprocess.Popen(
+                ["ip", "netns", "exec", guest, "curl", "-sS", "-m", "60", "-D", "-", *google,
+                 f"{METADATA_URL}{name}?wait_for_change=true&timeout_sec=50"],
+                stdout=subprocess.PIPE, text=True)
+            # Held: no answer yet (an early PATCH would only end it sooner).
+            with pytest.raises(subprocess.TimeoutExpired):
+                poll.wait(2)
+            assert api.request("PATCH", "/v1/instances/i-gce",
+                               {"hostname": "after"}).status == 200
+            patched = time.monotonic()
+            out, _ = poll.communicate(timeout=30)
+            assert time.monotonic() - patched < 1.0
+            assert out.endswith("after"), out
+            etag = re.search(r"(?im)^etag: (\S+)", out).group(1)
+            started = time.monotonic()
+            status, body = hv.curl(guest, f"{name}?wait_for_change=true&last_etag={etag}"
+                                   "&timeout_sec=2", timeout=30, extra=[*google, "-i"])
+            assert status == 200 and body.endswith("after")
+            assert re.search(r"(?im)^etag: (\S+)", body).group(1) == etag
+            assert 1.9 <= time.monotonic() - started < 10
+        finally:
+            api.request("DELETE", "/v1/instances/i-gce")

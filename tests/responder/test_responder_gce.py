@@ -4,9 +4,13 @@ ETags, the access token, and nothing for strangers or for requests without the h
 from __future__ import annotations
 
 import json
+import time
 
-from tests.responder.conftest import GUEST_A, RECORD_A, UNKNOWN_SOURCE
+from tests.conftest import wait_for
+from tests.responder.conftest import GUEST_A, RECORD_A, UNKNOWN_SOURCE, start_responder
 from transparent_md.responder import gce
+from transparent_md.responder.limits import ResponderLimits
+from transparent_md.store import open_store, parse_record
 
 GOOGLE = {"Metadata-Flavor": "Google"}
 V1 = "/computeMetadata/v1/"
@@ -88,3 +92,70 @@ def test_the_default_service_account_and_its_token(live):
     body = json.loads(token.body)
     assert body["access_token"] == "tok" and body["token_type"] == "Bearer"
     assert body["expires_in"] > 0
+
+
+# -- wait_for_change ----------------------------------------------------------------
+
+NAME = V1 + "instance/name"
+
+
+def test_a_long_poll_with_the_current_etag_is_answered_at_its_timeout_unchanged(live):
+    current = ask(live, NAME).headers["etag"]
+    started = time.monotonic()
+    held = ask(live, f"{NAME}?wait_for_change=true&last_etag={current}&timeout_sec=1")
+    waited = time.monotonic() - started
+    assert held.status == 200 and held.headers["etag"] == current and held.body == b"alpha"
+    assert waited >= 0.9, waited
+
+
+def test_a_stale_etag_is_answered_at_once(live):
+    started = time.monotonic()
+    held = ask(live, f"{NAME}?wait_for_change=true&last_etag=0123456789abcdef&timeout_sec=30")
+    assert held.body == b"alpha" and time.monotonic() - started < 5
+
+
+def test_a_change_to_the_record_ends_the_long_poll(live):
+    conn = live.connect()
+    try:
+        conn.send("GET", f"{NAME}?wait_for_change=true&timeout_sec=60", GOOGLE)
+        time.sleep(0.3)  # the request is held by now (an early change only answers sooner)
+        store = open_store(live.store_path)
+        try:
+            changed = dict(RECORD_A, hostname="alpha-2")
+            store.put_many([parse_record(changed)])
+        finally:
+            store.close()
+        changed_at = time.monotonic()
+        answer = conn.read()
+        assert time.monotonic() - changed_at < 1.0
+        assert answer.body == b"alpha-2"
+        # The connection keeps serving after a long poll.
+        assert conn.request("GET", NAME, GOOGLE).body == b"alpha-2"
+    finally:
+        conn.close()
+
+
+def test_long_polls_count_against_the_guests_connection_cap(tmp_path):
+    cap = 3
+    for live in start_responder(str(tmp_path / "i.db"), idle_timeout=30,
+                                limits=ResponderLimits(max_conns_per_identity=cap)):
+        held = []
+        try:
+            for _ in range(cap):
+                conn = live.connect()
+                conn.send("GET", f"{NAME}?wait_for_change=true&timeout_sec=30", GOOGLE)
+                held.append(conn)
+            polls = live.responder.state.long_polls
+            assert wait_for(lambda: len(polls) == cap, 10)  # noqa: B023 - used at once
+            extra = live.connect()
+            extra.sock.settimeout(10)
+            try:
+                extra.send("GET", NAME, GOOGLE)
+                assert extra.sock.recv(1) == b""  # refused at the cap: nothing answered
+            except ConnectionResetError:
+                pass
+            finally:
+                extra.close()
+        finally:
+            for conn in held:
+                conn.close()

@@ -96,8 +96,9 @@ class Dispatcher:
         return reply
 
     def gce(self, prepared: Prepared | None, url: bytes, flavor: bytes,
-            forwarded: bool) -> Reply:
-        """A GET carrying `Metadata-Flavor`: the GCE flavour, with Google's refusals."""
+            forwarded: bool) -> Reply | gce.Wait:
+        """A GET carrying `Metadata-Flavor`: the GCE flavour, with Google's refusals; a
+        `wait_for_change` request whose value has not changed is a Wait to hold."""
         if forwarded or flavor != gce.FLAVOR_HEADER_VALUE:
             return gce.FORBIDDEN
         if prepared is None:
@@ -109,8 +110,21 @@ class Dispatcher:
             return _GCE_VERSIONS
         if path is None or not (path == gce.PREFIX or path.startswith(gce.PREFIX + b"/")):
             return gce.NOT_FOUND
-        query = url.partition(b"?")[2].partition(b"#")[0]
-        return prepared.gce.answer(path[len(gce.PREFIX) + 1:], query)
+        query = gce.Query(url.partition(b"?")[2].partition(b"#")[0])
+        below = path[len(gce.PREFIX) + 1:]
+        answer = prepared.gce.answer(below, query)
+        if not query.wait_for_change or not isinstance(answer, gce.TaggedReply):
+            return answer
+        awaited = query.last_etag or answer.etag
+        if awaited != answer.etag:
+            return answer  # it changed since the guest last saw it
+        timeout = query.timeout_sec if query.timeout_sec is not None else gce.DEFAULT_WAIT_S
+        return gce.Wait(below, query, awaited, timeout)
+
+    @staticmethod
+    def gce_again(prepared: Prepared | None, wait: gce.Wait) -> Reply:
+        """What a held long poll would be answered now (its record may have changed)."""
+        return gce.NOT_FOUND if prepared is None else prepared.gce.answer(wait.path, wait.query)
 
     def _route(self, prepared: Prepared, path: bytes | None) -> Route:
         """The reply for a GET of canonical `path`, and whether IMDSv2 token rules guard it."""

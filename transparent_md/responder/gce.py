@@ -178,9 +178,29 @@ def etag(body: bytes) -> bytes:
     return hashlib.sha256(body).hexdigest()[:16].encode()
 
 
+class TaggedReply(Reply):
+    """A GCE reply and its ETag, which a long poll compares."""
+
+    __slots__ = ("etag",)
+
+    def __init__(self, body: bytes, content_type: bytes) -> None:
+        self.etag = etag(body)
+        super().__init__(200, body, content_type, _FLAVOR + b"ETag: " + self.etag + b"\r\n")
+
+
 def reply(body: bytes, content_type: bytes = TEXT) -> Reply:
     """A 200 with the flavour header and the body's ETag."""
-    return Reply(200, body, content_type, _FLAVOR + b"ETag: " + etag(body) + b"\r\n")
+    return TaggedReply(body, content_type)
+
+
+class Wait:
+    """A `wait_for_change` request to hold: answer it once the value at `path` has
+    another ETag than `etag`, or at `timeout_s` with the value as it is then."""
+
+    __slots__ = ("path", "query", "etag", "timeout_s")
+
+    def __init__(self, path: bytes, query: Query, etag: bytes, timeout_s: float) -> None:
+        self.path, self.query, self.etag, self.timeout_s = path, query, etag, timeout_s
 
 
 def token_document(instance: Instance, now: Callable[[], datetime]) -> bytes | None:
@@ -224,6 +244,9 @@ class Query:
 
 # Google caps a long poll's timeout_sec; a guest asking for more waits this long.
 MAX_WAIT_S = 3600
+# A long poll without timeout_sec is answered after this long, value changed or not
+# (Google holds it "until the value changes"; a bound keeps a stuck guest's hold finite).
+DEFAULT_WAIT_S = 300
 # More query fields than any client sends is a guest probing the parser.
 MAX_QUERY_FIELDS = 16
 # Distinct (path, query) replies one view keeps; a guest inventing URLs costs little.
@@ -240,16 +263,16 @@ class GceView:
         self._tree: dict | None = None
         self._memo: dict[tuple[bytes, bytes], Reply] = {}
 
-    def answer(self, path: bytes, raw_query: bytes,
+    def answer(self, path: bytes, query: Query,
                now: Callable[[], datetime] = utc_now) -> Reply:
         """The reply to a GET of `path` (below /computeMetadata/v1, no slashes at the ends)."""
         if path == TOKEN_PATH:
             body = token_document(self._instance, now)  # time-dependent: never memoised
             return NOT_FOUND if body is None else reply(body, JSON)
-        key = (path, raw_query)
+        key = (path, query.recursive, query.alt)
         found = self._memo.get(key)
         if found is None:
-            found = self._render(path, Query(raw_query))
+            found = self._render(path, query)
             if len(self._memo) >= VIEW_MEMO_LIMIT:
                 self._memo.clear()
             self._memo[key] = found

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from time import perf_counter_ns
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ import httptools
 from transparent_md.responder import http, rawsock
 from transparent_md.responder.admission import identity_of
 from transparent_md.responder.dispatch import STORE_UNAVAILABLE
+from transparent_md.responder.gce import Wait
 from transparent_md.responder.tokens import TOKEN_HEADER, TTL_REQUEST_HEADER
 from transparent_md.store.errors import StoreFault, StoreUnavailable
 
@@ -87,7 +89,8 @@ class MetadataProtocol(asyncio.Protocol):
         "_state", "_store", "_dispatcher", "_responses", "_parser", "_transport", "_guest",
         "_identity", "_snapshot", "_prepared", "_closing", "_write_paused", "_ttl_lowered",
         "_in_head", "_unparsed", "_url", "_header_bytes", "_token", "_ttl",
-        "_forwarded", "_flavor", "_connection_header", "_body", "_reject", "_admitted", "_forged",
+        "_forwarded", "_flavor", "_waiting", "_connection_header", "_body", "_reject",
+        "_admitted", "_forged",
         "_bucket", "_requests_left", "_expires_tick", "_active_tick", "_head_tick",
         "_linger_left", "_linger_timer", "_last_status", "_fd", "_extras", "_held",
         "_unsent_tick", "_unsent_bytes",
@@ -122,6 +125,9 @@ class MetadataProtocol(asyncio.Protocol):
         self._linger_timer: asyncio.TimerHandle | None = None
         # Pipelined input read but not parsed while the output is over its ceiling.
         self._held = b""
+        # A GCE long poll held (see longpoll): (wait, method, keep-alive, HTTP/1.0 with a
+        # Connection header, deadline), or None.
+        self._waiting: tuple | None = None
         # The sweeper tick since which output waits unsent with no progress (-1: none
         # waits), and how much waited at the last sweep.
         self._unsent_tick = -1
@@ -194,6 +200,9 @@ class MetadataProtocol(asyncio.Protocol):
         # now, by reference counting, instead of piling up for the cyclic GC.
         self._parser = None
         self._held = b""
+        if self._waiting is not None:
+            self._waiting = None
+            self._state.long_polls.drop(self)
         if not self._admitted:
             return
         self._admitted = False
@@ -245,7 +254,7 @@ class MetadataProtocol(asyncio.Protocol):
             start = cut
             if self._closing:
                 return
-            if self._write_paused and start < end:
+            if (self._write_paused or self._waiting is not None) and start < end:
                 self._held = data[start:]
                 return
 
@@ -259,12 +268,17 @@ class MetadataProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self._unsent_tick = -1  # the peer took replies: the send timeout starts again
+        if self._waiting is None:
+            self._continue_reading()
+
+    def _continue_reading(self) -> None:
+        """Read again after a pause: first the pipelined input held meanwhile."""
         if self._closing:
             return
         held, self._held = self._held, b""
         if held:
             self._feed_pipelined(held)
-            if self._write_paused or self._closing:
+            if self._write_paused or self._waiting is not None or self._closing:
                 return
         self._transport.resume_reading()
 
@@ -318,7 +332,7 @@ class MetadataProtocol(asyncio.Protocol):
             state.events.error("server-error", self._guest,
                                f"answering {self._url[:80]!r} failed: answered 500", exc)
             raise self._abort(500) from None
-        if access_log is not None:
+        if access_log is not None and self._waiting is None:
             access_log.record(self._guest, self._prepared, self._parser, self._url,
                               self._last_status, (perf_counter_ns() - started) // 1000)
         self._reset_request()
@@ -347,16 +361,23 @@ class MetadataProtocol(asyncio.Protocol):
                 reply, is_token = self._dispatcher.respond(
                     self._prepared, method, self._url, self._token, self._ttl,
                     self._forwarded, self._body)
+        if reply.__class__ is Wait:
+            self._hold(reply, method)
+            return
+        self._send(reply, method, is_token, parser.should_keep_alive(),
+                   self._connection_header and parser.get_http_version() == _HTTP10)
+
+    def _send(self, reply: http.Reply, method: bytes, is_token: bool, keep_alive: bool,
+              version10: bool) -> None:
+        """Write `reply`; `version10`: an HTTP/1.0 request with a Connection header."""
         self._responses[reply.status] += 1
         self._last_status = reply.status
-        keep_alive = parser.should_keep_alive()
         self._requests_left -= 1
         if keep_alive and (self._requests_left <= 0
                            or self._state.tick >= self._expires_tick):
             keep_alive = False  # this reply says Connection: close, as nginx does
             self._state.stats.keepalive_limit_closed += 1
-        http10 = keep_alive and self._connection_header and (
-            parser.get_http_version() == _HTTP10)
+        http10 = keep_alive and version10
         if keep_alive and not http10 and method != _HEAD:
             data = reply.keep_alive  # the common case, prebuilt
         else:
@@ -375,6 +396,36 @@ class MetadataProtocol(asyncio.Protocol):
             self._close()
             return
         transport.write(data)
+
+    # -- long polls -------------------------------------------------------------------
+
+    def _hold(self, wait: Wait, method: bytes) -> None:
+        """Keep this request for later (GCE `wait_for_change`): read nothing more meanwhile."""
+        parser = self._parser
+        self._waiting = (wait, method, parser.should_keep_alive(),
+                         self._connection_header and parser.get_http_version() == _HTTP10,
+                         time.monotonic() + wait.timeout_s)
+        self._transport.pause_reading()
+        self._state.long_polls.hold(self)
+
+    def recheck(self, snapshot: object, now: float) -> bool:
+        """Answer the held request if its value changed or its time is up (True then)."""
+        if self._waiting is None or self._closing:
+            self._waiting = None
+            return True
+        wait, method, keep_alive, version10, deadline = self._waiting
+        self._active_tick = self._state.tick  # a held request is not an idle connection
+        if snapshot is not self._snapshot and not self._find_record(snapshot):
+            reply = STORE_UNAVAILABLE
+        else:
+            reply = self._dispatcher.gce_again(self._prepared, wait)
+            if getattr(reply, "etag", None) == wait.etag and now < deadline:
+                return False
+        self._waiting = None
+        self._send(reply, method, False, keep_alive, version10)
+        if not self._write_paused:
+            self._continue_reading()
+        return True
 
     def _descriptor(self) -> int:
         """The connection's descriptor for `rawsock` calls (-1 once closed)."""

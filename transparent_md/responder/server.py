@@ -96,6 +96,7 @@ class Responder:
             if timer is not None:
                 timer.cancel()
         self._sweeper = self._store_checker = None
+        self.state.long_polls.close()
         for connection in list(self.state.connections):
             connection.close()
         if self._connections is not None:

@@ -18,6 +18,7 @@ from transparent_md.responder.access_log import AccessLog
 from transparent_md.responder.admission import ConnectionCaps, RequestBuckets
 from transparent_md.responder.dispatch import Dispatcher
 from transparent_md.responder.limits import ResponderLimits
+from transparent_md.responder.longpoll import LongPolls
 from transparent_md.responder.memory import MemoryReclaimer
 from transparent_md.responder.metrics import ResponderStats
 from transparent_md.responder.prepared import GuestViews
@@ -73,6 +74,7 @@ class ResponderState:
         self.reclaimer = MemoryReclaimer()
         self.raw_calls = RawSocketCalls()  # this loop's thread only
         self.loop = loop
+        self.long_polls = LongPolls(store, lambda: self.loop)
         self.listener: Listener | None = None
         # Time as sweeper ticks: connections compare ticks instead of reading a clock.
         self.sweep_s = min(idle_timeout, limits.header_timeout_s,
