@@ -9,7 +9,8 @@ another ifindex, and an ifindex that names another link now is not the same port
 
 The file is JSON, written atomically (a temporary file, fsync, rename): a crash while
 writing leaves the previous version. A file that cannot be read is logged and ignored
-(the daemon then starts with no locks, as it did before this file existed).
+(the daemon then starts with no locks, as it did before this file existed); an entry
+no daemon writes (a bad MAC, ifindex or time) is dropped and the rest kept.
 """
 
 from __future__ import annotations
