@@ -9,7 +9,8 @@ another ifindex, and an ifindex that names another link now is not the same port
 
 The file is JSON, written atomically (a temporary file, fsync, rename): a crash while
 writing leaves the previous version. A file that cannot be read is logged and ignored
-(the daemon then starts with no locks, as it did before this file existed).
+(the daemon then starts with no locks, as it did before this file existed); an entry
+no daemon writes (a bad MAC, ifindex or time) is dropped and the rest kept.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+MAC_OCTETS = 6
+# An ifindex is a positive 32-bit number; the lock map keeps it as a u32.
+MAX_IFINDEX = 2**31 - 1
+# Far past any clock this file meets, yet a difference with it still converts to
+# nanoseconds in an integer.
+LATEST_TIME = 2.0**40
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,39 @@ def load(path: Path) -> LockState:
         log.warning("MAC lock file %s cannot be read (%s): starting with no MAC locks",
                     path, exc)
         return LockState()
+    return _without_bad_entries(path, LockState(locks, waiting))
+
+
+def _without_bad_entries(path: Path, state: LockState) -> LockState:
+    """`state` less the entries no running daemon writes (a corrupted or hand-edited
+    file): each would fail the restore before the first port is attached, and so keep
+    every guest unanswered. The good locks are kept."""
+    locks = tuple(lock for lock in state.locks
+                  if _is_mac(lock.mac) and _is_link(lock.port))
+    waiting = tuple(w for w in state.waiting
+                    if _is_mac(w.mac) and _is_link(w.port)
+                    and _is_time(w.first_asked) and _is_time(w.last_asked))
+    dropped = len(state.locks) - len(locks) + len(state.waiting) - len(waiting)
+    if dropped:
+        log.warning("MAC lock file %s: %d entries with a bad MAC, port or time ignored",
+                    path, dropped)
     return LockState(locks, waiting)
+
+
+def _is_mac(mac: str) -> bool:
+    parts = mac.split(":")
+    return len(parts) == MAC_OCTETS and all(
+        len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts)
+
+
+def _is_link(link: PortLink) -> bool:
+    """An ifindex, or 0: a lock the operator released (layout.LOCK_RELEASED)."""
+    return 0 <= link.ifindex <= MAX_IFINDEX
+
+
+def _is_time(when: float) -> bool:
+    """A wall-clock time a daemon could have written (finite, not before the epoch)."""
+    return 0.0 <= when <= LATEST_TIME
 
 
 def _link(entry: dict) -> PortLink:

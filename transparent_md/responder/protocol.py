@@ -185,8 +185,6 @@ class MetadataProtocol(asyncio.Protocol):
             state.reclaimer.peak = stats.open_connections
         if guest is None:
             stats.connections_unknown_guest += 1
-        elif guest.locked_elsewhere and not _bound_to_this_port(state.store, guest):
-            self._forged = True
         self._bucket = state.buckets.bucket_for(key)
         if state.listener is not None:
             state.listener.check()
@@ -346,10 +344,18 @@ class MetadataProtocol(asyncio.Protocol):
         parser = self._parser
         method = parser.get_method()
         is_token = False
+        snapshot = self._store.snapshot()
+        if snapshot is not self._snapshot:
+            # Whether a guest whose MAC is locked elsewhere is answered depends on the
+            # record it matches: judged again with the records, so an open connection
+            # never keeps a permission its record no longer gives.
+            guest = self._guest
+            self._forged = (guest is not None and guest.locked_elsewhere
+                            and not _bound_to_this_port(snapshot, guest))
         if self._forged:
+            self._snapshot = snapshot
             reply = self._refuse_forged()
         else:
-            snapshot = self._store.snapshot()
             if snapshot is not self._snapshot and not self._find_record(snapshot):
                 reply = STORE_UNAVAILABLE
             elif self._flavor is not None and method in (_GET, _HEAD):
@@ -571,7 +577,7 @@ class MetadataProtocol(asyncio.Protocol):
         return self._guest
 
 
-def _bound_to_this_port(store, guest) -> bool:
+def _bound_to_this_port(snapshot, guest) -> bool:
     """A MAC locked to another port is still served where the VM manager bound its record.
 
     The lock goes to the port a MAC first asked from; a neighbour copying the MAC and
@@ -580,5 +586,5 @@ def _bound_to_this_port(store, guest) -> bool:
     answered; anywhere else the lock and the binding both refuse. Rare path: only guests
     whose MAC is locked elsewhere pay this lookup.
     """
-    binding = store.snapshot().match(guest)
+    binding = snapshot.match(guest)
     return binding is not None and binding.port is not None
