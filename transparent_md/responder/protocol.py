@@ -344,29 +344,18 @@ class MetadataProtocol(asyncio.Protocol):
         parser = self._parser
         method = parser.get_method()
         is_token = False
-        snapshot = self._store.snapshot()
-        if snapshot is not self._snapshot:
-            # Whether a guest whose MAC is locked elsewhere is answered depends on the
-            # record it matches: judged again with the records, so an open connection
-            # never keeps a permission its record no longer gives.
-            guest = self._guest
-            self._forged = (guest is not None and guest.locked_elsewhere
-                            and not _bound_to_this_port(snapshot, guest))
-        if self._forged:
-            self._snapshot = snapshot
-            reply = self._refuse_forged()
+        refusal = self._judge(self._store.snapshot())
+        if refusal is not None:
+            reply = refusal
+        elif self._flavor is not None and method in (_GET, _HEAD):
+            reply = self._dispatcher.gce(self._prepared, self._url, self._flavor,
+                                         self._forwarded)
+        elif method == _GET:
+            reply = self._dispatcher.get(self._prepared, self._url, self._token)
         else:
-            if snapshot is not self._snapshot and not self._find_record(snapshot):
-                reply = STORE_UNAVAILABLE
-            elif self._flavor is not None and method in (_GET, _HEAD):
-                reply = self._dispatcher.gce(self._prepared, self._url, self._flavor,
-                                             self._forwarded)
-            elif method == _GET:
-                reply = self._dispatcher.get(self._prepared, self._url, self._token)
-            else:
-                reply, is_token = self._dispatcher.respond(
-                    self._prepared, method, self._url, self._token, self._ttl,
-                    self._forwarded, self._body)
+            reply, is_token = self._dispatcher.respond(
+                self._prepared, method, self._url, self._token, self._ttl,
+                self._forwarded, self._body)
         if reply.__class__ is Wait:
             self._hold(reply, method)
             return
@@ -421,9 +410,8 @@ class MetadataProtocol(asyncio.Protocol):
             return True
         wait, method, keep_alive, version10, deadline = self._waiting
         self._active_tick = self._state.tick  # a held request is not an idle connection
-        if snapshot is not self._snapshot and not self._find_record(snapshot):
-            reply = STORE_UNAVAILABLE
-        else:
+        reply = self._judge(snapshot)
+        if reply is None:
             reply = self._dispatcher.gce_again(self._prepared, wait)
             if getattr(reply, "etag", None) == wait.etag and now < deadline:
                 return False
@@ -448,6 +436,23 @@ class MetadataProtocol(asyncio.Protocol):
                           f"requests over {state.limits.request_rate:g}/s "
                           f"(burst {state.limits.request_burst}): answered 429")
         self._fail(429)
+
+    def _judge(self, snapshot: object) -> http.Reply | None:
+        """Bring this connection to `snapshot`: None when its guest may be answered from
+        it, else the refusal (a MAC locked elsewhere: 404; the store unreadable: 503).
+
+        Whether a guest whose MAC is locked elsewhere is answered depends on the record
+        it matches: judged again at every store change, so an open connection (or a held
+        long poll) never keeps a permission its record no longer gives."""
+        if snapshot is not self._snapshot:
+            guest = self._guest
+            self._forged = (guest is not None and guest.locked_elsewhere
+                            and not _bound_to_this_port(snapshot, guest))
+            if self._forged:
+                self._snapshot = snapshot
+            elif not self._find_record(snapshot):
+                return STORE_UNAVAILABLE
+        return self._refuse_forged() if self._forged else None
 
     def _find_record(self, snapshot) -> bool:
         """Bring this connection's view to `snapshot` (a new one); False when the store
