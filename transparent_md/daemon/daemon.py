@@ -32,6 +32,7 @@ from transparent_md.datapath.slot_release import SlotReleaser
 from transparent_md.errors import UserError
 from transparent_md.lockfile import DaemonLock
 from transparent_md.process import raise_nofile_limit, stop_process
+from transparent_md.responder.limits import ResponderLimits
 from transparent_md.responder.tokens import DEFAULT_TOKEN_HOP_LIMIT
 from transparent_md.store.etcd_url import EtcdTls
 
@@ -50,8 +51,7 @@ class DaemonConfig:
     workers: int = 1
     metrics: tuple[str, int] | None = None
     recent_problems: RecentProblems | None = None
-    # ResponderLimits fields as `run` flags give them (0 = no limit); empty: defaults.
-    responder_limits: dict[str, float] = field(default_factory=dict)
+    responder_limits: ResponderLimits = field(default_factory=ResponderLimits)
     access_log: str | None = None  # `text` or `json` with --access-log, else None
     # The admin API's unix socket (`run --api`), or None for no API.
     api_socket: str | None = None
