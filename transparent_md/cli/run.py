@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import re
 
 from transparent_md.cli.store_options import add_store_options, etcd_tls
 from transparent_md.daemon.store_source import CACHE_DIR
@@ -20,6 +21,9 @@ log = logging.getLogger("transparent_md")
 
 # More processes than this only add memory: the kernel work per request stays.
 MAX_WORKERS = 64
+# `--responder-netns-prefix`: a namespace name's safe start (file names under /run/netns).
+NETNS_PREFIX_MAX = 48
+NETNS_PREFIX = re.compile(rf"[A-Za-z][A-Za-z0-9_-]{{0,{NETNS_PREFIX_MAX - 1}}}")
 
 EPILOG = """\
 what it does:
@@ -73,6 +77,13 @@ def _count(value: str) -> int:
     return int(value)
 
 
+def _netns_prefix(value: str) -> str:
+    if not NETNS_PREFIX.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r}: 1-{NETNS_PREFIX_MAX} letters, digits, "
+                                         "'-' or '_', starting with a letter")
+    return value
+
+
 def _listen_address(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
@@ -121,6 +132,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--responder-netns", default="auto", choices=["auto", "none"],
                    help="where md1 and 169.254.169.254 live: 'auto' (default) a namespace "
                    "of the daemon's own, 'none' the current namespace (see below)")
+    p.add_argument("--responder-netns-prefix", type=_netns_prefix, default=None,
+                   metavar="PREFIX",
+                   help="put PREFIX before the name of that namespace of its own "
+                   "(<name>-<netns inode>-responder): test labs and the bench name every "
+                   "namespace they make with a prefix of theirs (default: none)")
     p.add_argument("--token-hop-limit", type=int, default=DEFAULT_TOKEN_HOP_LIMIT, metavar="N",
                    help="IP TTL of IMDSv2 token responses "
                    f"(default {DEFAULT_TOKEN_HOP_LIMIT}, like EC2)")
@@ -214,7 +230,8 @@ def run_command(cmdline: argparse.Namespace) -> int:
                             dest, cmdline.config)
         return PortSettings(fresh.bridge, fresh.ports, fresh.exclude_port, fresh.gateway)
 
-    names = DaemonNames.here(args.name, own_responder_netns=args.responder_netns == "auto")
+    names = DaemonNames.here(args.name, own_responder_netns=args.responder_netns == "auto",
+                             netns_prefix=args.responder_netns_prefix or "")
     config = DaemonConfig(
         datapath=DatapathConfig(
             bridges=args.bridge,

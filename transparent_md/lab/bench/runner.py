@@ -90,6 +90,8 @@ class Settings:
     syscall_requests: int = syscalls.DEFAULT_REQUESTS  # per traced run; 0 skips tracing
     records: int = records.DEFAULT_RECORDS
     netns_prefix: str | None = None  # base of namespace names (lab.netns.netns_prefix)
+    # `bench --quick`: runs too short to hold a figure against a target; none is judged.
+    indicative: bool = False
     neighbour_attacks: hostile.HostileSettings | None = hostile.DEFAULT  # None: skip it
 
 
@@ -117,12 +119,13 @@ class BenchRun:
                  f"(namespaces prefixed {self.topo.prefix})")
         self.hv = topology.build_hypervisor(self.topo)
         self.guests = topology.add_guests(self.hv, "g", s.guests)
-        self.storm_guests = topology.add_guests(self.hv, "s", s.storm_guests)
+        self.bridges = topology.bridges_for(s.guests + s.storm_guests)
+        self.storm_guests = topology.add_guests(self.hv, "s", s.storm_guests, self.bridges)
         self.store = str(self.workdir / "instances.db")
         self.records = records.write_store(self.store, self.guests + self.storm_guests,
                                            s.records)
         self.say(f"store: {self.records} records; starting the daemon")
-        self.daemon = self.hv.start_daemon(topology.BRIDGES, self.store,
+        self.daemon = self.hv.start_daemon(self.bridges, self.store,
                                            ["--workers", str(s.workers), *LOAD_GENERATOR_FLAGS])
         if self.storm_guests:
             topology.pin_metadata_neighbour(self.hv, self.storm_guests,
