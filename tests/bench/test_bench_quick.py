@@ -24,6 +24,8 @@ MODES = {"keep-alive", "new connection"}
 QUICK_TIMEOUT_S = 120
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NETNS_PREFIX = "tmdbq"  # the run's namespaces must start with it
+# Building 3,000 guest namespaces dominates; room for a busy machine.
+STORM_3000_TIMEOUT_S = 1800
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +82,9 @@ def test_storm_memory_and_ratio_sections(quick_run):
     for part in ("CPU per request, tc path, keep-alive", "new connection", "tc path / loopback",
                  "storm failures", "storm p99", "daemon RSS"):
         assert part in names
-    assert all(c["target"] and isinstance(c["ok"], bool) for c in r["checks"])
+    # A quick run's figures are indicative: every check is listed, none is judged.
+    assert r["indicative"] is True
+    assert all(c["target"] and c["ok"] is None for c in r["checks"])
 
 
 def test_syscall_counts_for_daemon_and_nginx(quick_run):
@@ -106,9 +110,36 @@ def test_markdown_shows_targets_and_chart_is_png(quick_run):
     assert quick_run["chart"].read_bytes().startswith(PNG_MAGIC)
 
 
+def test_quick_judges_nothing_and_help_matches_the_report(quick_run):
+    md = quick_run["markdown"]
+    assert md.startswith("**Indicative figures only** (`bench --quick`")
+    assert "MISSED" not in md and "| ok |" not in md and "not judged" in md
+    assert "Protections off" not in md  # the quick hostile table has no such rows
+    table = md.split("| server | connection | requests/s |", 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines()[2:] if line.startswith("| ")]
+    helped = subprocess.run([sys.executable, "-m", "transparent_md", "bench", "--help"],
+                            capture_output=True, text=True, timeout=60).stdout
+    assert f"each round makes {len(rows)} runs" in " ".join(helped.split())
+
+
 def test_no_namespace_left_behind(quick_run):
     ns = quick_run["report"]["namespaces"]
     assert ns["prefix"].startswith(NETNS_PREFIX) and ns["daemon_responder"]
+    assert ns["daemon_responder"].startswith(ns["prefix"])  # --netns-prefix covers it too
     left = [p.name for p in Path("/run/netns").iterdir()
             if p.name.startswith(ns["prefix"]) or p.name == ns["daemon_responder"]]
     assert left == []
+
+
+@pytest.mark.slow
+def test_a_storm_of_3000_guests_runs(tmp_path):
+    """More guests than two bridges hold (1,023 ports each): the storm spreads them."""
+    out = tmp_path / "r.json"
+    res = subprocess.run(
+        [sys.executable, "-m", "transparent_md", "bench", "--quick", "--storm-guests", "3000",
+         "--storm-window", "10", "--netns-prefix", NETNS_PREFIX, "--json", str(out),
+         "--markdown", str(tmp_path / "r.md")],
+        capture_output=True, text=True, timeout=STORM_3000_TIMEOUT_S)
+    assert res.returncode == 0, res.stderr[-3000:]
+    storm = json.loads(out.read_text())["storm"]
+    assert storm["guests"] == 3000 and storm["requests"] >= 3000 * 10, storm
