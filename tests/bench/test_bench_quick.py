@@ -7,8 +7,11 @@ it made, including the daemon's responder namespace.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +23,10 @@ pytestmark = pytest.mark.netns
 SERVERS = {"tc", "loopback", "nft-dnat", "nginx-router", "floor-router", "nginx",
            "aiohttp"}
 MODES = {"keep-alive", "new connection"}
-# Whole quick run is ~20 s here; the rest is room for a busy machine.
-QUICK_TIMEOUT_S = 120
+# Whole quick run is ~20 s here, alone; the rest is room for a busy machine.
+QUICK_TIMEOUT_S = 300
+# After a timeout: time for the bench to remove its namespaces before SIGKILL.
+CLEANUP_GRACE_S = 30
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NETNS_PREFIX = "tmdbq"  # the run's namespaces must start with it
 # Building 3,000 guest namespaces dominates; room for a busy machine.
@@ -32,16 +37,33 @@ STORM_3000_TIMEOUT_S = 1800
 def quick_run(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench")
     paths = {"json": out / "r.json", "markdown": out / "r.md", "chart": out / "r.png"}
-    res = subprocess.run(
-        [sys.executable, "-m", "transparent_md", "bench", "--quick",
-         "--netns-prefix", NETNS_PREFIX,
-         *(a for k, p in paths.items() for a in (f"--{k}", str(p)))],
-        capture_output=True, text=True, timeout=QUICK_TIMEOUT_S,
-    )
+    res = run_bench(["--quick", "--netns-prefix", NETNS_PREFIX,
+                     *(a for k, p in paths.items() for a in (f"--{k}", str(p)))],
+                    QUICK_TIMEOUT_S)
     assert res.returncode == 0, res.stderr[-3000:]
     return {"report": json.loads(paths["json"].read_text()),
             "markdown": paths["markdown"].read_text(), "chart": paths["chart"],
             "stderr": res.stderr}
+
+
+def run_bench(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """`bench ARGV` in a process group of its own; on timeout the whole group gets
+    SIGTERM (the bench removes its namespaces, its daemons theirs), then SIGKILL."""
+    proc = subprocess.Popen([sys.executable, "-m", "transparent_md", "bench", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.communicate(timeout=CLEANUP_GRACE_S)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _number(value) -> bool:
@@ -135,11 +157,9 @@ def test_no_namespace_left_behind(quick_run):
 def test_a_storm_of_3000_guests_runs(tmp_path):
     """More guests than two bridges hold (1,023 ports each): the storm spreads them."""
     out = tmp_path / "r.json"
-    res = subprocess.run(
-        [sys.executable, "-m", "transparent_md", "bench", "--quick", "--storm-guests", "3000",
-         "--storm-window", "10", "--netns-prefix", NETNS_PREFIX, "--json", str(out),
-         "--markdown", str(tmp_path / "r.md")],
-        capture_output=True, text=True, timeout=STORM_3000_TIMEOUT_S)
+    res = run_bench(["--quick", "--storm-guests", "3000", "--storm-window", "10",
+                     "--netns-prefix", NETNS_PREFIX, "--json", str(out),
+                     "--markdown", str(tmp_path / "r.md")], STORM_3000_TIMEOUT_S)
     assert res.returncode == 0, res.stderr[-3000:]
     storm = json.loads(out.read_text())["storm"]
     assert storm["guests"] == 3000 and storm["requests"] >= 3000 * 10, storm
