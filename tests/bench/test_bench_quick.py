@@ -134,7 +134,9 @@ def test_markdown_shows_targets_and_chart_is_png(quick_run):
 
 def test_quick_judges_nothing_and_help_matches_the_report(quick_run):
     md = quick_run["markdown"]
-    assert md.startswith("**Indicative figures only** (`bench --quick`")
+    assert md.startswith("# Benchmark: `transparent-md bench`")  # a whole document
+    report = md.split("## The run\n\n", 1)[1]
+    assert report.startswith("**Indicative figures only** (`bench --quick`")
     assert "MISSED" not in md and "| ok |" not in md and "not judged" in md
     assert "Protections off" not in md  # the quick hostile table has no such rows
     table = md.split("| server | connection | requests/s |", 1)[1].split("\n\n", 1)[0]

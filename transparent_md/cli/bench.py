@@ -116,8 +116,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="only the hostile-neighbour table, longer: 6 s per attack, up to "
                    "20,000 connections per flood (the default run includes a short one)")
     p.add_argument("--markdown", metavar="PATH",
-                   help="write the markdown report here (default: print it); "
-                   "docs/benchmark.md is this report of a default run")
+                   help="write the report here as a whole document, with a header saying "
+                   "what is measured and how to run it again (default: print the report); "
+                   "docs/benchmark.md is this document of a default run")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON ('-': stdout)")
     p.add_argument("--chart", metavar="PATH",
                    help="write a PNG of requests/s and CPU per request side by side")
@@ -210,12 +211,11 @@ def bench_command(args: argparse.Namespace) -> int:
     if args.hostile:
         return hostile_only(args, settings, _progress)
     raw = BenchRun(settings, _progress).execute()
-    text = report.markdown(raw)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(text)
+            f.write(report.document(raw, EPILOG.split("\nexamples:", 1)[0]))
     else:
-        print(text, flush=True)
+        print(report.markdown(raw), flush=True)
     if args.json:
         data = json.dumps(report.to_json(raw), indent=2)
         if args.json == "-":

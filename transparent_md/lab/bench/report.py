@@ -234,3 +234,33 @@ def syscall_lines(counts: list[dict]) -> list[str]:
                      f"| {c['per_request']:.2f} | {by} |")
     lines.append("")
     return lines
+
+
+DOCUMENT_TITLE = "# Benchmark: `transparent-md bench`"
+DOCUMENT_INTRO = """\
+This document is one run's report, written by `transparent-md bench --markdown
+docs/benchmark.md`; regenerate it the same way (as root, with the lab extra: `scripts/setup`
+makes both) rather than editing it. Earlier runs live in git's history, not here. Other
+ways to run it:
+
+```
+transparent-md bench --quick           # a smoke test: indicative figures, no target judged
+transparent-md bench --hostile         # only the hostile-neighbour table, longer attacks
+transparent-md bench --storm-guests 3000 --storm-window 10   # a large boot storm
+transparent-md bench --json r.json --chart r.png --markdown r.md
+```
+
+What is measured (from `transparent-md bench --help`):
+
+```
+{what}```
+
+## The run
+
+"""
+
+
+def document(raw: dict, what_is_measured: str) -> str:
+    """The whole of docs/benchmark.md: a short header, then this run's report."""
+    return "\n\n".join([DOCUMENT_TITLE, DOCUMENT_INTRO.format(what=what_is_measured)]
+                       ).rstrip("\n") + "\n\n" + markdown(raw)
