@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "while its old port still exists, or to end a neighbour's hold on an unbound "
         f"record: a released lock is held by nobody for {quiet[0]:g} to {quiet[1]:g} s, "
         "then goes to the port in line, or to the next port that asks (see "
-        "docs/hostile-guests.md).")
+        "docs/hostile-guests.md). Works wherever `status` does, also for a daemon started "
+        "under `ip netns exec` (its pins are read from its own mount namespace).")
     verbs = p.add_subparsers(dest="identity_verb", metavar="ACTION", required=True)
     locks = verbs.add_parser("locks", help="list MAC locks: MAC, port, bridge, and the "
                              "ports waiting for each")

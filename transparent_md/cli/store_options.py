@@ -12,7 +12,9 @@ if TYPE_CHECKING:
     from transparent_md.store import Store
 
 STORE_HELP = (f"instance store: a SQLite file (default {DEFAULT_STORE_PATH}), or a fleet's "
-              "etcd as etcd://HOST:PORT[,HOST:PORT...]/PREFIX (etcds:// for TLS)")
+              "etcd as etcd://HOST:PORT[,HOST:PORT...]/PREFIX (etcds:// for TLS); a file "
+              "that does not exist is created only by `instance add`, `import` and `apply` "
+              "(and `run`, with a warning), refused by every other verb")
 
 
 def add_store_options(parser: argparse.ArgumentParser) -> None:
