@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 import time
 
@@ -82,6 +83,24 @@ def test_no_attached_port_is_a_warning_a_status_line_and_degraded_health(hv, sel
     assert "ports (0):" in text and "DEGRADED: no port attached" in text, text
     assert "transparent_md_health_degraded 1.0" in metrics
     assert "transparent_md_health_problems 0.0" in metrics
+
+
+def test_a_reload_that_leaves_no_port_warns_and_degrades(hv, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("bridge: [br0]\n")
+    daemon = hv.start_daemon([], hv.store, ["--config", str(config), "--metrics", METRICS])
+    try:
+        assert scrape(hv, "/healthz") == (200, "ok\n")
+        config.write_text("bridge: [br0]\nport: ['nomatch*']\n")
+        daemon.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "no port attached" not in daemon.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        health = scrape(hv, "/healthz")
+    finally:
+        assert daemon.stop() == 0
+    assert len([line for line in warnings(daemon.log()) if "no port attached" in line]) == 1
+    assert health[0] == 200 and health[1].startswith("degraded: no port attached"), health
 
 
 def test_healthz_probes_are_no_guests_in_metrics_or_the_access_log(hv):

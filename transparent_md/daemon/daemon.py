@@ -175,13 +175,16 @@ class Daemon:
                         "--port and --exclude-port); no guest is served until one appears",
                         ",".join(self.datapath.config.bridges) or "-")
 
-    def degradations(self) -> list[str]:
-        """Why this working daemon serves nobody, if it does (see daemon.health)."""
+    def _records(self) -> int | None:
+        responder = self._responder
+        return len(responder.state.store.snapshot().bindings) if responder else None
+
+    def degradations(self, records: int | None = None) -> list[str]:
+        """Why this working daemon serves nobody, if it does (see daemon.health);
+        `records`: the count if the caller has it already."""
         from transparent_md.daemon.health import degradations
 
-        responder = self._responder
-        records = (len(responder.state.store.snapshot().bindings)
-                   if responder is not None else None)
+        records = self._records() if records is None else records
         store = self.config.store_path
         if store is None:
             from transparent_md.store import DEFAULT_STORE_PATH
@@ -245,10 +248,10 @@ class Daemon:
                         "identities_in_use": self.datapath.slots_in_use() if running else 0}
         responder = self._responder
         if responder is not None:
-            counts["records"] = len(responder.state.store.snapshot().bindings)
+            counts["records"] = self._records()
             counts["open_connections"] = responder.stats.open_connections
         counts.update(self.store_source.status())
-        counts["degraded"] = self.degradations()
+        counts["degraded"] = self.degradations(counts.get("records"))
         recent = self.config.recent_problems
         counts["recent_problems"] = list(recent.records) if recent else []
         return counts
