@@ -138,7 +138,11 @@ def markdown(raw: dict) -> str:
             if indicative(raw) else [])
     lines = [*note,
         f"Run {raw['started']} on {m['cpus']} CPUs, kernel {m['kernel']}, "
-        f"Python {m['python']}: {s['guests']} wrk clients x "
+        f"Python {m['python']}"
+        + (f", load average {m['load_before']:g} before it began (other work on the "
+           "machine skews every figure)" if m.get("load_before", 0) >= m["cpus"] / 2
+           else "")
+        + f": {s['guests']} wrk clients x "
         f"{s['connections_per_guest']} connections, {s['duration_s']:g} s per run "
         f"(whole run {raw['elapsed_s']:g} s). Each row is the median of "
         f"{s.get('rounds', 1)} interleaved rounds (the round with the median CPU per request).",

@@ -96,8 +96,11 @@ class Settings:
 
 
 def machine() -> dict:
+    """The machine, and how busy it was before the run began (others' work skews every
+    figure: the report says so)."""
     return {"cpus": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version(), "host": platform.node()}
+            "python": platform.python_version(), "host": platform.node(),
+            "load_before": round(os.getloadavg()[0], 2)}
 
 
 class BenchRun:
@@ -286,6 +289,7 @@ class BenchRun:
     # -- whole run ------------------------------------------------------------------
     def execute(self) -> dict:
         started = time.monotonic()
+        host = machine()  # before the run loads it
         try:
             self.build()
             targets = self.start_servers()
@@ -298,7 +302,7 @@ class BenchRun:
         neighbours = (hostile.run(self.s.neighbour_attacks, self.say, self.s.netns_prefix)
                       if self.s.neighbour_attacks else None)
         return {
-            "machine": machine(),
+            "machine": host,
             "settings": {**asdict(self.s), "connections_per_guest":
                          wrk.CONNECTIONS_PER_CLIENT},
             "namespaces": {"prefix": self.topo.prefix,
