@@ -60,8 +60,10 @@ AIOHTTP_PORT = 8082
 ROUTER_NGINX_PORT = 80
 # ... and the uvloop + httptools floor beside it.
 ROUTER_FLOOR_PORT = 81
-# The storm drivers' own limit: M guests x ~50 requests must end well within this.
+# The storm drivers' own limit: M guests x ~50 requests must end well within this,
+# plus the window, plus this much per guest (a big storm on a small machine).
 STORM_TIMEOUT_S = 120.0
+STORM_TIMEOUT_PER_GUEST_S = 0.1
 # The drivers start this long before the storm's first guest: room to import and set up.
 STORM_LEAD_S = 2.0
 # The daemon's responder namespace: `<--name>-<inode of its netns>-responder`.
@@ -264,7 +266,8 @@ class BenchRun:
                     procs.append(subprocess.Popen(
                         [sys.executable, "-m", "transparent_md.lab.bench.storm", str(path)],
                         stdout=subprocess.DEVNULL, stderr=err))
-            deadline = time.monotonic() + STORM_TIMEOUT_S
+            deadline = (time.monotonic() + STORM_TIMEOUT_S + self.s.storm_window_s
+                        + STORM_TIMEOUT_PER_GUEST_S * len(self.storm_guests))
             parts = []
             for k, (proc, path) in enumerate(zip(procs, paths, strict=True)):
                 if proc.wait(timeout=max(0.0, deadline - time.monotonic())) != 0:
