@@ -30,7 +30,10 @@ def exported_metrics() -> set[str]:
     daemon's /metrics is scraped in tests/daemon/test_degraded.py)."""
     datapath = SimpleNamespace(stats=lambda: {"events": {"request": 1}, "drops": {"syn_rate": 1}},
                                slots_in_use=lambda: 0, attacher=None,
-                               guard=SimpleNamespace(restored=0))
+                               guard=SimpleNamespace(restored=0),
+                               keeper=SimpleNamespace(stats=SimpleNamespace(
+                                   conflicts=0, handovers=0, restored=0,
+                                   released_at_start=0)))
     follower = SimpleNamespace(state=SimpleNamespace(connected=True, lag=0, revision=1,
                                                      resyncs=0))
 
