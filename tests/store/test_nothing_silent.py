@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -18,6 +19,7 @@ import yaml
 from tests.conftest import write_records
 from tests.keys import ED25519
 from transparent_md.store import DEFAULT_STORE_PATH, RecordError, open_store, parse_record
+from transparent_md.store.policy import clash_message
 
 RECORD = {"instance_id": "i-1", "mac": "52:54:00:00:00:01", "bridge": "br0", "port": "tap1"}
 
@@ -131,13 +133,18 @@ def test_a_real_ssh_key_is_accepted():
 
 def test_the_clash_message_fits_the_records(tmp_path):
     store = str(tmp_path / "instances.db")
-    write_records(store, [RECORD])
+    by_mac = {"instance_id": "i-1", "mac": "52:54:00:00:00:01", "bridge": "br0"}
+    write_records(store, [by_mac])
     twin = tmp_path / "twin.yaml"
-    twin.write_text(yaml.safe_dump([{**RECORD, "instance_id": "i-2"}]))
+    twin.write_text(yaml.safe_dump([{**by_mac, "instance_id": "i-2"}]))
     line = one_line_error(cli("import", str(twin), "--store", store))
-    assert open_store(store).get("i-2") is None
-    assert "i-2" in line and "i-1" in line and "bound alike" in line
-    assert "give i-" not in line and "its MAC" not in line and "to its port" not in line
+    assert open_store(store).get("i-2") is None  # nothing written
+    assert "bind i-1 to its port" in line and "bind i-2 to its port" in line
+    assert "MAC" not in line.split(";", 1)[1]  # both have one: no "give it a MAC"
+    alike = SimpleNamespace(instance_id="a", mac="52:54:00:00:00:01", ip="10.0.0.5",
+                            bridge="br0", port="tap1")
+    message = clash_message(alike, SimpleNamespace(**{**vars(alike), "instance_id": "b"}))
+    assert "bound alike" in message and "give" not in message and "to its port" not in message
 
     ip_only = [{"instance_id": "a", "ip": "10.0.0.5", "bridge": "br0"},
                {"instance_id": "b", "ip": "10.0.0.5", "bridge": "br0"}]
