@@ -39,10 +39,14 @@ class DaemonNames:
     name: str
     inode: int
     own_responder_netns: bool = True
+    # Put before the responder namespace's name (`run --responder-netns-prefix`): a lab
+    # names every namespace it makes with its own prefix, the daemon's one included.
+    netns_prefix: str = ""
 
     @classmethod
-    def here(cls, name: str = DEFAULT_NAME, own_responder_netns: bool = True) -> DaemonNames:
-        return cls(name, netns_inode(), own_responder_netns)
+    def here(cls, name: str = DEFAULT_NAME, own_responder_netns: bool = True,
+             netns_prefix: str = "") -> DaemonNames:
+        return cls(name, netns_inode(), own_responder_netns, netns_prefix)
 
     @property
     def daemon_id(self) -> str:
@@ -65,7 +69,9 @@ class DaemonNames:
     @property
     def responder_netns(self) -> str | None:
         """Our namespace for the responder side, or None for the current namespace."""
-        return f"{self.daemon_id}-responder" if self.own_responder_netns else None
+        if not self.own_responder_netns:
+            return None
+        return f"{self.netns_prefix}{self.daemon_id}-responder"
 
     @property
     def pin_dir(self) -> Path:

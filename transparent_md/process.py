@@ -26,6 +26,7 @@ PR_SET_NAME = 15  # prctl(2)
 THREAD_NAME_MAX = 15
 PR_SET_PDEATHSIG = 1
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
 
 
 def check(result: int) -> int:
@@ -39,6 +40,21 @@ def check(result: int) -> int:
 def setns_net(fd: int) -> None:
     """Move this thread into the network namespace open on `fd`."""
     check(libc.setns(fd, CLONE_NEWNET))
+
+
+def enter_mount_namespace_of(pid: int) -> bool:
+    """Move this (single-threaded) process into the mount namespace of process `pid`;
+    False when it is ours already. A daemon started under `ip netns exec` has a /sys of
+    its own, and its BPF pins are only seen from there."""
+    target = f"/proc/{pid}/ns/mnt"
+    if os.stat(target).st_ino == os.stat("/proc/self/ns/mnt").st_ino:
+        return False
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        check(libc.setns(fd, CLONE_NEWNS))
+    finally:
+        os.close(fd)
+    return True
 
 
 def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:

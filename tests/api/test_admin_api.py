@@ -11,6 +11,7 @@ import threading
 
 import pytest
 
+from tests.keys import ED25519, ED25519_OTHER
 from transparent_md.api.client import ApiClient
 from transparent_md.api.server import MAX_BODY_BYTES, AdminServer
 from transparent_md.errors import UserError
@@ -125,7 +126,7 @@ def test_if_match_makes_writes_conditional(api):
 
 def test_merge_patch_follows_rfc_7396(api):
     api.request("PUT", "/v1/instances/i-1", {
-        **RECORD, "ssh_keys": {"a": "ssh-ed25519 AAAA a", "b": "ssh-ed25519 BBBB b"},
+        **RECORD, "ssh_keys": {"a": f"{ED25519} a", "b": f"{ED25519_OTHER} b"},
         "openstack": {"meta": {"role": "web", "tier": "1"}}})
     patched = api.request("PATCH", "/v1/instances/i-1", {
         "hostname": "renamed",                 # replaced
@@ -137,7 +138,7 @@ def test_merge_patch_follows_rfc_7396(api):
     assert patched.status == 200, patched.body
     record = patched.body
     assert record["hostname"] == "renamed" and "ip" not in record
-    assert record["ssh_keys"] == {"b": "ssh-ed25519 BBBB b"}
+    assert record["ssh_keys"] == {"b": f"{ED25519_OTHER} b"}
     assert record["openstack"]["meta"] == {"role": "web", "tier": "2"}
     assert record["security_groups"] == ["web"]
     # Setting user_data_base64 replaces user_data instead of clashing with it.

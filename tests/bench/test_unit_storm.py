@@ -68,3 +68,23 @@ def test_a_driver_writes_its_part_to_the_result_file_not_to_stdout(tmp_path):
     assert res.stdout == ""
     part = json.loads(result.read_text())
     assert part["requests"] == 0 and part["latencies_ms"] == [] and part["failures"] == 0
+
+
+def test_storm_guests_get_as_many_bridges_as_they_need():
+    """A Linux bridge holds at most 1,023 ports ("Exchange full" past that): a storm of
+    3,000 guests beside the wrk guests is spread over enough bridges, none over the cap."""
+    from transparent_md.lab.bench import topology
+
+    assert topology.bridges_for(208) == topology.BRIDGES
+    for guests in (1_000, 3_008, 10_000):
+        bridges = topology.bridges_for(guests)
+        wrk_guests, storm_guests = 8, guests - 8
+        per_bridge = {b: 0 for b in bridges}
+        for i in range(wrk_guests):  # the wrk guests and the router's leg: first two only
+            per_bridge[topology.BRIDGES[i % 2]] += 1
+        for b in topology.BRIDGES:
+            per_bridge[b] += 1
+        for i in range(storm_guests):
+            per_bridge[bridges[i % len(bridges)]] += 1
+        assert max(per_bridge.values()) <= topology.BRIDGE_MAX_PORTS, (guests, per_bridge)
+        assert [topology.bridge_index(b) for b in bridges] == list(range(len(bridges)))

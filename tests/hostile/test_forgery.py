@@ -23,7 +23,7 @@ pytestmark = pytest.mark.netns
 VICTIM_ID = "i-0victim000000001"
 SECRETS = {
     "hostname": "victim-web-1",
-    "ssh": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIVictimVictimVictim victim@example",
+    "ssh": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIVictimVictimVictimA victim@example",
     "user_data": "#cloud-config\nruncmd: [echo victim-user-data-secret]\n",
     "access_key_id": "ASIAVICTIMVICTIM0001",
     "secret_access_key": "victim/secret/access/key/0123456789abcdef",

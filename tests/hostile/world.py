@@ -23,7 +23,7 @@ METADATA_ROUTE = "169.254.169.254/32 dev eth0"
 # The daemon's metrics listener, inside the hypervisor namespace only.
 METRICS = "127.0.0.1:9464"
 USER_DATA = "#cloud-config\nhostname: {id}\n"
-SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostileHostileHostileHostile {id}"
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostileHostileHostileHostileAAA {id}"
 # A short curl: "answered on its first try" means no second chance.
 FIRST_TRY_TIMEOUT_S = 3.0
 # Guests above this address serial are free for tests to place.

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 import uvloop
 
+from tests.keys import ED25519, RSA
 from tests.responder.fakes import make_store
 from tests.responder.http_client import Conn, Response
 from transparent_md.identity import Guest
@@ -39,7 +40,7 @@ RECORD_A = {
     "instance_id": "i-aaaa", "mac": GUEST_A.mac, "ip": "10.0.0.5", "bridge": "br0",
     "hostname": "alpha", "availability_zone": "eu-west-1a", "instance_type": "m5.large",
     "public_ipv4": "203.0.113.10", "security_groups": ["default", "web"],
-    "ssh_keys": {"alice": "ssh-ed25519 AAAAalice alice", "bob": "ssh-rsa AAAAbob bob"},
+    "ssh_keys": {"alice": f"{ED25519} alice", "bob": f"{RSA} bob"},
     "user_data": "#cloud-config\nhostname: alpha\n",
     "vendor_data": {"cloud-init": "#cloud-config\n"},
     "openstack": {"project_id": "proj-a", "meta": {"role": "web"}},

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from tests import clients
+from tests.keys import ED25519, RSA
 from tests.responder.conftest import RECORD_A
 from transparent_md.store import open_store, parse_record
 
@@ -21,8 +22,8 @@ def _check_ec2_crawl(crawled: dict) -> None:
     assert md["hostname"] == "alpha"
     assert md["local-ipv4"] == "10.0.0.5"
     assert md["placement"]["availability-zone"] == "eu-west-1a"
-    assert md["public-keys"] == {"alice": ["ssh-ed25519 AAAAalice alice"],
-                                 "bob": ["ssh-rsa AAAAbob bob"]}
+    assert md["public-keys"] == {"alice": [f"{ED25519} alice"],
+                                 "bob": [f"{RSA} bob"]}
     assert crawled["user-data"] == RECORD_A["user_data"]
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tests.keys import ED25519, RSA
 from tests.responder.conftest import GUEST_A, RECORD_A, RECORD_B, UNKNOWN_SOURCE
 from transparent_md.responder.ec2 import VERSIONS
 
@@ -47,8 +48,8 @@ LEAVES = {
     "reservation-id": "r-i-aaaa",
     "security-groups": "default\nweb",
     "services/domain": "amazonaws.com",
-    "public-keys/0/openssh-key": "ssh-ed25519 AAAAalice alice\n",
-    "public-keys/1/openssh-key": "ssh-rsa AAAAbob bob\n",
+    "public-keys/0/openssh-key": f"{ED25519} alice\n",
+    "public-keys/1/openssh-key": f"{RSA} bob\n",
     "block-device-mapping/ami": "/dev/vda",
 }
 

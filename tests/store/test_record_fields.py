@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.keys import ED25519
 from transparent_md.cli import instance as instance_cli
 from transparent_md.store import Instance, parse_record
 from transparent_md.store.fields import clearable_fields, file_keys, markdown_table
@@ -62,7 +63,7 @@ def test_every_declared_flag_is_an_option_of_add_and_update():
 def test_every_flag_sets_its_field(tmp_path):
     """One invocation with every flag builds the record a file with every key builds."""
     files = {"ud": b"\x1f\x8bbinary", "vd": "{a: 1}", "nd": "{links: []}",
-             "key": "ssh-ed25519 AAAA b@x\n",
+             "key": f"{ED25519} b@x\n",
              "iam": "{role: r, access_key_id: A, secret_access_key: S, token: T, "
                     "expiration: '2030-01-01T00:00:00Z'}"}
     for name, content in files.items():
@@ -74,7 +75,7 @@ def test_every_flag_sets_its_field(tmp_path):
             "--ami-id", "ami-1", "--reservation-id", "r-1", "--launch-index", "3",
             "--account-id", "123456789012", "--public-ipv4", "203.0.113.1",
             "--public-hostname", "p.example", "--security-group", "g1",
-            "--security-group", "g2", "--ssh-key", "a=ssh-ed25519 AAAA a@x",
+            "--security-group", "g2", "--ssh-key", f"a={ED25519} a@x",
             "--ssh-key-file", f"b={tmp_path / 'key'}", "--user-data-file",
             str(tmp_path / "ud"), "--vendor-data-file", str(tmp_path / "vd"),
             "--openstack-uuid", "0b6b7a4e-8e2f-4c59-9a43-1f2d3e4c5b6a", "--project-id", "p1",
@@ -90,7 +91,7 @@ def test_every_flag_sets_its_field(tmp_path):
         "reservation_id": "r-1", "launch_index": 3, "account_id": "123456789012",
         "public_ipv4": "203.0.113.1", "public_hostname": "p.example",
         "security_groups": ["g1", "g2"],
-        "ssh_keys": {"a": "ssh-ed25519 AAAA a@x", "b": "ssh-ed25519 AAAA b@x"},
+        "ssh_keys": {"a": f"{ED25519} a@x", "b": f"{ED25519} b@x"},
         "user_data": b"\x1f\x8bbinary", "vendor_data": {"a": 1},
         "openstack": {"uuid": "0b6b7a4e-8e2f-4c59-9a43-1f2d3e4c5b6a", "project_id": "p1",
                       "meta": {"k": "v"}},

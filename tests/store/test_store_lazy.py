@@ -8,6 +8,7 @@ import tracemalloc
 
 import pytest
 
+from tests.keys import ED25519
 from transparent_md.identity import Guest
 from transparent_md.store import (
     Instance,
@@ -38,7 +39,7 @@ def mac(n: int) -> str:
 
 def record(n: int, **extra) -> dict:
     return {"instance_id": f"i-{n}", "mac": mac(n), "user_data": "#cloud-config\n" + "x" * 200,
-            "ssh_keys": {"k": "ssh-ed25519 AAAA" + "b" * 60}, **extra}
+            "ssh_keys": {"k": f"{ED25519} " + "b" * 60}, **extra}
 
 
 @pytest.fixture

@@ -33,8 +33,8 @@ MAX_ATTEMPTS = 8
 class NotFound(UserError):
     """No record with this id (GET, PATCH and bind need one)."""
 
-    def __init__(self, instance_id: str) -> None:
-        super().__init__(f"no instance {instance_id!r}")
+    def __init__(self, instance_id: str, store: str | None = None) -> None:
+        super().__init__(f"no instance {instance_id!r}" + (f" in {store}" if store else ""))
         self.instance_id = instance_id
 
 
@@ -91,7 +91,7 @@ class Written:
 def get(store: Store, instance_id: str) -> Entry:
     entry = store.entry(instance_id)
     if entry is None:
-        raise NotFound(instance_id)
+        raise NotFound(instance_id, store.path)
     return entry
 
 
@@ -113,7 +113,7 @@ def patch(store: Store, instance_id: str, changes: Any,
 
     def change(current: Entry | None) -> Instance:
         if current is None and not create:
-            raise NotFound(instance_id)
+            raise NotFound(instance_id, store.path)
         return patched(current.instance if current else None, instance_id, changes,
                        park_missing=park_missing)
 

@@ -19,6 +19,11 @@ QUICK_DURATION_S = 1.0
 QUICK_STORM_GUESTS = 20
 QUICK_ROUNDS = 1
 QUICK_SYSCALL_REQUESTS = 200
+# Servers each round loads, in each connection mode: one wrk run and one report row
+# each (lab.bench.runner's targets; the quick bench test checks the report has as many).
+LOADED_SERVERS = 7
+CONNECTION_MODES = 2
+LOAD_RUNS_PER_ROUND = LOADED_SERVERS * CONNECTION_MODES
 # Debian package that provides each external program the run needs.
 NEEDED_PROGRAMS = {"wrk": "wrk", "nginx": "nginx-light", "nft": "nftables", "curl": "curl",
                    "ip": "iproute2", "strace": "strace", "nstat": "iproute2"}
@@ -81,7 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guests", type=int, metavar="N",
                    help="guests loading each server, one wrk each (default 8)")
     p.add_argument("--duration", type=float, metavar="S",
-                   help="seconds per wrk run; 10 runs are made (default 5)")
+                   help=f"seconds per wrk run; each round makes {LOAD_RUNS_PER_ROUND} runs "
+                   f"({LOADED_SERVERS} servers x {CONNECTION_MODES} connection modes, "
+                   "one report row each) (default 5)")
     p.add_argument("--storm-guests", type=int, metavar="M",
                    help="guests in the boot storm, 0 to skip it (default 200)")
     p.add_argument("--storm-window", type=float, metavar="S",
@@ -100,7 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="instance records the daemon holds (default 10000)")
     p.add_argument("--quick", action="store_true",
                    help=f"{QUICK_GUESTS} guests, {QUICK_DURATION_S:g} s per run, a storm of "
-                   f"{QUICK_STORM_GUESTS} (a smoke test; the figures are rough)")
+                   f"{QUICK_STORM_GUESTS}: a smoke test whose figures are indicative only; "
+                   "the report judges no target")
     p.add_argument("--workers", type=int, metavar="N",
                    help="responder processes of the daemon under test (`run --workers`, "
                    "default 1); its CPU and memory figures cover all of them")
@@ -108,7 +116,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="only the hostile-neighbour table, longer: 6 s per attack, up to "
                    "20,000 connections per flood (the default run includes a short one)")
     p.add_argument("--markdown", metavar="PATH",
-                   help="write the markdown report here (default: print it)")
+                   help="write the report here as a whole document, with a header saying "
+                   "what is measured and how to run it again (default: print the report); "
+                   "docs/benchmark.md is this document of a default run")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON ('-': stdout)")
     p.add_argument("--chart", metavar="PATH",
                    help="write a PNG of requests/s and CPU per request side by side")
@@ -125,7 +135,8 @@ def settings_from(args: argparse.Namespace):
 
     base = (Settings(guests=QUICK_GUESTS, duration_s=QUICK_DURATION_S,
                      storm_guests=QUICK_STORM_GUESTS, neighbour_attacks=hostile.QUICK,
-                     rounds=QUICK_ROUNDS, syscall_requests=QUICK_SYSCALL_REQUESTS)
+                     rounds=QUICK_ROUNDS, syscall_requests=QUICK_SYSCALL_REQUESTS,
+                     indicative=True)
             if args.quick else Settings())
     chosen = {k: v for k, v in (("guests", args.guests), ("duration_s", args.duration),
                                 ("storm_guests", args.storm_guests),
@@ -200,12 +211,11 @@ def bench_command(args: argparse.Namespace) -> int:
     if args.hostile:
         return hostile_only(args, settings, _progress)
     raw = BenchRun(settings, _progress).execute()
-    text = report.markdown(raw)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(text)
+            f.write(report.document(raw, EPILOG.split("\nexamples:", 1)[0]))
     else:
-        print(text, flush=True)
+        print(report.markdown(raw), flush=True)
     if args.json:
         data = json.dumps(report.to_json(raw), indent=2)
         if args.json == "-":
@@ -217,5 +227,7 @@ def bench_command(args: argparse.Namespace) -> int:
         m = raw["machine"]
         chart.draw(raw["loads"], args.chart,
                    f"transparent-md bench {raw['started']}: {m['cpus']} CPUs, "
-                   f"kernel {m['kernel']}")
+                   f"kernel {m['kernel']}"
+                   + (" (indicative: bench --quick)" if report.indicative(raw) else ""),
+                   targets=not report.indicative(raw))
     return 0

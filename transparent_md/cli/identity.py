@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "while its old port still exists, or to end a neighbour's hold on an unbound "
         f"record: a released lock is held by nobody for {quiet[0]:g} to {quiet[1]:g} s, "
         "then goes to the port in line, or to the next port that asks (see "
-        "docs/hostile-guests.md).")
+        "docs/hostile-guests.md). Works wherever `status` does, also for a daemon started "
+        "under `ip netns exec` (its pins are read from its own mount namespace).")
     verbs = p.add_subparsers(dest="identity_verb", metavar="ACTION", required=True)
     locks = verbs.add_parser("locks", help="list MAC locks: MAC, port, bridge, and the "
                              "ports waiting for each")
@@ -51,9 +52,11 @@ def identity_command(args: argparse.Namespace) -> int:
     from transparent_md.names import DaemonNames
 
     names = DaemonNames.here(args.name)
-    if not is_held(names.lock_file) or not names.pin_dir.is_dir():
+    if not is_held(names.lock_file):
         raise UserError(f"no transparent-md daemon named {args.name!r} runs in this network "
-                        f"namespace (or its pins under {names.pin_dir} are not visible here)")
+                        "namespace (start one with `transparent-md run`)")
+    if not names.pin_dir.is_dir():
+        _see_the_daemons_pins(names)
     if args.identity_verb == "locks":
         found = locks.list_locks(names.pin_dir)
         line = _waiting_lines(names.locks_file)
@@ -85,3 +88,23 @@ def _waiting_lines(path) -> dict[str, list[dict]]:
             "port": waiter.port.name, "ifindex": waiter.port.ifindex, "ip": waiter.ip,
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(waiter.first_asked))})
     return line
+
+
+def _see_the_daemons_pins(names) -> None:
+    """Look at the pins from the daemon's own mount namespace: one started under
+    `ip netns exec` has a /sys of its own, where `status` (a file in /run) still finds
+    it but its pins are not visible from here."""
+    from transparent_md.lockfile import holder_pid
+    from transparent_md.process import enter_mount_namespace_of
+
+    pid = holder_pid(names.lock_file)
+    try:
+        if pid is None or not enter_mount_namespace_of(pid):
+            raise FileNotFoundError
+    except OSError as exc:
+        detail = f": {exc.strerror}" if exc.strerror else ""
+        raise UserError(f"the daemon {names.name!r} (pid {pid}) runs here but its pins under "
+                        f"{names.pin_dir} are not visible{detail}") from None
+    if not names.pin_dir.is_dir():
+        raise UserError(f"the daemon {names.name!r} (pid {pid}) runs here but has no pins "
+                        f"under {names.pin_dir} (still starting?)")

@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 
 from transparent_md.cli import instance_sync
-from transparent_md.cli.store_options import add_store_options, etcd_tls
+from transparent_md.cli.store_options import add_store_options, open_from_args
 from transparent_md.errors import UserError
-from transparent_md.store import Instance, RecordError, open_store
+from transparent_md.store import Instance, RecordError
 from transparent_md.store.fields import clearable_fields
 from transparent_md.store.fieldspec import FieldSpec, Flag
 from transparent_md.store.importfile import STDIN, bind_file_links, read_records
@@ -113,12 +113,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help=f"YAML or JSON file: a list of records ('{STDIN}': stdin)")
     importer.add_argument("--prune", action="store_true",
                           help="also remove stored records that are not in FILE")
+    instance_sync.add_allow_empty(importer)
     _add_store_flag(importer)
     importer.set_defaults(handler=_import)
 
 
-    instance_sync.register(verbs, _add_store_flag,
-                           lambda args: open_store(args.store, etcd_tls(args)))
+    instance_sync.register(verbs, _add_store_flag, open_from_args)
 
 
 def _add_store_flag(parser: argparse.ArgumentParser) -> None:
@@ -233,7 +233,7 @@ def _build(raw: dict[str, Any]) -> Instance:
 
 def _add(args: argparse.Namespace) -> int:
     record = _build(_apply({"instance_id": args.instance_id}, _fields_from_flags(args)))
-    open_store(args.store, etcd_tls(args)).add(record)
+    open_from_args(args, create=True).add(record)
     _warn_exposed([record])
     return 0
 
@@ -250,14 +250,14 @@ def _update(args: argparse.Namespace) -> int:
             _clear(raw, key)
         return _build(raw)
 
-    record = open_store(args.store, etcd_tls(args)).modify(args.instance_id, change,
-                                           clear_password=args.clear_password)
+    record = open_from_args(args).modify(args.instance_id, change,
+                                         clear_password=args.clear_password)
     _warn_exposed([record])
     return 0
 
 
 def _remove(args: argparse.Namespace) -> int:
-    store = open_store(args.store, etcd_tls(args))
+    store = open_from_args(args)
     removed = store.remove(*args.instance_ids, missing_ok=args.missing_ok)
     skipped = [i for i in args.instance_ids if i not in removed]
     if skipped:
@@ -266,7 +266,7 @@ def _remove(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    instances = open_store(args.store, etcd_tls(args)).list()
+    instances = open_from_args(args).list()
     if args.json:
         json.dump([i.to_mapping() for i in instances], sys.stdout, indent=2)
         print()
@@ -281,7 +281,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    store = open_store(args.store, etcd_tls(args))
+    store = open_from_args(args)
     instance = store.get(args.instance_id)
     if instance is None:
         raise UserError(f"no instance {args.instance_id!r} in {store.path}")
@@ -297,7 +297,8 @@ def _show(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     records = read_records(args.file)
-    store = open_store(args.store, etcd_tls(args))
+    store = open_from_args(args, create=True)
+    instance_sync.refuse_empty_prune(args, records, store)
     records, parked = bind_file_links(store, records)
     store.put_many(records, replace=True, prune=args.prune)
     for warning in parked:

@@ -18,7 +18,8 @@ from transparent_md.store import RecordError, Store
 from transparent_md.store.importfile import STDIN, bind_file_links, read_records
 from transparent_md.store.policy import exposure_warning
 
-StoreOpener = Callable[[argparse.Namespace], Store]
+# Opens the store --store names; `create=True` only for verbs that create records.
+StoreOpener = Callable[..., Store]
 # `apply --exit-code`: what a script sees when something changed (like `git diff`).
 EXIT_CHANGED = 1
 
@@ -38,6 +39,7 @@ def register(verbs: argparse._SubParsersAction,
                        help=f"YAML or JSON file: a list of records ('{STDIN}': stdin)")
     apply.add_argument("--prune", action="store_true",
                        help="also remove stored records that FILE does not list")
+    add_allow_empty(apply)
     apply.add_argument("--dry-run", action="store_true",
                        help="print what would change and change nothing")
     apply.add_argument("--exit-code", action="store_true",
@@ -94,7 +96,8 @@ def _apply(args: argparse.Namespace, open_store: StoreOpener) -> int:
     from transparent_md.api import apply
 
     records = read_records(args.file)
-    store = open_store(args)
+    store = open_store(args, create=True)
+    refuse_empty_prune(args, records, store)
     records, parked = bind_file_links(store, records)
     for warning in parked:
         print(f"transparent-md: warning: {warning}", file=sys.stderr)
@@ -109,6 +112,21 @@ def _apply(args: argparse.Namespace, open_store: StoreOpener) -> int:
             if warning:
                 print(f"transparent-md: warning: {warning}", file=sys.stderr)
     return EXIT_CHANGED if args.exit_code and planned.changes else 0
+
+
+def add_allow_empty(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="with --prune: accept a FILE that lists no record, i.e. remove "
+                             "every stored record (refused without it: an empty or wrong "
+                             "file is a likelier cause)")
+
+
+def refuse_empty_prune(args: argparse.Namespace, records: list, store: Store) -> None:
+    """`--prune` with a file of no records would remove every record: only on purpose."""
+    count = len(store.list()) if args.prune and not records and not args.allow_empty else 0
+    if count:
+        raise UserError(f"{args.file} lists no records: --prune would remove all {count} "
+                        f"records of {store.path}; add --allow-empty if that is meant")
 
 
 def _bind(args: argparse.Namespace, open_store: StoreOpener) -> int:

@@ -5,28 +5,25 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import re
 
 from transparent_md.cli.store_options import add_store_options, etcd_tls
 from transparent_md.daemon.store_source import CACHE_DIR
 from transparent_md.datapath import tc
-from transparent_md.datapath.datapath import (
-    DEFAULT_PORT_IDENTITY_QUOTA,
-    DEFAULT_PORT_MAC_QUOTA,
-    DEFAULT_PORT_SYN_BURST,
-    DEFAULT_PORT_SYN_RATE,
-    DEFAULT_SHADOW_PREFIX,
-    DatapathConfig,
-)
+from transparent_md.datapath.datapath import DEFAULT_SHADOW_PREFIX, DatapathConfig
 from transparent_md.datapath.ports import GatewayRule
 from transparent_md.errors import UserError
+from transparent_md.guest_limits import GUEST_LIMITS, PORT_LIMITS, Limit
 from transparent_md.names import DEFAULT_NAME, NAME_MAX, DaemonNames
-from transparent_md.responder import limits
 from transparent_md.responder.tokens import DEFAULT_TOKEN_HOP_LIMIT
 
 log = logging.getLogger("transparent_md")
 
 # More processes than this only add memory: the kernel work per request stays.
 MAX_WORKERS = 64
+# `--responder-netns-prefix`: a namespace name's safe start (file names under /run/netns).
+NETNS_PREFIX_MAX = 48
+NETNS_PREFIX = re.compile(rf"[A-Za-z][A-Za-z0-9_-]{{0,{NETNS_PREFIX_MAX - 1}}}")
 
 EPILOG = """\
 what it does:
@@ -64,39 +61,6 @@ def _gateway(value: str) -> GatewayRule:
     return GatewayRule(target=target, ip=ip)
 
 
-# --flag, metavar, default, help: each maps to ResponderLimits.<dest> (see responder.limits).
-RESPONDER_LIMIT_FLAGS = (
-    ("--max-conns-per-identity", "N", limits.DEFAULT_MAX_CONNS_PER_IDENTITY,
-     "open connections one guest may hold; more are closed at once"),
-    ("--max-conns-per-port", "N", limits.DEFAULT_MAX_CONNS_PER_PORT,
-     "open connections of all guests behind one port"),
-    ("--max-conns-unknown", "N", limits.DEFAULT_MAX_CONNS_UNKNOWN,
-     "open connections from shadow addresses that map to no guest"),
-    ("--keepalive-requests", "N", limits.DEFAULT_KEEPALIVE_REQUESTS,
-     "requests per keep-alive connection; that reply carries Connection: close"),
-    ("--keepalive-time", "SECONDS", limits.DEFAULT_KEEPALIVE_TIME_S,
-     "lifetime of a keep-alive connection"),
-    ("--header-timeout", "SECONDS", limits.DEFAULT_HEADER_TIMEOUT_S,
-     "a request head must complete this long after its first byte, else 408"),
-    ("--request-rate", "PER_S", limits.DEFAULT_REQUEST_RATE,
-     "requests per second per guest; over it 429 and the connection closes"),
-    ("--request-burst", "N", limits.DEFAULT_REQUEST_BURST, "requests above the rate at once"),
-    ("--max-unsent-bytes", "BYTES", limits.DEFAULT_MAX_UNSENT_BYTES,
-     "reply bytes a connection may hold unsent; past it its pipelined requests wait"),
-    ("--send-timeout", "SECONDS", limits.DEFAULT_SEND_TIMEOUT_S,
-     "a connection whose output stays unsent this long is reset"),
-)
-# run's dest -> ResponderLimits field.
-_LIMIT_FIELDS = {
-    "max_conns_per_identity": "max_conns_per_identity", "max_conns_per_port":
-    "max_conns_per_port", "max_conns_unknown": "max_conns_unknown",
-    "keepalive_requests": "keepalive_requests", "keepalive_time": "keepalive_time_s",
-    "header_timeout": "header_timeout_s", "request_rate": "request_rate",
-    "request_burst": "request_burst", "max_unsent_bytes": "max_unsent_bytes",
-    "send_timeout": "send_timeout_s",
-}
-
-
 def _amount(value: str) -> float:
     try:
         amount = float(value)
@@ -111,6 +75,13 @@ def _count(value: str) -> int:
     if not value.isdigit():
         raise argparse.ArgumentTypeError(f"{value!r}: expected a whole number >= 0")
     return int(value)
+
+
+def _netns_prefix(value: str) -> str:
+    if not NETNS_PREFIX.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r}: 1-{NETNS_PREFIX_MAX} letters, digits, "
+                                         "'-' or '_', starting with a letter")
+    return value
 
 
 def _listen_address(value: str) -> tuple[str, int]:
@@ -161,6 +132,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--responder-netns", default="auto", choices=["auto", "none"],
                    help="where md1 and 169.254.169.254 live: 'auto' (default) a namespace "
                    "of the daemon's own, 'none' the current namespace (see below)")
+    p.add_argument("--responder-netns-prefix", type=_netns_prefix, default=None,
+                   metavar="PREFIX",
+                   help="put PREFIX before the name of that namespace of its own "
+                   "(<name>-<netns inode>-responder): test labs and the bench name every "
+                   "namespace they make with a prefix of theirs (default: none)")
     p.add_argument("--token-hop-limit", type=int, default=DEFAULT_TOKEN_HOP_LIMIT, metavar="N",
                    help="IP TTL of IMDSv2 token responses "
                    f"(default {DEFAULT_TOKEN_HOP_LIMIT}, like EC2)")
@@ -179,34 +155,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="responder processes sharing the port with SO_REUSEPORT "
                    "(default 1; more only help with spare cores and heavy boot storms)")
-    limits = p.add_argument_group(
-        "hostile guests, in the datapath (per port; 0 disables each; see docs/hostile-guests.md)")
-    limits.add_argument("--port-identity-quota", type=_count, metavar="N",
-                        default=DEFAULT_PORT_IDENTITY_QUOTA,
-                        help="identities (MAC, IP) one port may hold at once "
-                        f"(default {DEFAULT_PORT_IDENTITY_QUOTA})")
-    limits.add_argument("--port-syn-rate", type=_count, metavar="N",
-                        default=DEFAULT_PORT_SYN_RATE,
-                        help="SYNs to 169.254.169.254:80 per second per port "
-                        f"(default {DEFAULT_PORT_SYN_RATE})")
-    limits.add_argument("--port-syn-burst", type=_count, metavar="N",
-                        default=DEFAULT_PORT_SYN_BURST,
-                        help="SYNs a port may send at once above that rate "
-                        f"(default {DEFAULT_PORT_SYN_BURST})")
-    limits.add_argument("--port-mac-quota", type=_count, metavar="N",
-                        default=DEFAULT_PORT_MAC_QUOTA,
-                        help="MACs one port may lock to itself (a MAC is locked to the first "
-                        f"port it asked from; default {DEFAULT_PORT_MAC_QUOTA})")
-    limits.add_argument("--no-mac-lock", action="store_true",
-                        help="do not lock a MAC to the first port it asked from; only for "
-                        "hosts whose hypervisor already stops MAC spoofing (libvirt "
-                        "clean-traffic, ebtables): without either, a guest copying a "
-                        "neighbour's MAC and IP gets the neighbour's data")
+    port = p.add_argument_group(
+        "hostile guests, in the datapath (per port; 0 disables each; each is also a "
+        "--config key of the same name; see docs/hostile-guests.md)")
+    for limit in PORT_LIMITS:
+        _add_limit(port, limit)
+    port.add_argument("--no-mac-lock", action="store_true",
+                      help="do not lock a MAC to the first port it asked from; only for "
+                      "hosts whose hypervisor already stops MAC spoofing (libvirt "
+                      "clean-traffic, ebtables): without either, a guest copying a "
+                      "neighbour's MAC and IP gets the neighbour's data")
     guests = p.add_argument_group(
-        "hostile guests, in the responder (per guest = port, MAC, IP; 0 disables each)")
-    for flag, metavar, default, text in RESPONDER_LIMIT_FLAGS:
-        guests.add_argument(flag, type=_amount, metavar=metavar, default=default,
-                            help=f"{text} (default {default:g})")
+        "hostile guests, in the responder (per guest = port, MAC, IP; 0 disables each; "
+        "each is also a --config key of the same name)")
+    for limit in GUEST_LIMITS:
+        _add_limit(guests, limit)
     p.add_argument("--access-log", action="store_true",
                    help="log one line per request: port, bridge, MAC, IP, instance, method, "
                    "path, status and microseconds (costs CPU; see docs/operations.md)")
@@ -215,6 +178,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="log lines on stderr as plain text (default) or one JSON object "
                    "per line (journald and log pipelines take either as is)")
     p.set_defaults(handler=run_command, run_parser=p)
+
+
+def _add_limit(group: argparse._ArgumentGroup, limit: Limit) -> None:
+    """One option of guest_limits.LIMITS; its dest is the field it sets."""
+    group.add_argument(limit.flag, dest=limit.field, type=_count if limit.whole else _amount,
+                       metavar=limit.metavar, default=limit.default,
+                       help=f"{limit.help} (default {limit.shown()})")
 
 
 def api_socket_choice(value: str | None, names: DaemonNames) -> tuple[str | None, bool]:
@@ -250,6 +220,7 @@ def run_command(cmdline: argparse.Namespace) -> int:
     if not args.name or len(args.name) > NAME_MAX or not args.name.replace("-", "").isalnum():
         raise UserError(f"--name {args.name!r}: 1..{NAME_MAX} letters, digits or '-'")
     from transparent_md.daemon.daemon import Daemon, DaemonConfig, PortSettings
+    from transparent_md.responder.limits import ResponderLimits
 
     def reload_settings() -> PortSettings:
         fresh = run_config.merge(cmdline, parser, run_config.read(cmdline.config, parser))
@@ -259,7 +230,8 @@ def run_command(cmdline: argparse.Namespace) -> int:
                             dest, cmdline.config)
         return PortSettings(fresh.bridge, fresh.ports, fresh.exclude_port, fresh.gateway)
 
-    names = DaemonNames.here(args.name, own_responder_netns=args.responder_netns == "auto")
+    names = DaemonNames.here(args.name, own_responder_netns=args.responder_netns == "auto",
+                             netns_prefix=args.responder_netns_prefix or "")
     config = DaemonConfig(
         datapath=DatapathConfig(
             bridges=args.bridge,
@@ -270,11 +242,8 @@ def run_command(cmdline: argparse.Namespace) -> int:
             gateways=args.gateway,
             answer_metadata_arp=not args.no_metadata_arp,
             filter_position=tc.FilterPosition(priority=args.tc_priority),
-            port_identity_quota=args.port_identity_quota,
-            port_syn_rate=args.port_syn_rate,
-            port_syn_burst=args.port_syn_burst,
-            port_mac_quota=args.port_mac_quota,
             mac_lock=not args.no_mac_lock,
+            **{limit.field: getattr(args, limit.field) for limit in PORT_LIMITS},
         ),
         store_path=args.store,
         etcd_tls=etcd_tls(args),
@@ -285,7 +254,8 @@ def run_command(cmdline: argparse.Namespace) -> int:
         **dict(zip(("api_socket", "api_socket_is_default"), api_socket_choice(args.api, names),
                    strict=True)),
         recent_problems=recent_problems,
-        responder_limits={_LIMIT_FIELDS[dest]: getattr(args, dest) for dest in _LIMIT_FIELDS},
+        responder_limits=ResponderLimits.from_flags(
+            **{limit.field: getattr(args, limit.field) for limit in GUEST_LIMITS}),
         access_log=args.log_format if args.access_log else None,
         reload_settings=reload_settings if cmdline.config else None,
     )

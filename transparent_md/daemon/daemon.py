@@ -32,6 +32,7 @@ from transparent_md.datapath.slot_release import SlotReleaser
 from transparent_md.errors import UserError
 from transparent_md.lockfile import DaemonLock
 from transparent_md.process import raise_nofile_limit, stop_process
+from transparent_md.responder.limits import ResponderLimits
 from transparent_md.responder.tokens import DEFAULT_TOKEN_HOP_LIMIT
 from transparent_md.store.etcd_url import EtcdTls
 
@@ -50,8 +51,7 @@ class DaemonConfig:
     workers: int = 1
     metrics: tuple[str, int] | None = None
     recent_problems: RecentProblems | None = None
-    # ResponderLimits fields as `run` flags give them (0 = no limit); empty: defaults.
-    responder_limits: dict[str, float] = field(default_factory=dict)
+    responder_limits: ResponderLimits = field(default_factory=ResponderLimits)
     access_log: str | None = None  # `text` or `json` with --access-log, else None
     # The admin API's unix socket (`run --api`), or None for no API.
     api_socket: str | None = None
@@ -162,12 +162,42 @@ class Daemon:
         except Exception:
             log.exception("reload failed; still serving with the previous configuration")
         finally:
+            self._warn_if_no_port()
             notifier.ready(self._status_line())
 
-    def _status_line(self) -> str:
+    def _attached_ports(self) -> int:
         attacher = self.datapath.attacher
-        ports = len(attacher.attached) if attacher else 0
-        return f"serving {ports} ports on {','.join(self.config.datapath.bridges)}"
+        return len(attacher.attached) if attacher else 0
+
+    def _warn_if_no_port(self) -> None:
+        if self._attached_ports() == 0:
+            log.warning("no port attached: no port of bridge(s) %s matches (check --bridge, "
+                        "--port and --exclude-port); no guest is served until one appears",
+                        ",".join(self.datapath.config.bridges) or "-")
+
+    def _records(self) -> int | None:
+        responder = self._responder
+        return len(responder.state.store.snapshot().bindings) if responder else None
+
+    def degradations(self, records: int | None = None) -> list[str]:
+        """Why this working daemon serves nobody, if it does (see daemon.health);
+        `records`: the count if the caller has it already."""
+        from transparent_md.daemon.health import degradations
+
+        records = self._records() if records is None else records
+        store = self.config.store_path
+        if store is None:
+            from transparent_md.store import DEFAULT_STORE_PATH
+
+            store = DEFAULT_STORE_PATH
+        return degradations(self._attached_ports(), list(self.datapath.config.bridges),
+                            records, store)
+
+    def _status_line(self) -> str:
+        line = (f"serving {self._attached_ports()} ports on "
+                f"{','.join(self.config.datapath.bridges)}")
+        degraded = self.degradations()
+        return f"{line}; degraded: {'; '.join(degraded)}" if degraded else line
 
     def start(self) -> ServeSpec:
         # Open the store first: a bad store path fails before anything is attached.
@@ -185,6 +215,7 @@ class Daemon:
         soft, _ = raise_nofile_limit()
         log.debug("open-file limit %d", soft)
         self.datapath.start()
+        self._warn_if_no_port()
         self.releaser = SlotReleaser(self.names.pin_dir, self.names.responder_netns,
                                      self.config.datapath.shadow_prefix)
         self.releaser.start()
@@ -217,9 +248,10 @@ class Daemon:
                         "identities_in_use": self.datapath.slots_in_use() if running else 0}
         responder = self._responder
         if responder is not None:
-            counts["records"] = len(responder.state.store.snapshot().bindings)
+            counts["records"] = self._records()
             counts["open_connections"] = responder.stats.open_connections
         counts.update(self.store_source.status())
+        counts["degraded"] = self.degradations(counts.get("records"))
         recent = self.config.recent_problems
         counts["recent_problems"] = list(recent.records) if recent else []
         return counts
@@ -234,16 +266,19 @@ class Daemon:
     def _start_metrics(self, responder) -> None:
         if not self.config.metrics:
             return
-        from transparent_md.daemon.health import HealthCheck
+        from transparent_md.daemon.health import HealthCheck, HealthCollector
         from transparent_md.daemon.metrics import start_metrics
         from transparent_md.datapath.metrics import DatapathCollector
 
         stats_dir = self._stats_dir
         others = (lambda: worker_stats(str(stats_dir))) if stats_dir else None
+        health = HealthCheck(self.datapath, self.degradations)
         self._metrics_server = start_metrics(
             self.config.metrics, [responder.collector(others), DatapathCollector(self.datapath),
-                                  *self.store_source.collectors()],
-            HealthCheck(self.datapath))
+                                  *self.store_source.collectors(),
+                                  HealthCollector(health, lambda: len(
+                                      responder.state.store.snapshot().bindings))],
+            health)
 
     def stop(self) -> None:
         if self._api is not None:

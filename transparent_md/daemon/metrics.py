@@ -2,7 +2,9 @@
 
     /metrics  every collector (responder, datapath) in Prometheus' text format
     /healthz  200 "ok" when every attached port carries our filter and the responder
-              answers a probe; else 503 with the reason, for load balancers and humans
+              answers a probe; 200 with "degraded: <reason>" lines when it works but
+              serves nobody (no port, no record); else 503 with the reasons
+              (see daemon.health)
 
 It runs in a background thread in the daemon's namespace, never on the guests' path.
 """
@@ -12,17 +14,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from transparent_md.daemon.health import Health
 
 from transparent_md.errors import UserError
 from transparent_md.process import start_thread
 
 log = logging.getLogger(__name__)
 
-HealthCheck = Callable[[], list[str]]
-"""Returns the problems found now; an empty list means healthy."""
+HealthCheck = Callable[[], "Health"]
+"""Returns the health found now (daemon.health.Health)."""
 
 
 def start_metrics(address: tuple[str, int], collectors: list[Collector],
@@ -38,9 +44,8 @@ def start_metrics(address: tuple[str, int], collectors: list[Collector],
             if path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                problems = health()
-                body = ("ok\n" if not problems else "\n".join(problems) + "\n").encode()
-                self._send(503 if problems else 200, body, "text/plain; charset=utf-8")
+                code, body = health().http()
+                self._send(code, body.encode(), "text/plain; charset=utf-8")
             else:
                 self._send(404, b"try /metrics or /healthz\n", "text/plain; charset=utf-8")
 

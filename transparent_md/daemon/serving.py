@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transparent_md.responder.limits import ResponderLimits
+
 log = logging.getLogger(__name__)
 
 READY_LINE = "transparent-md: ready"
@@ -41,9 +43,14 @@ class ServeSpec:
     # guest's posted password is written through to etcd (store_source).
     fleet_store: str | None = None
     etcd_tls: list[str | None] | None = None
-    # `run` flags for ResponderLimits.from_flags (0 = no limit); empty: the defaults.
-    limits: dict[str, float] = field(default_factory=dict)
+    limits: ResponderLimits = field(default_factory=ResponderLimits)
     access_log: str | None = None  # the --log-format of --access-log lines, or None
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeSpec:
+        """The spec a worker reads (written as `json.dumps(asdict(spec))`)."""
+        fields = json.loads(text)
+        return cls(**{**fields, "limits": ResponderLimits(**fields["limits"])})
 
 
 @dataclass
@@ -67,7 +74,6 @@ def serve(spec: ServeSpec, *, ready_line: str,
     from transparent_md.datapath.responder_side import listening_socket
     from transparent_md.identity.shadow_map import ShadowResolver
     from transparent_md.responder.access_log import AccessLog
-    from transparent_md.responder.limits import ResponderLimits
     from transparent_md.responder.server import Responder
 
     store = open_serving_store(spec.store_path, spec.fleet_store, spec.etcd_tls)
@@ -75,7 +81,7 @@ def serve(spec: ServeSpec, *, ready_line: str,
     resolver = ShadowResolver(spec.pin_dir, spec.shadow_prefix)
     responder = Responder(store, resolver, token_hop_limit=spec.token_hop_limit,
                           token_secret=bytes.fromhex(spec.token_secret_hex),
-                          limits=ResponderLimits.from_flags(**spec.limits),
+                          limits=spec.limits,
                           access_log=(AccessLog(json_lines=spec.access_log == "json")
                                       if spec.access_log else None))
     if on_responder:

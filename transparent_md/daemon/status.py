@@ -101,6 +101,7 @@ def render(status: dict) -> str:
         lines.insert(3, store_line)
     for port in status.get("ports", []):
         lines.append(f"  {port['name']:<15} bridge {port['bridge']:<15} filter {port['filter']}")
+    lines += [f"DEGRADED: {reason}" for reason in status.get("degraded", [])]
     problems = status.get("recent_problems", [])
     lines.append(f"recent problems ({len(problems)}):")
     for problem in problems[-10:]:

@@ -8,6 +8,7 @@ needs to know about the difference.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,8 @@ from transparent_md.store.etcd_url import EtcdTls, is_etcd_url, parse_etcd_url
 
 if TYPE_CHECKING:
     from transparent_md.store import Store
+
+log = logging.getLogger(__name__)
 
 # Beside the default SQLite store, on disk: the cache must outlive a reboot, so a host
 # that boots while etcd is down still serves its guests (/run is tmpfs and would not).
@@ -44,8 +47,12 @@ class StoreSource:
         """Check the store (a bad one fails before anything is attached) or start
         following the fleet; returns the path the responders open."""
         if not self.fleet:
-            from transparent_md.store import open_store
+            from transparent_md.store import DEFAULT_STORE_PATH, open_store, store_exists
 
+            if not store_exists(self.store):
+                log.warning("instance store %s does not exist: serving a new empty store, "
+                            "so every guest gets 404 until records are added (check --store)",
+                            self.store or DEFAULT_STORE_PATH)
             open_store(self.store).close()
             return self.store
         from transparent_md.store.fleet_follower import FleetFollower

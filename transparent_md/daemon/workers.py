@@ -48,7 +48,7 @@ def start_workers(spec: ServeSpec, count: int) -> list[subprocess.Popen]:
 
 
 def worker_main() -> int:
-    spec = ServeSpec(**json.loads(sys.stdin.read()))
+    spec = ServeSpec.from_json(sys.stdin.read())
     die_with_parent(spec.parent_pid)
     stats_path = f"{spec.stats_dir}/{os.getpid()}.json" if spec.stats_dir else None
     serve(spec, ready_line=WORKER_READY_LINE, stats_path=stats_path)

@@ -33,6 +33,7 @@ from transparent_md.datapath.port_selection import PortSelection
 from transparent_md.datapath.ports import GatewayRule, PortAttacher
 from transparent_md.datapath.slot_release import DEFAULT_SLOT_REUSE_DELAY_S
 from transparent_md.errors import UserError
+from transparent_md.guest_limits import default
 from transparent_md.names import DaemonNames
 
 log = logging.getLogger(__name__)
@@ -40,16 +41,11 @@ log = logging.getLogger(__name__)
 NS_PER_S = 1_000_000_000
 
 DEFAULT_SHADOW_PREFIX = "100.64.0.0/10"
-# Identities (port, MAC, IP) one port may hold at once: a guest with a few secondary
-# addresses, or a few containers with their own MACs, fits easily; a guest forging
-# random sources fills its own quota, not the host's table.
-DEFAULT_PORT_IDENTITY_QUOTA = 32
-# MACs one port may lock (a MAC is locked to the first port it asked from).
-DEFAULT_PORT_MAC_QUOTA = 8
-# SYNs to 169.254.169.254:80 per second per port, and the burst above that rate: a
-# cloud-init crawl opens about 40 connections, an SDK a handful.
-DEFAULT_PORT_SYN_RATE = 100
-DEFAULT_PORT_SYN_BURST = 200
+# The per-port limits, declared (with why) in transparent_md.guest_limits.
+DEFAULT_PORT_IDENTITY_QUOTA = int(default("port_identity_quota"))
+DEFAULT_PORT_MAC_QUOTA = int(default("port_mac_quota"))
+DEFAULT_PORT_SYN_RATE = int(default("port_syn_rate"))
+DEFAULT_PORT_SYN_BURST = int(default("port_syn_burst"))
 
 
 @dataclass

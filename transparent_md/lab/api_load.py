@@ -41,7 +41,7 @@ def orchestrator_record(index: int) -> dict[str, Any]:
                    f"{index & 0xFF:02x}",
             "ip": f"10.{100 + (index >> 16 & 0x3F)}.{index >> 8 & 0xFF}.{index & 0xFF}",
             "bridge": "br0", "hostname": f"vm-{index}",
-            "ssh_keys": {"ops": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsOpsOps ops@example"},
+            "ssh_keys": {"ops": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsOpsOpsAA ops@example"},
             "user_data": f"#cloud-config\nhostname: vm-{index}\nruncmd: [echo {index}]\n"}
 
 

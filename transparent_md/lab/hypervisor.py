@@ -36,9 +36,17 @@ class GuestNs:
 
 
 def daemon_names(hv_ns: str, name: str = DEFAULT_NAME) -> DaemonNames:
-    """What `run --name NAME` started in namespace `hv_ns` calls its devices, responder
-    namespace, pins and state (derived from the namespace's inode)."""
-    return DaemonNames(name, os.stat(NETNS_DIR / hv_ns).st_ino)
+    """What `run --name NAME` started by `Hypervisor.start_daemon` in namespace `hv_ns`
+    calls its devices, responder namespace, pins and state (derived from the
+    namespace's inode; its responder namespace starts with the lab's prefix)."""
+    return DaemonNames(name, os.stat(NETNS_DIR / hv_ns).st_ino,
+                       netns_prefix=responder_netns_prefix(hv_ns))
+
+
+def responder_netns_prefix(hv_ns: str) -> str:
+    """`run --responder-netns-prefix` for a daemon in the lab's namespace `hv_ns`
+    (`<lab prefix>-hv`): the lab's prefix, so its namespace is the lab's too."""
+    return hv_ns.rsplit("-", 1)[0] + "-"
 
 
 class DaemonProcess:
@@ -99,10 +107,12 @@ class Hypervisor:
         self.topo = topo
         self.ns = topo.add_ns(role)
         self.guests: dict[str, GuestNs] = {}
+        self.bridges: list[str] = []
         self._mac_serial = 0
 
     def bridge(self, name: str) -> str:
         self.topo.bridge(self.ns, name)
+        self.bridges.append(name)
         return name
 
     def next_mac(self) -> str:
@@ -131,6 +141,8 @@ class Hypervisor:
         """`run` in this hypervisor; `prefix` wraps it (e.g. `prlimit --nofile=...`),
         `python` is the interpreter of the install under test."""
         argv = [a for br in bridges for a in ("--bridge", br)] + ["--store", store, *extra]
+        if "--responder-netns-prefix" not in extra:
+            argv += ["--responder-netns-prefix", responder_netns_prefix(self.ns)]
         if "--api" not in extra:
             # The default socket is named by --name alone, in the host's /run: a lab
             # daemon must never take (or meet) a real daemon's admin API there.

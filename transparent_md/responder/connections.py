@@ -198,6 +198,12 @@ class SocketTransport(asyncio.Transport):
             return self._peer
         return default
 
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol  # e.g. an operator probe's (see responder.probe)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
     def fileno(self) -> int:
         """The connection's descriptor, -1 once closed (for `rawsock` calls)."""
         return self._fd

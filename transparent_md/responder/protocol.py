@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from transparent_md.responder import http, rawsock
+from transparent_md.responder import http, probe, rawsock
 from transparent_md.responder.admission import identity_of
 from transparent_md.responder.dispatch import STORE_UNAVAILABLE
 from transparent_md.responder.gce import Wait
@@ -159,7 +159,6 @@ class MetadataProtocol(asyncio.Protocol):
         self._fd = transport.fileno()
         state = self._state
         stats = state.stats
-        stats.connections_opened += 1
         # The peer came with accept4: asking costs no system call.
         peer = transport.get_extra_info("peername")
         guest = None
@@ -168,6 +167,13 @@ class MetadataProtocol(asyncio.Protocol):
         except Exception as exc:
             state.events.error("resolve-error", None,
                                f"resolving the guest behind {peer[0]} failed", exc)
+        if guest is None and peer and probe.is_operator_probe(peer[0]):
+            self._parser = None  # no guest: answered apart, counted nowhere
+            answer = probe.OperatorProbe()
+            transport.set_protocol(answer)
+            answer.connection_made(transport)
+            return
+        stats.connections_opened += 1
         self._guest = guest
         self._identity = key = identity_of(guest)
         refused = state.caps.admit(guest, key)

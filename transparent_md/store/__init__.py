@@ -7,11 +7,12 @@ otherwise.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from transparent_md.identity import Guest
-from transparent_md.store.errors import RecordConflict, StaleRevision
+from transparent_md.store.errors import RecordConflict, StaleRevision, StoreMissing
 from transparent_md.store.etcd_url import EtcdTls, is_etcd_url, parse_etcd_url
 from transparent_md.store.record import Instance, RecordError, parse_record
 from transparent_md.store.snapshot import Binding, Entry, Snapshot
@@ -53,19 +54,30 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(path: str | None, tls: EtcdTls | None = None) -> Store:
+def open_store(path: str | None, tls: EtcdTls | None = None, *,
+               create: bool = True) -> Store:
     """Open the store `path` names: `etcd://HOST:PORT[,...]/PREFIX` (the fleet store,
-    with `tls` files if given), else a SQLite file (created if needed), by default
-    DEFAULT_STORE_PATH. The etcd client is imported only for an etcd URL."""
+    with `tls` files if given), else a SQLite file, by default DEFAULT_STORE_PATH.
+    A missing SQLite file is created, or with `create=False` refused (StoreMissing)
+    before anything, not even its directory, is made. The etcd client is imported only
+    for an etcd URL."""
     if is_etcd_url(path):
         from transparent_md.store.etcd import EtcdStore
 
         return EtcdStore(parse_etcd_url(path, tls))
-    return SqliteStore(path or DEFAULT_STORE_PATH)
+    path = path or DEFAULT_STORE_PATH
+    if not create and not store_exists(path):
+        raise StoreMissing(path)
+    return SqliteStore(path)
+
+
+def store_exists(path: str | None) -> bool:
+    """Whether the store `path` names holds a store already (an etcd URL always may)."""
+    return is_etcd_url(path) or os.path.exists(path or DEFAULT_STORE_PATH)
 
 
 __all__ = [
     "Binding", "DEFAULT_STORE_PATH", "EtcdTls", "Entry", "Instance", "MAX_PASSWORD_BYTES",
     "PasswordAlreadySet", "RecordConflict", "RecordError", "Snapshot", "SqliteStore",
-    "StaleRevision", "Store", "open_store", "parse_record",
+    "StaleRevision", "Store", "StoreMissing", "open_store", "parse_record", "store_exists",
 ]

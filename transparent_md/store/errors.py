@@ -85,5 +85,15 @@ class DiskFull(StoreFault):
         self.path = path
 
 
+class StoreMissing(UserError):
+    """A verb that only reads or changes records was pointed at a store file that does
+    not exist: a typo would otherwise create an empty store and show nothing."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"instance store {path} does not exist (check --store; only "
+                         "`instance add`, `import` and `apply` create a store)")
+        self.path = path
+
+
 __all__ = ["DiskFull", "InvalidStoredRecord", "RecordConflict", "StaleRevision", "StoreBusy",
-           "StoreCorrupted", "StoreFault", "StoreUnavailable"]
+           "StoreCorrupted", "StoreFault", "StoreMissing", "StoreUnavailable"]

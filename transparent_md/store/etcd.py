@@ -29,7 +29,7 @@ from transparent_md.identity import Guest
 from transparent_md.store.errors import RecordConflict, StaleRevision, StoreUnavailable
 from transparent_md.store.etcd_client import EtcdClient, b64, prefix_end, unb64
 from transparent_md.store.etcd_url import EtcdTarget
-from transparent_md.store.policy import Bound, find_conflict
+from transparent_md.store.policy import Bound, clash_message, find_conflict
 from transparent_md.store.record import (
     Instance,
     RecordError,
@@ -372,10 +372,8 @@ def _refuse_ambiguity(records: Iterable[Bound]) -> None:
     pair = find_conflict(records)
     if pair:
         a, b = pair
-        raise RecordConflict(
-            f"record {b.instance_id}: would answer the same guest as record {a.instance_id} "
-            f"(same MAC/IP and equally specific); bind one of them to a bridge or port, "
-            "or give it a MAC", b.instance_id)
+        raise RecordConflict(clash_message(a, b),
+                             b.instance_id)
 
 
 def _check_expected(view: dict[str, tuple[int, Instance]],

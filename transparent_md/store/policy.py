@@ -159,3 +159,19 @@ def exposure_warning(record: Bound) -> str | None:
         "first request, and after this VM's port is gone. Bind the record to the VM's "
         "port (the VM manager's hook, instance bind, port:), or stop guests from sending "
         "from a MAC not their own (libvirt clean-traffic, ebtables)")
+
+
+def clash_message(a: Bound, b: Bound) -> str:
+    """Why record `b` clashes with `a`, with only the remedies that fit the two."""
+    remedies = []
+    a_id, b_id = a.instance_id, b.instance_id
+    for record, name in ((a, a_id), (b, b_id)):
+        if record.port is None:
+            remedies.append(f"bind {name} to its port")
+        if record.mac is None:
+            remedies.append(f"give {name} its MAC")
+    advice = (" or ".join(remedies) if remedies else
+              "they are bound alike (same MAC, IP, bridge and port): remove one, or correct "
+              "its binding")
+    return (f"record {b_id}: would answer the same guest as record {a_id} (same MAC/IP and "
+            f"equally specific); {advice}")

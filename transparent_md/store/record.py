@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from transparent_md.store.fieldspec import SPEC, FieldSpec, Flag, spec
+from transparent_md.store.sshkey import openssh_key_problem
 
 # EC2 refuses user-data over 16 KiB; clients and tools assume that bound.
 MAX_USER_DATA_BYTES = 16 * 1024
@@ -474,6 +475,11 @@ class _Parser:
         text = str(value).strip().lower().replace("-", ":")
         if not _MAC_RE.match(text):
             raise _Problem(key, f"{value!r} is not a MAC address like 52:54:00:12:34:56")
+        if int(text[:2], 16) & 1:
+            raise _Problem(key, f"{text} is a multicast or broadcast MAC; a guest's MAC is "
+                                "unicast (its first octet is even)")
+        if text == "00:00:00:00:00:00":
+            raise _Problem(key, "00:00:00:00:00:00 is no guest's MAC")
         return text
 
     def check_ipv4(self, key: str, value: Any) -> str:
@@ -541,6 +547,9 @@ class _Parser:
                 raise _Problem(f"{key}.{name}", "key name must have no space, '=' or '/'")
             if not isinstance(text, str) or not text.strip() or "\n" in text.strip():
                 raise _Problem(f"{key}.{name}", "must be one line of OpenSSH public key")
+            problem = openssh_key_problem(text.strip())
+            if problem:
+                raise _Problem(f"{key}.{name}", problem)
             keys.append((name, text.strip()))
         return tuple(keys)
 

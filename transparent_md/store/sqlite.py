@@ -45,7 +45,7 @@ from transparent_md.store.errors import (
 )
 from transparent_md.store.generation import GenerationFile
 from transparent_md.store.lock_wait import LockWait
-from transparent_md.store.policy import Bound, find_conflict
+from transparent_md.store.policy import Bound, clash_message, find_conflict
 from transparent_md.store.private import (
     create_private_file,
     loose_mode_warning,
@@ -720,10 +720,8 @@ def _refuse_ambiguity(records: Iterable[Bound]) -> None:
     pair = find_conflict(records)
     if pair:
         a, b = pair
-        raise RecordConflict(
-            f"record {b.instance_id}: would answer the same guest as record {a.instance_id} "
-            f"(same MAC/IP and equally specific); bind one of them to a bridge or port, "
-            "or give it a MAC", b.instance_id)
+        raise RecordConflict(clash_message(a, b),
+                             b.instance_id)
 
 
 __all__ = ["SqliteStore", "PasswordAlreadySet", "RecordConflict", "RecordError",

@@ -277,8 +277,9 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['attack']} | {r['protections']} | {r['requests']:,} "
                      f"| {r['failures']:,} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
                      f"| {r['attacker']} |")
-    lines.append("")
-    lines.append("Protections off: `" + (" ".join(result["off_flags"]) or "(none known)") + "`"
-                 + (f"; not in this daemon yet: {', '.join(result['off_flags_missing'])}"
-                    if result["off_flags_missing"] else ""))
+    if any(r["protections"] == OFF for r in result["rows"]):  # the footer of those rows
+        lines.append("")
+        lines.append("Protections off: `" + (" ".join(result["off_flags"]) or "(none known)")
+                     + "`" + (f"; not in this daemon yet: {', '.join(result['off_flags_missing'])}"
+                              if result["off_flags_missing"] else ""))
     return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ from transparent_md.store import open_store, parse_record
 DEFAULT_RECORDS = 10_000
 # A cloud-config of typical size: the crawl fetches it like cloud-init does.
 USER_DATA = "#cloud-config\npackage_update: false\nruncmd:\n  - [echo, booted]\n"
-SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenchBenchBenchBenchBenchBenchBenchBench bench"
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenchBenchBenchBenchBenchBenchBenchBenchAAA bench"
 # Body every fixed-body server returns: as long as an instance id answer.
 FIXED_BODY = "i-benchg00000"
 # The path wrk asks every metadata server for: a leaf cloud-init and scripts read most.

@@ -88,7 +88,13 @@ def checks(raw: dict) -> list[Check]:
     return out
 
 
+def indicative(raw: dict) -> bool:
+    """A `--quick` run: its figures are indicative, and no target is judged."""
+    return bool(raw["settings"].get("indicative"))
+
+
 def to_json(raw: dict) -> dict:
+    judged = not indicative(raw)
     return {
         **{k: raw[k] for k in ("machine", "settings", "namespaces", "started",
                                "elapsed_s", "storm", "memory")},
@@ -101,12 +107,23 @@ def to_json(raw: dict) -> dict:
         "floor_over_nginx_cpu": {k: [round(x, 3) for x in v]
                                  for k, v in nginx_ratios(raw, FLOOR_ON_BRIDGE).items()},
         "tc_over_loopback": {k: round(v, 3) for k, v in ratios(raw["loads"]).items()},
-        "checks": [c.to_json() for c in checks(raw)],
+        "indicative": not judged,
+        "checks": [{**c.to_json(), "ok": c.ok if judged else None} for c in checks(raw)],
     }
 
 
 def _mark(ok: bool) -> str:
     return "ok" if ok else "MISSED"
+
+
+def _not_judged(_ok: bool) -> str:
+    return "not judged"
+
+
+INDICATIVE_NOTE = (
+    "**Indicative figures only** (`bench --quick`: {duration:g} s per run, {rounds} "
+    "round(s), a storm of {storm} guests): too short to hold a figure against a target, so "
+    "none is judged. `transparent-md bench` (the default run) judges them.")
 
 
 def _num(value: float, digits: int = 0) -> str:
@@ -115,9 +132,17 @@ def _num(value: float, digits: int = 0) -> str:
 
 def markdown(raw: dict) -> str:
     m, s = raw["machine"], raw["settings"]
-    lines = [
+    mark = _not_judged if indicative(raw) else _mark
+    note = ([INDICATIVE_NOTE.format(duration=s["duration_s"], rounds=s.get("rounds", 1),
+                                    storm=s["storm_guests"]), ""]
+            if indicative(raw) else [])
+    lines = [*note,
         f"Run {raw['started']} on {m['cpus']} CPUs, kernel {m['kernel']}, "
-        f"Python {m['python']}: {s['guests']} wrk clients x "
+        f"Python {m['python']}"
+        + (f", load average {m['load_before']:g} before it began (other work on the "
+           "machine skews every figure)" if m.get("load_before", 0) >= m["cpus"] / 2
+           else "")
+        + f": {s['guests']} wrk clients x "
         f"{s['connections_per_guest']} connections, {s['duration_s']:g} s per run "
         f"(whole run {raw['elapsed_s']:g} s). Each row is the median of "
         f"{s.get('rounds', 1)} interleaved rounds (the round with the median CPU per request).",
@@ -130,20 +155,20 @@ def markdown(raw: dict) -> str:
         cpu = _num(x.cpu_us_per_request, 1)
         if x.target.ours:
             limit = CPU_TARGET[x.mode]
-            cpu += f" (<= {limit:g} {_mark(x.cpu_us_per_request <= limit)})"
+            cpu += f" (<= {limit:g} {mark(x.cpu_us_per_request <= limit)})"
         lines.append(
             f"| {x.target.label} | {x.mode} | {_num(x.load.rps)} | {x.load.p50_ms:.2f} "
             f"| {x.load.p99_ms:.2f} | {x.load.errors} | {cpu} | {x.peak_rss_mib:.1f} |")
     lines.append("")
     for mode, value in ratios(raw["loads"]).items():
         lines.append(f"- tc path / loopback, {mode}: **{value:.2f}x** "
-                     f"(>= {tg.TC_OVER_LOOPBACK_MIN:g}x {_mark(value >= tg.TC_OVER_LOOPBACK_MIN)})")
+                     f"(>= {tg.TC_OVER_LOOPBACK_MIN:g}x {mark(value >= tg.TC_OVER_LOOPBACK_MIN)})")
     for mode, values in nginx_ratios(raw).items():
         limit = tg.CPU_OVER_NGINX[mode]
         lines.append(f"- CPU per request, tc path / nginx on the bridge, {mode}: "
                      f"**{median(values):.2f}x** median of {len(values)} rounds "
                      f"({', '.join(f'{v:.2f}' for v in values)}; <= {limit:g}x "
-                     f"{_mark(median(values) <= limit)})")
+                     f"{mark(median(values) <= limit)})")
     for mode, values in nginx_ratios(raw, FLOOR_ON_BRIDGE).items():
         lines.append(f"- CPU per request, uvloop + httptools floor / nginx on the bridge, "
                      f"{mode}: {median(values):.2f}x median of {len(values)} rounds "
@@ -157,9 +182,9 @@ def markdown(raw: dict) -> str:
             f"{storm['start_window_s']:g} s, {storm['requests']:,} requests "
             f"({storm['requests_per_guest']:.0f} per guest, a fresh connection each): "
             f"**{storm['failures']} failures** (target 0 "
-            f"{_mark(storm['failures'] <= tg.STORM_MAX_FAILURES)}), p50 "
+            f"{mark(storm['failures'] <= tg.STORM_MAX_FAILURES)}), p50 "
             f"{storm['p50_ms']:.1f} ms, **p99 {storm['p99_ms']:.1f} ms** "
-            f"(< {tg.STORM_P99_MS:g} ms {_mark(storm['p99_ms'] <= tg.STORM_P99_MS)}), "
+            f"(< {tg.STORM_P99_MS:g} ms {mark(storm['p99_ms'] <= tg.STORM_P99_MS)}), "
             f"max {storm['max_ms']:.1f} ms, last guest done after "
             f"{storm['last_guest_done_s']:.2f} s; daemon CPU "
             f"{storm['server_cpu_us_per_request']} us/request.")
@@ -190,12 +215,12 @@ def markdown(raw: dict) -> str:
     lines.append(
         f"- Daemon RSS holding {mem['records']:,} instance records: **{mem['rss_mib']:.1f} MiB**"
         f" (< {tg.RSS_10K_RECORDS_MIB:g} MiB "
-        f"{_mark(mem['rss_mib'] <= tg.RSS_10K_RECORDS_MIB)}; peak {mem['peak_rss_mib']:.1f}); "
+        f"{mark(mem['rss_mib'] <= tg.RSS_10K_RECORDS_MIB)}; peak {mem['peak_rss_mib']:.1f}); "
         f"the same Responder and records without the datapath in its process (the "
         f"loopback server): {mem['responder_only_rss_mib']:.1f} MiB")
     lines += ["", "| target | measured | goal | |", "|---|--:|---|---|"]
     for c in checks(raw):
-        lines.append(f"| {c.name} | {c.value:,.2f} | {c.target_text} | {_mark(c.ok)} |")
+        lines.append(f"| {c.name} | {c.value:,.2f} | {c.target_text} | {mark(c.ok)} |")
     if raw.get("hostile"):
         lines += ["", hostile.markdown(raw["hostile"])]
     return "\n".join(lines) + "\n"
@@ -213,3 +238,33 @@ def syscall_lines(counts: list[dict]) -> list[str]:
                      f"| {c['per_request']:.2f} | {by} |")
     lines.append("")
     return lines
+
+
+DOCUMENT_TITLE = "# Benchmark: `transparent-md bench`"
+DOCUMENT_INTRO = """\
+This document is one run's report, written by `transparent-md bench --markdown
+docs/benchmark.md`; regenerate it the same way (as root, with the lab extra: `scripts/setup`
+makes both) rather than editing it. Earlier runs live in git's history, not here. Other
+ways to run it:
+
+```
+transparent-md bench --quick           # a smoke test: indicative figures, no target judged
+transparent-md bench --hostile         # only the hostile-neighbour table, longer attacks
+transparent-md bench --storm-guests 3000 --storm-window 10   # a large boot storm
+transparent-md bench --json r.json --chart r.png --markdown r.md
+```
+
+What is measured (from `transparent-md bench --help`):
+
+```
+{what}```
+
+## The run
+
+"""
+
+
+def document(raw: dict, what_is_measured: str) -> str:
+    """The whole of docs/benchmark.md: a short header, then this run's report."""
+    return "\n\n".join([DOCUMENT_TITLE, DOCUMENT_INTRO.format(what=what_is_measured)]
+                       ).rstrip("\n") + "\n\n" + markdown(raw)

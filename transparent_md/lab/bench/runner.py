@@ -60,8 +60,10 @@ AIOHTTP_PORT = 8082
 ROUTER_NGINX_PORT = 80
 # ... and the uvloop + httptools floor beside it.
 ROUTER_FLOOR_PORT = 81
-# The storm drivers' own limit: M guests x ~50 requests must end well within this.
+# The storm drivers' own limit: M guests x ~50 requests must end well within this,
+# plus the window, plus this much per guest (a big storm on a small machine).
 STORM_TIMEOUT_S = 120.0
+STORM_TIMEOUT_PER_GUEST_S = 0.1
 # The drivers start this long before the storm's first guest: room to import and set up.
 STORM_LEAD_S = 2.0
 # The daemon's responder namespace: `<--name>-<inode of its netns>-responder`.
@@ -90,12 +92,17 @@ class Settings:
     syscall_requests: int = syscalls.DEFAULT_REQUESTS  # per traced run; 0 skips tracing
     records: int = records.DEFAULT_RECORDS
     netns_prefix: str | None = None  # base of namespace names (lab.netns.netns_prefix)
+    # `bench --quick`: runs too short to hold a figure against a target; none is judged.
+    indicative: bool = False
     neighbour_attacks: hostile.HostileSettings | None = hostile.DEFAULT  # None: skip it
 
 
 def machine() -> dict:
+    """The machine, and how busy it was before the run began (others' work skews every
+    figure: the report says so)."""
     return {"cpus": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version(), "host": platform.node()}
+            "python": platform.python_version(), "host": platform.node(),
+            "load_before": round(os.getloadavg()[0], 2)}
 
 
 class BenchRun:
@@ -117,12 +124,13 @@ class BenchRun:
                  f"(namespaces prefixed {self.topo.prefix})")
         self.hv = topology.build_hypervisor(self.topo)
         self.guests = topology.add_guests(self.hv, "g", s.guests)
-        self.storm_guests = topology.add_guests(self.hv, "s", s.storm_guests)
+        self.bridges = topology.bridges_for(s.guests + s.storm_guests)
+        self.storm_guests = topology.add_guests(self.hv, "s", s.storm_guests, self.bridges)
         self.store = str(self.workdir / "instances.db")
         self.records = records.write_store(self.store, self.guests + self.storm_guests,
                                            s.records)
         self.say(f"store: {self.records} records; starting the daemon")
-        self.daemon = self.hv.start_daemon(topology.BRIDGES, self.store,
+        self.daemon = self.hv.start_daemon(self.bridges, self.store,
                                            ["--workers", str(s.workers), *LOAD_GENERATOR_FLAGS])
         if self.storm_guests:
             topology.pin_metadata_neighbour(self.hv, self.storm_guests,
@@ -258,7 +266,8 @@ class BenchRun:
                     procs.append(subprocess.Popen(
                         [sys.executable, "-m", "transparent_md.lab.bench.storm", str(path)],
                         stdout=subprocess.DEVNULL, stderr=err))
-            deadline = time.monotonic() + STORM_TIMEOUT_S
+            deadline = (time.monotonic() + STORM_TIMEOUT_S + self.s.storm_window_s
+                        + STORM_TIMEOUT_PER_GUEST_S * len(self.storm_guests))
             parts = []
             for k, (proc, path) in enumerate(zip(procs, paths, strict=True)):
                 if proc.wait(timeout=max(0.0, deadline - time.monotonic())) != 0:
@@ -283,6 +292,7 @@ class BenchRun:
     # -- whole run ------------------------------------------------------------------
     def execute(self) -> dict:
         started = time.monotonic()
+        host = machine()  # before the run loads it
         try:
             self.build()
             targets = self.start_servers()
@@ -295,7 +305,7 @@ class BenchRun:
         neighbours = (hostile.run(self.s.neighbour_attacks, self.say, self.s.netns_prefix)
                       if self.s.neighbour_attacks else None)
         return {
-            "machine": machine(),
+            "machine": host,
             "settings": {**asdict(self.s), "connections_per_guest":
                          wrk.CONNECTIONS_PER_CLIENT},
             "namespaces": {"prefix": self.topo.prefix,

@@ -1,6 +1,7 @@
 """The benchmark's namespaces: guests behind the tc path, and a routed segment for DNAT.
 
-    hv:  bridges brb0/brb1 <- veth ports -> wrk guests g<i> and storm guests s<i>
+    hv:  bridges brb0/brb1 (and brb2... when the storm needs more ports than two
+         bridges hold) <- veth ports -> wrk guests g<i> and storm guests s<i>
          (each with an on-link route to 169.254.169.254; the port program answers ARP)
          + the daemon (`transparent-md run`), and on 127.0.0.1 the loopback servers
          + a router-like namespace with a leg on each bridge (the .1 of each guest
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass
 
 from transparent_md.datapath.responder_side import METADATA_IP
@@ -22,6 +24,12 @@ from transparent_md.lab.netns import Topology, run
 
 # Two bridges: the daemon follows several, as on a host with several tenant networks.
 BRIDGES = ("brb0", "brb1")
+BRIDGE_NAME = "brb{index}"
+# A Linux bridge holds at most 1,024 ports (port number 0 is reserved); more is
+# "Exchange full". The bench fills a bridge up to this, leaving room for the wrk guests
+# and the router's leg on the first two.
+BRIDGE_MAX_PORTS = 1023
+PORTS_PER_BRIDGE = 1000
 # Guest addresses: one /16 per bridge, so 200+ guests fit without arithmetic tricks.
 GUEST_NET = "10.{bridge}.0.0/16"
 GUEST_NET_BASE = 20
@@ -78,7 +86,12 @@ def build_router(hv: Hypervisor) -> str:
 
 
 def bridge_index_of(guest: BenchGuest) -> int:
-    return BRIDGES.index(guest.bridge)
+    return bridge_index(guest.bridge)
+
+
+def bridge_index(bridge: str) -> int:
+    """brbN -> N: each bridge's guests live in a /16 of their own (GUEST_NET)."""
+    return int(bridge.removeprefix(BRIDGE_NAME.format(index="")))
 
 
 def _guest_ip(bridge_index: int, serial: int) -> str:
@@ -86,13 +99,31 @@ def _guest_ip(bridge_index: int, serial: int) -> str:
     return str(net.network_address + 2 + serial)  # .1 left free for a router
 
 
-def add_guests(hv: Hypervisor, role: str, count: int) -> list[BenchGuest]:
-    """`count` guests spread over BRIDGES, named `<role><i>`, ports `p<role><i>`."""
+def bridges_for(guests: int) -> tuple[str, ...]:
+    """Every bridge a run with `guests` guests in all needs: BRIDGES, and as many more
+    as keep each bridge within PORTS_PER_BRIDGE ports."""
+    count = max(len(BRIDGES), math.ceil((guests + len(BRIDGES)) / PORTS_PER_BRIDGE))
+    return tuple(BRIDGE_NAME.format(index=i) for i in range(count))
+
+
+def add_guests(hv: Hypervisor, role: str, count: int,
+               bridges: tuple[str, ...] = BRIDGES) -> list[BenchGuest]:
+    """`count` guests spread over `bridges`, named `<role><i>`, ports `p<role><i>`."""
+    for bridge in bridges:
+        if bridge not in hv.bridges:
+            hv.bridge(bridge)
+    ports = {bridge: 0 for bridge in bridges}
+    for guest in hv.guests.values():
+        ports[guest.bridge] = ports.get(guest.bridge, 0) + 1
     out = []
     for i in range(count):
-        b = i % len(BRIDGES)
-        ip = _guest_ip(b, len(hv.guests))
-        g: GuestNs = hv.guest(f"{role}{i}", bridge=BRIDGES[b], port=f"p{role}{i}",
+        b = i % len(bridges)
+        ports[bridges[b]] += 1
+        if ports[bridges[b]] > BRIDGE_MAX_PORTS:
+            raise RuntimeError(f"bridge {bridges[b]} is full: spread the guests over more "
+                               "bridges (topology.bridges_for)")
+        ip = _guest_ip(bridge_index(bridges[b]), len(hv.guests))
+        g: GuestNs = hv.guest(f"{role}{i}", bridge=bridges[b], port=f"p{role}{i}",
                               addr=f"{ip}/16", routes=[METADATA_ROUTE])
         out.append(BenchGuest(ns=g.ns, bridge=g.bridge, port=g.port, mac=g.mac, ip=g.ip,
                               instance_id=f"i-bench{role}{i:05d}"))
