@@ -159,3 +159,14 @@ def test_long_polls_count_against_the_guests_connection_cap(tmp_path):
         finally:
             for conn in held:
                 conn.close()
+
+
+def test_a_records_own_gce_fields_win_over_the_derived_ones(tmp_path):
+    record = dict(RECORD_A, gce={"project_id": "gp", "numeric_project_id": 42,
+                                 "attributes": {"enable-oslogin": "false"}})
+    view = gce.GceView(parse_record(record), GUEST_A.mac, "10.0.0.5")
+    plain = gce.Query(b"")
+    assert view.answer(b"project/project-id", plain).body == b"gp"
+    assert view.answer(b"project/numeric-project-id", plain).body == b"42"
+    assert view.answer(b"instance/zone", plain).body == b"projects/42/zones/eu-west-1a"
+    assert view.answer(b"instance/attributes/enable-oslogin", plain).body == b"false"

@@ -45,8 +45,8 @@ def test_the_example_file_uses_every_key():
     for raw in yaml.safe_load(EXAMPLE.read_text()):
         for key, value in raw.items():
             used.add(key)
-            if key == "openstack":
-                used.update(f"openstack.{member}" for member in value)
+            if isinstance(value, dict) and key in ("openstack", "gce"):
+                used.update(f"{key}.{member}" for member in value)
     assert set(file_keys()) <= used
 
 
@@ -79,7 +79,8 @@ def test_every_flag_sets_its_field(tmp_path):
             "--ssh-key-file", f"b={tmp_path / 'key'}", "--user-data-file",
             str(tmp_path / "ud"), "--vendor-data-file", str(tmp_path / "vd"),
             "--openstack-uuid", "0b6b7a4e-8e2f-4c59-9a43-1f2d3e4c5b6a", "--project-id", "p1",
-            "--meta", "k=v", "--network-data-file", str(tmp_path / "nd"),
+            "--meta", "k=v", "--gce-project-id", "gp", "--gce-numeric-project-id", "42",
+            "--gce-attribute", "enable-oslogin=false", "--network-data-file", str(tmp_path / "nd"),
             "--iam-file", str(tmp_path / "iam"), "--imdsv2-required", "--parked"]
     args = _verb_parser("add").parse_args(argv[1:])
     built = parse_record(instance_cli._apply({"instance_id": "i-1"},
@@ -95,6 +96,8 @@ def test_every_flag_sets_its_field(tmp_path):
         "user_data": b"\x1f\x8bbinary", "vendor_data": {"a": 1},
         "openstack": {"uuid": "0b6b7a4e-8e2f-4c59-9a43-1f2d3e4c5b6a", "project_id": "p1",
                       "meta": {"k": "v"}},
+        "gce": {"project_id": "gp", "numeric_project_id": 42,
+                "attributes": {"enable-oslogin": "false"}},
         "network_data": {"links": []},
         "iam": {"role": "r", "access_key_id": "A", "secret_access_key": "S", "token": "T",
                 "expiration": "2030-01-01T00:00:00Z"},

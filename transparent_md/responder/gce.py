@@ -57,11 +57,15 @@ def numeric_id(text: str) -> int:
 
 
 def project_id(instance: Instance) -> str:
-    """The record's project, else one named after its owner account."""
-    return instance.openstack_project_id or f"project-{instance.account_id}"
+    """The record's GCE project, else its OpenStack one, else one named after its owner."""
+    return (instance.gce_project_id or instance.openstack_project_id
+            or f"project-{instance.account_id}")
 
 
 def numeric_project_id(instance: Instance) -> int:
+    """The record's number, else its owner account's, else one derived from the project."""
+    if instance.gce_numeric_project_id:
+        return instance.gce_numeric_project_id
     account = instance.account_id
     return int(account) if account.isdigit() and int(account) else numeric_id(
         project_id(instance))
@@ -88,6 +92,7 @@ def document(instance: Instance, mac: str, ip: str) -> dict:
             attributes["user-data"] = base64.b64encode(instance.user_data).decode()
             attributes["user-data-encoding"] = "base64"
     attributes.update(instance.openstack_meta)
+    attributes.update(instance.gce_attributes)
     interface: dict = {"ip": ip, "mac": mac, "network": f"projects/{number}/networks/{NETWORK}",
                        "access-configs": []}
     if instance.public_ipv4:

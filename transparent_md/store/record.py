@@ -228,6 +228,22 @@ class Instance:
         (), key="openstack.meta", check="text_pairs", omit_empty=True, default="none",
         meaning="OpenStack `meta`: text → text",
         flags=(Flag("--meta", "OpenStack meta entry (repeatable)", "KEY=VALUE", "pairs"),))
+    gce_project_id: str = spec(
+        "", key="gce.project_id", check="text", omit_empty=True,
+        default="the OpenStack project id, else `project-<account id>`",
+        meaning="GCE `project/project-id`",
+        flags=(Flag("--gce-project-id", "GCE project id", "ID"),))
+    gce_numeric_project_id: int = spec(
+        0, key="gce.numeric_project_id", check="count", omit_empty=True,
+        default="the account id when it is a number, else derived from the project id",
+        meaning="GCE `project/numeric-project-id`",
+        flags=(Flag("--gce-numeric-project-id", "GCE numeric project id", "N", "int"),))
+    gce_attributes: tuple[tuple[str, str], ...] = spec(
+        (), key="gce.attributes", check="text_pairs", omit_empty=True, default="none",
+        meaning="GCE `instance/attributes/` entries beside `ssh-keys` and `user-data`: "
+                "text → text",
+        flags=(Flag("--gce-attribute", "GCE instance attribute (repeatable)", "KEY=VALUE",
+                    "pairs"),))
     network_data: Any = spec(
         key="network_data", check="document", default="one DHCP link on the guest's MAC",
         meaning="OpenStack `network_data.json` (a mapping)",
