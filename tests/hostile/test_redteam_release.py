@@ -80,3 +80,4 @@ def test_a_vm_moved_with_identity_release_keeps_its_record_from_a_waiting_neighb
     assert stolen == [], w.log_tail()
     assert_served(w, "vm-new")
     assert leaks(read_everything(w, "thief", "vm"), "vm") == []
+

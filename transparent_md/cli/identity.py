@@ -40,6 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     locks.add_argument("--json", action="store_true", help="print JSON")
     release = verbs.add_parser("release", help="release one MAC's lock")
     release.add_argument("--mac", required=True, type=_mac, help="the locked MAC")
+    release.add_argument("--to", metavar="PORT",
+                         help="after the quiet time, give the lock to this attached port "
+                         "(a VM moving there) instead of the port that waited longest: a "
+                         "neighbour copying the MAC may have waited longer")
     for parser in (locks, release):
         parser.add_argument("--name", default=DEFAULT_NAME,
                             help=f"the daemon's --name (default {DEFAULT_NAME})")
@@ -70,9 +74,21 @@ def identity_command(args: argparse.Namespace) -> int:
                 print(f"    waiting: port {waiter['port']} IP {waiter['ip']} "
                       f"since {waiter['since']}")
         return 0
+    from transparent_md.datapath import lock_file
+
+    heir = None
+    if args.to:
+        heir = locks.port_link(names.pin_dir, args.to)
+        if heir is None:
+            raise UserError(f"{args.to!r} is not a port the daemon {args.name!r} serves "
+                            "(see `transparent-md status`)")
+        lock_file.name_heir(names.locks_file, args.mac, heir)
     if not locks.release_mac(names.pin_dir, args.mac):
+        if heir is not None:
+            lock_file.take_heir(names.locks_file, args.mac)
         raise UserError(f"{args.mac} holds no lock (or it is released already)")
-    print(f"released {args.mac}")
+    print(f"released {args.mac}" + (f"; it goes to port {args.to} after the quiet time"
+                                    if heir is not None else ""))
     return 0
 
 

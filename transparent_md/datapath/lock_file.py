@@ -140,3 +140,50 @@ def _waiter_json(waiter: SavedWaiter) -> dict:
     entry = asdict(waiter)
     entry.pop("port")
     return {**entry, "ifindex": waiter.port.ifindex, "port": waiter.port.name}
+
+
+# -- heirs the operator named (`identity release --to PORT`) ---------------------------
+
+HEIRS_SUFFIX = ".heirs"
+
+
+def heirs_path(locks_path: Path) -> Path:
+    """Beside the lock file: MAC -> the port its released lock goes to."""
+    return locks_path.with_name(locks_path.name + HEIRS_SUFFIX)
+
+
+def name_heir(locks_path: Path, mac: str, port: PortLink) -> None:
+    """Say that `mac`'s released lock goes to `port` (not to the port in line)."""
+    heirs = load_heirs(locks_path)
+    heirs[mac] = port
+    _write_heirs(locks_path, heirs)
+
+
+def take_heir(locks_path: Path, mac: str) -> PortLink | None:
+    """The port named for `mac`, forgotten once taken; None when none was named."""
+    heirs = load_heirs(locks_path)
+    port = heirs.pop(mac, None)
+    if port is not None:
+        _write_heirs(locks_path, heirs)
+    return port
+
+
+def load_heirs(locks_path: Path) -> dict[str, PortLink]:
+    try:
+        body = json.loads(heirs_path(locks_path).read_text(encoding="utf-8"))
+        return {str(mac): _link(entry) for mac, entry in body.items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        log.warning("the lock heirs file %s cannot be read (%s): ignored",
+                    heirs_path(locks_path), exc)
+        return {}
+
+
+def _write_heirs(locks_path: Path, heirs: dict[str, PortLink]) -> None:
+    path = heirs_path(locks_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({mac: {"ifindex": port.ifindex, "port": port.name}
+                               for mac, port in heirs.items()}), encoding="utf-8")
+    os.replace(tmp, path)

@@ -296,8 +296,21 @@ class LockKeeper:
                         len(new) - CONFLICT_LINES_PER_ROUND)
 
     def _hand_on(self, key: layout.MacKey, mac: str) -> int:
-        """A released lock's quiet time is over: to the port in line, or freed."""
+        """A released lock's quiet time is over: to the port the operator named (if it is
+        still the same link), else to the port in line, else freed."""
         self._note_conflicts()
+        named = lock_file.take_heir(self.path, mac)
+        if named is not None and self._port_name(named.ifindex) == named.name:
+            self._waiting.pop((mac, named.ifindex), None)
+            self._locks.update(key, ctypes.c_uint32(named.ifindex))
+            self.stats.handovers += 1
+            self._dirty = True
+            log.warning("MAC lock of %s handed over: the operator released it to port %s",
+                        mac, named.name)
+            return named.ifindex
+        if named is not None:
+            log.warning("MAC lock of %s: port %s, named by the operator, is gone: the lock "
+                        "goes to the port in line, if any", mac, named.name)
         heir = self._next_in_line(mac, layout.LOCK_RELEASED, self._port_name)
         if heir is None:
             self._locks.delete(key)

@@ -89,3 +89,15 @@ def release_mac(pin_dir: str | Path, mac: str) -> bool:
     finally:
         locks.close()
         released.close()
+
+
+def port_link(pin_dir: str | Path, name: str) -> PortLink | None:
+    """Our attached port called `name`, as a link; None when no attached port has it."""
+    ports = _open(pin_dir, layout.MAP_PORTS)
+    try:
+        for ifindex, port in ports.items(ctypes.c_uint32, layout.Port):
+            if port.name.decode() == name:
+                return PortLink(ifindex.value, name)
+        return None
+    finally:
+        ports.close()
