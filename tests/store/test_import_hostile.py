@@ -179,7 +179,7 @@ def test_import_of_many_loose_records_says_each_kind_of_warning_once(tmp_path):
     assert len(warnings) == 2, warnings
     bulk = next(w for w in warnings if "user-data" in w)
     assert "40 records carry user-data" in bulk and "i-000, i-001" in bulk
-    assert "and 35 more" in bulk and "i-039" not in bulk and "--port" in bulk
+    assert "and 35 more" in bulk and "i-039" not in bulk and "instance bind" in bulk
     assert any("record i-iam carries IAM credentials" in w for w in warnings)
 
 
