@@ -12,6 +12,8 @@ and nova match paths) only when a route is computed, so a known URL costs nothin
 
 from __future__ import annotations
 
+import logging
+
 from transparent_md.responder import ec2, gce, nocloud, openstack, paths
 from transparent_md.responder.http import (
     BAD_REQUEST,
@@ -29,6 +31,8 @@ from transparent_md.responder.ratelog import RateLimitedLog
 from transparent_md.responder.tokens import TokenAuthority
 from transparent_md.store import MAX_PASSWORD_BYTES, PasswordAlreadySet, Store
 from transparent_md.store.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 GET = b"GET"
 HEAD = b"HEAD"
