@@ -143,3 +143,21 @@ def test_snapshots_swapped_in_while_records_change_hundreds_of_times_a_second(tm
         serving.close()
         writer.close()
     assert not errors, errors[0]
+
+
+def test_a_record_written_before_its_guest_asks_answers_it_at_once(tmp_path):
+    """Read-your-writes: the writer was told the record is stored, so its guest asking
+    right after is answered even before the loader publishes (a few rows read)."""
+    path = str(tmp_path / "i.db")
+    writer = SqliteStore(path)
+    writer.put_many([record(1)])
+    serving = SqliteStore(path)
+    serving.load_snapshots_in_background()
+    try:
+        for n in range(2, 40):
+            writer.put_many([record(n)])
+            entry = serving.entry_for(guest(n))
+            assert entry is not None and entry.instance.instance_id == f"i-{n}"
+    finally:
+        serving.close()
+        writer.close()

@@ -34,13 +34,15 @@ STOP_TIMEOUT_S = 5.0
 
 
 class Published:
-    """One load: the snapshot and the entries read for it (guests that asked lately)."""
+    """One load: the snapshot, the entries read for it (guests that asked lately) and
+    the generation stamp it reflects (the serving store compares it with the file's)."""
 
-    __slots__ = ("snapshot", "entries")
+    __slots__ = ("snapshot", "entries", "stamp")
 
-    def __init__(self, snapshot: Snapshot, entries: list[Entry]) -> None:
+    def __init__(self, snapshot: Snapshot, entries: list[Entry], stamp: object) -> None:
         self.snapshot = snapshot
         self.entries = entries
+        self.stamp = stamp
 
 
 class SnapshotLoader:
@@ -66,16 +68,17 @@ class SnapshotLoader:
     def _run(self) -> None:
         serving = self._serving
         store = None
-        last = serving.published.snapshot
+        last, last_stamp = serving.published.snapshot, serving.published.stamp
         while not self._stop.is_set():
             try:
                 if store is None:
                     store = self._open_own()
                 snapshot = store.snapshot()
-                if snapshot is not last:
+                stamp = store.loaded_stamp
+                if snapshot is not last or stamp != last_stamp:
                     serving.published = Published(snapshot, _reread(store, serving, last,
-                                                                    snapshot))
-                    last = snapshot
+                                                                    snapshot), stamp)
+                    last, last_stamp = snapshot, stamp
                 if self._failure:
                     self._failure = ""
                     log.warning("snapshots of %s load again", serving.path)

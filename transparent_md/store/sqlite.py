@@ -263,6 +263,13 @@ class SqliteStore:
         self._fresh()
 
     @_guarded
+    def _catch_up_here(self) -> None:
+        """With a loader: this connection's own reader, rows changed since it last read
+        (its snapshot then stands until the loader publishes a newer one)."""
+        with _ReadTransaction(self._db):
+            self._snapshot = self._reader.read(self._db)
+
+    @_guarded
     def _first_load(self) -> None:
         """The first snapshot may wait for a writer as long as opening did (a daemon
         starting), and a failure is raised: there is nothing to serve instead."""
@@ -291,9 +298,14 @@ class SqliteStore:
 
         if self._loader is not None:
             return
-        self.published = Published(self.snapshot(), [])
+        self.published = Published(self.snapshot(), [], self._seen_stamp)
         self._loader = SnapshotLoader(self, lambda: SqliteStore(self.path, cache_size=1))
         self._loader.start()
+
+    @property
+    def loaded_stamp(self) -> bytes | None:
+        """The generation stamp the current snapshot reflects."""
+        return self._seen_stamp
 
     def _take(self, published: Published) -> None:
         self._taken = published
@@ -382,6 +394,14 @@ class SqliteStore:
     def entry_for(self, guest: Guest) -> Entry | None:
         """The whole record answering `guest` now; a dict hit unless it changed or aged out."""
         binding = self.snapshot().match(guest)
+        published = self.published
+        if binding is None and published is not None and (
+                self._generation.current() != published.stamp):
+            # A write landed that the loader has not published yet, maybe this guest's
+            # record: read the rows changed since (few), so a record written before the
+            # guest asked answers it, as the writer was told.
+            self._catch_up_here()
+            binding = self._snapshot.match(guest)
         if binding is None and self._stale_since is not None:
             # The snapshot is behind a write a held lock kept out: it cannot tell that
             # this guest has no record. Catch up, or the guest is answered 503.
