@@ -164,6 +164,25 @@ def test_cli_import_of_a_bomb_exits_2_with_one_clear_line(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_import_of_many_loose_records_says_each_kind_of_warning_once(tmp_path):
+    """Issue 26: thousands of unbound records with secrets are one line per kind, with
+    the count and the first few ids, not a line per record."""
+    path = str(tmp_path / "i.db")
+    records = [{"instance_id": f"i-{n:03d}", "mac": f"52:54:00:00:01:{n:02x}",
+                "user_data": "#cloud-config\n"} for n in range(40)]
+    records.append({"instance_id": "i-iam", "mac": "52:54:00:00:02:01",
+                    "iam": {"role": "r", "access_key_id": "AKIA", "secret_access_key": "s",
+                            "token": "t", "expiration": "2030-01-01T00:00:00Z"}})
+    done = run_cli(["instance", "import", "-", "--store", path], stdin=json.dumps(records))
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 2, warnings
+    bulk = next(w for w in warnings if "user-data" in w)
+    assert "40 records carry user-data" in bulk and "i-000, i-001" in bulk
+    assert "and 35 more" in bulk and "i-039" not in bulk and "instance bind" in bulk
+    assert any("record i-iam carries IAM credentials" in w for w in warnings)
+
+
 def run_cli(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "transparent_md", *argv], input=stdin,
                           capture_output=True, text=True, cwd=REPO, timeout=60)

@@ -256,8 +256,12 @@ def _normalised(changes: Mapping[str, Any]) -> dict[str, Any]:
 
 def _write(store: Store, instance_id: str, condition: Condition,
            change: Callable[[Entry | None], Instance]) -> Written:
+    # A store that remembers what it last read (etcd) spares the first read's round
+    # trip of an unconditional write: a stale one loses its commit and is read again.
+    read = getattr(store, "recent_entry", None) if not condition.given else None
     for _ in range(MAX_ATTEMPTS):
-        current = store.entry(instance_id)
+        current = (read or store.entry)(instance_id)
+        read = None
         revision = current.revision if current else None
         if not condition.allows(revision):
             raise PreconditionFailed(instance_id, condition, revision)

@@ -15,7 +15,8 @@ Writes honour If-Match (any listed ETag, or `*`) and If-None-Match: * (create on
 with 412. Errors are JSON `{"error", "record", "field"}`: 400 a request that is not
 JSON or not understood, 404 no such record or resource, 409 a record clashing with
 another (same id on create, or two records answering the same guest), 412 a stale
-ETag, 422 a record that breaks the import rules (the same messages as `instance import`).
+ETag, 422 a record that breaks the import rules (the same messages as `instance import`),
+503 the store cannot be reached (etcd down): the reason in one line, nothing written.
 """
 
 from __future__ import annotations

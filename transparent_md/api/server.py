@@ -4,8 +4,13 @@ The guest responder is one uvloop thread in the daemon's process; the admin API 
 runs on it. It gets its own thread, its own asyncio loop and its own store connection,
 and each request is a few milliseconds of parsing and one SQLite transaction, so a
 guest request waits at most for a GIL switch (5 ms by default), never for an admin
-request. A change is committed before the reply is sent, and the responder reads the
-store's generation stamp on every request, so the guest's next request sees it.
+request. A change is committed before the reply is sent; the serving processes' store
+loaders read it within milliseconds and their loops swap it in.
+
+A store that takes writes from several threads at once (`concurrent_writes`: etcd,
+whose writes are network round trips and commit together, see `EtcdStore._commit`) is
+served by WRITE_THREADS threads, so concurrent clients' writes share transactions
+instead of queueing one round trip after another.
 
 The socket is created mode 0600 (root only: whoever can write records can hand any
 guest any data), and removed on stop. A stale socket left by a crash is replaced; one a
@@ -15,6 +20,7 @@ live daemon still answers on is refused, so two daemons never share one path.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
@@ -48,6 +54,9 @@ MAX_CONNECTIONS = 64
 IDLE_TIMEOUT_S = 60.0
 # GET /v1/status waits this long for the daemon's status (a netlink dump per port).
 STATUS_TIMEOUT_S = 10.0
+# Requests handled at once for a store that takes concurrent writes: enough for an
+# orchestrator's clients to fill an etcd transaction while the previous one commits.
+WRITE_THREADS = 64
 # How long start() waits for the thread to be serving, and stop() for it to end.
 THREAD_START_TIMEOUT_S = 10.0
 THREAD_STOP_TIMEOUT_S = 10.0
@@ -126,6 +135,7 @@ class AdminServer:
         # The daemon's status is gathered with pyroute2's synchronous IPRoute, which runs
         # an asyncio loop of its own and cannot inside ours: it runs on a helper thread.
         self._status_thread = ThreadPoolExecutor(1, thread_name_prefix="admin-api-status")
+        self._handlers: ThreadPoolExecutor | None = None
         self._status = status and self._status_elsewhere(status)
         self._sock = bind_socket(path)
         self._inode = os.stat(path).st_ino
@@ -153,8 +163,12 @@ class AdminServer:
         try:
             store = self._open_store()
             api = AdminApi(store, self._status)  # type: ignore[arg-type]
+            if getattr(store, "concurrent_writes", False):
+                self._handlers = ThreadPoolExecutor(WRITE_THREADS,
+                                                    thread_name_prefix="admin-api-write")
+            handlers = self._handlers
             server = loop.run_until_complete(loop.create_unix_server(
-                lambda: AdminProtocol(api), sock=self._sock))
+                lambda: AdminProtocol(api, handlers), sock=self._sock))
         except BaseException as exc:  # reported to start() in the daemon's thread
             self._failure = exc
             self._ready.set()
@@ -167,6 +181,8 @@ class AdminServer:
             server.close()
             loop.run_until_complete(server.wait_closed())
             loop.close()
+            if self._handlers is not None:
+                self._handlers.shutdown(wait=True)
             store.close()  # type: ignore[attr-defined]
 
     def stop(self) -> None:
@@ -182,10 +198,13 @@ class AdminServer:
 
 
 class AdminProtocol(asyncio.Protocol):
-    """HTTP/1.1 with keep-alive; each request is handled whole, in order."""
+    """HTTP/1.1 with keep-alive; each request is handled whole, in order (with
+    `handlers`, on one of their threads, the connection not read meanwhile)."""
 
-    def __init__(self, api: AdminApi) -> None:
+    def __init__(self, api: AdminApi, handlers: ThreadPoolExecutor | None = None) -> None:
         self.api = api
+        self.handlers = handlers
+        self._waiting: collections.deque[tuple[Request, bool]] = collections.deque()
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -261,12 +280,38 @@ class AdminProtocol(asyncio.Protocol):
             return
         request = Request(self.parser.get_method().decode("ascii"),
                           self.url.decode("latin-1"), self.headers, bytes(self.body))
+        if self.handlers is None:
+            self._send(self._handle(request), keep_alive)
+            return
+        self._waiting.append((request, keep_alive))
+        if len(self._waiting) == 1:
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        """Handle the oldest waiting request on a handler thread; the connection is not
+        read meanwhile, and answers go out in the order the requests came."""
+        assert self.transport is not None and self.handlers is not None
+        self.transport.pause_reading()
+        request, keep_alive = self._waiting[0]
+        done = asyncio.get_running_loop().run_in_executor(self.handlers, self._handle, request)
+        done.add_done_callback(lambda future: self._answered(future.result(), keep_alive))
+
+    def _answered(self, response: Response, keep_alive: bool) -> None:
+        self._waiting.popleft()
+        self._send(response, keep_alive)
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._waiting:
+            self._hand_on()
+        else:
+            self.transport.resume_reading()
+
+    def _handle(self, request: Request) -> Response:
         try:
-            response = self.api.handle(request)
+            return self.api.handle(request)
         except Exception:  # a bug must cost one request, not the API thread
             log.exception("admin API: %s %s failed", request.method, request.target)
-            response = ApiError(500, "internal error; see the daemon's log").response()
-        self._send(response, keep_alive)
+            return ApiError(500, "internal error; see the daemon's log").response()
 
     def _count_head(self, size: int) -> None:
         self.head_bytes += size

@@ -7,22 +7,23 @@ reach a running `run` daemon on its next request, with no restart.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from transparent_md.cli import instance_sync
 from transparent_md.cli.store_options import add_store_options, open_from_args
 from transparent_md.errors import UserError
 from transparent_md.store import Instance, RecordError
+from transparent_md.store.errors import NoSuchRecord, RecordExists
 from transparent_md.store.fields import clearable_fields
 from transparent_md.store.fieldspec import FieldSpec, Flag
 from transparent_md.store.importfile import STDIN, bind_file_links, read_records
 from transparent_md.store.links import bind_link, parked_warning
-from transparent_md.store.policy import exposure_warning, serving
+from transparent_md.store.policy import exposure_warnings, serving
 from transparent_md.store.record import DEEP_JSON_PROBLEM, parse_record, record_specs
 
 
@@ -212,10 +213,11 @@ def _clear(raw: dict[str, Any], key: str) -> None:
 
 
 def _warn_exposed(records: list[Instance]) -> None:
-    for record in records:
-        warning = exposure_warning(record)
-        if warning:
-            print(f"transparent-md: warning: {warning}", file=sys.stderr)
+    for warning in exposure_warnings(records):
+        print(f"transparent-md: warning: {warning}", file=sys.stderr)
+
+
+Handler = Callable[[argparse.Namespace], int]
 
 
 def _build(raw: dict[str, Any]) -> Instance:
@@ -231,6 +233,23 @@ def _build(raw: dict[str, Any]) -> Instance:
     return bound
 
 
+def _hinted(error: type[Exception], hint: str) -> Callable[[Handler], Handler]:
+    """The store says what went wrong; the CLI adds what to type instead."""
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return handler(args)
+            except error as exc:
+                raise UserError(f"{exc} ({hint})") from exc
+
+        return run
+
+    return wrap
+
+
+@_hinted(RecordExists, "use 'instance update', or 'instance import' to replace it")
 def _add(args: argparse.Namespace) -> int:
     record = _build(_apply({"instance_id": args.instance_id}, _fields_from_flags(args)))
     open_from_args(args, create=True).add(record)
@@ -238,6 +257,7 @@ def _add(args: argparse.Namespace) -> int:
     return 0
 
 
+@_hinted(NoSuchRecord, "use 'instance add' to create it")
 def _update(args: argparse.Namespace) -> int:
     given = _fields_from_flags(args)  # files are read before the write transaction
     rebinds = any(spec.key == "port" for spec in given)
@@ -256,6 +276,7 @@ def _update(args: argparse.Namespace) -> int:
     return 0
 
 
+@_hinted(NoSuchRecord, "nothing removed; --missing-ok removes the others")
 def _remove(args: argparse.Namespace) -> int:
     store = open_from_args(args)
     removed = store.remove(*args.instance_ids, missing_ok=args.missing_ok)
@@ -289,6 +310,8 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record, indent=2))
     else:
+        import yaml
+
         print(yaml.safe_dump([record], sort_keys=False), end="")
     if store.password(args.instance_id) is not None:
         print("# the guest has posted an OpenStack password", file=sys.stderr)
@@ -333,6 +356,8 @@ def _read_text(path: str) -> str:
 
 
 def _read_document(path: str) -> Any:
+    import yaml
+
     try:
         return yaml.safe_load(_read_text(path))
     except yaml.YAMLError as exc:

@@ -16,7 +16,7 @@ from typing import Any
 from transparent_md.errors import UserError
 from transparent_md.store import RecordError, Store
 from transparent_md.store.importfile import STDIN, bind_file_links, read_records
-from transparent_md.store.policy import exposure_warning
+from transparent_md.store.policy import exposure_warnings
 
 # Opens the store --store names; `create=True` only for verbs that create records.
 StoreOpener = Callable[..., Store]
@@ -107,10 +107,9 @@ def _apply(args: argparse.Namespace, open_store: StoreOpener) -> int:
     else:
         apply.execute(store, planned)
         print("\n".join(planned.lines()))
-        for record in [*planned.created, *(r for r, _ in planned.updated)]:
-            warning = exposure_warning(record)
-            if warning:
-                print(f"transparent-md: warning: {warning}", file=sys.stderr)
+        for warning in exposure_warnings([*planned.created,
+                                          *(r for r, _ in planned.updated)]):
+            print(f"transparent-md: warning: {warning}", file=sys.stderr)
     return EXIT_CHANGED if args.exit_code and planned.changes else 0
 
 

@@ -11,7 +11,6 @@ import argparse
 import importlib
 import sys
 
-from transparent_md import __version__
 from transparent_md.errors import UserError
 
 # verb -> module under transparent_md.cli; each module has register(subparsers).
@@ -27,6 +26,15 @@ VERBS = {
 }
 
 
+class _Version(argparse.Action):
+    """--version, with the version looked up only when asked (see transparent_md)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        import transparent_md
+
+        parser.exit(message=f"transparent-md {transparent_md.__version__}\n")
+
+
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The parser for `verb` alone, or for every verb when `verb` is None or unknown."""
     parser = argparse.ArgumentParser(
@@ -37,8 +45,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
             "network, no route in the guest."
         ),
     )
-    parser.add_argument("--version", action="version",
-                        version=f"transparent-md {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="show program's version number and exit")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
     chosen = [VERBS[verb]] if verb in VERBS else list(VERBS.values())
     for module_name in chosen:

@@ -201,16 +201,13 @@ class Daemon:
 
     def start(self) -> ServeSpec:
         # Open the store first: a bad store path fails before anything is attached.
-        from transparent_md.store import open_store
-
         serving_store = self.store_source.start()  # the fleet cache for an etcd store
         from transparent_md.api.server import AdminServer
 
         self.config.api_socket = usable_api_socket(self.config.api_socket,
                                                    self.config.api_socket_is_default)
         if self.config.api_socket:  # bound now: a path in use fails before anything else
-            store_path, tls = self.config.store_path, self.config.etcd_tls
-            self._api = AdminServer(self.config.api_socket, lambda: open_store(store_path, tls),
+            self._api = AdminServer(self.config.api_socket, self.store_source.open_store,
                                     self.status)
         soft, _ = raise_nofile_limit()
         log.debug("open-file limit %d", soft)

@@ -39,10 +39,9 @@ class ServeSpec:
     reuse_port: bool
     stats_dir: str | None = None  # where workers leave their counts for --metrics
     parent_pid: int = 0  # a worker dies with this process (the daemon)
-    # A fleet store (etcd URL, TLS files): store_path is then its local cache, and a
+    # A fleet store (`EtcdTarget.as_dict()`): store_path is then its local cache, and a
     # guest's posted password is written through to etcd (store_source).
-    fleet_store: str | None = None
-    etcd_tls: list[str | None] | None = None
+    fleet_target: dict | None = None
     limits: ResponderLimits = field(default_factory=ResponderLimits)
     access_log: str | None = None  # the --log-format of --access-log lines, or None
 
@@ -76,7 +75,7 @@ def serve(spec: ServeSpec, *, ready_line: str,
     from transparent_md.responder.access_log import AccessLog
     from transparent_md.responder.server import Responder
 
-    store = open_serving_store(spec.store_path, spec.fleet_store, spec.etcd_tls)
+    store = open_serving_store(spec.store_path, spec.fleet_target)
     sock = listening_socket(spec.netns_name, reuse_port=spec.reuse_port)
     resolver = ShadowResolver(spec.pin_dir, spec.shadow_prefix)
     responder = Responder(store, resolver, token_hop_limit=spec.token_hop_limit,

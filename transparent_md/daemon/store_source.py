@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from transparent_md.names import DaemonNames
-from transparent_md.store.etcd_url import EtcdTls, is_etcd_url, parse_etcd_url
+from transparent_md.store.etcd_url import EtcdTarget, EtcdTls, is_etcd_url, parse_etcd_url
 
 if TYPE_CHECKING:
     from transparent_md.store import Store
@@ -39,8 +39,11 @@ class StoreSource:
                  tls: EtcdTls | None = None, cache_path: str | None = None) -> None:
         self.store = store
         self.fleet = is_etcd_url(store)
+        # Parsed once, here: what the follower, the admin API and the workers get.
+        self.target: EtcdTarget | None = (parse_etcd_url(store, tls)
+                                          if self.fleet and store else None)
         self.cache_path = cache_path or default_cache_path(names)
-        self._tls = tls
+        self._names = names
         self.follower = None
 
     def start(self) -> str | None:
@@ -57,18 +60,24 @@ class StoreSource:
             return self.store
         from transparent_md.store.fleet_follower import FleetFollower
 
-        self.follower = FleetFollower(parse_etcd_url(self.store, self._tls), self.cache_path)
+        assert self.target is not None
+        self.follower = FleetFollower(self.target, self.cache_path,
+                                      spread_key=self._names.daemon_id)
         self.follower.start()
         return self.cache_path
 
     def serving_fields(self) -> dict:
         """ServeSpec fields that let every serving process write a guest's posted
         password to the fleet (see `open_serving_store`); none for SQLite."""
-        if not self.fleet:
+        if self.target is None:
             return {}
-        tls = self._tls
-        return {"fleet_store": self.store,
-                "etcd_tls": [tls.cacert, tls.cert, tls.key] if tls else None}
+        return {"fleet_target": self.target.as_dict()}
+
+    def open_store(self) -> Store:
+        """The store writers use (the admin API): the fleet's etcd, or the SQLite file."""
+        from transparent_md.store import open_store
+
+        return open_store(self.target or self.store)
 
     def status(self) -> dict:
         """store_connected, store_revision_lag... for `status`; empty for SQLite."""
@@ -83,11 +92,10 @@ class StoreSource:
             self.follower = None
 
 
-def open_serving_store(store_path: str | None, fleet_store: str | None = None,
-                       etcd_tls: list[str | None] | None = None) -> Store:
+def open_serving_store(store_path: str | None, fleet_target: dict | None = None) -> Store:
     """The store a serving process answers from: `store_path` (SQLite, or the fleet
     cache), and for a fleet the cache with guest passwords written through to etcd."""
-    if fleet_store is None:
+    if fleet_target is None:
         from transparent_md.store import DEFAULT_STORE_PATH
         from transparent_md.store.sqlite import SqliteStore
 
@@ -96,8 +104,7 @@ def open_serving_store(store_path: str | None, fleet_store: str | None = None,
     from transparent_md.store.fleet_serving import FleetCacheStore
 
     assert store_path is not None  # the cache path StoreSource.start() returned
-    tls = EtcdTls(*etcd_tls) if etcd_tls else None
-    return FleetCacheStore(store_path, parse_etcd_url(fleet_store, tls))
+    return FleetCacheStore(store_path, EtcdTarget.from_dict(fleet_target))
 
 
 class FleetCollector:

@@ -82,7 +82,9 @@ NOT_PARTS = frozenset({"__pycache__", "bpf"})
 # (pyroute2 alone ~170 ms) for a command that only reads SQLite.
 LIGHT_COMMAND = ("instance", "list")
 HEAVY_MODULES = ("pyroute2", "asyncio", "bcc", "uvloop", f"{PACKAGE}.lab",
-                 f"{PACKAGE}.daemon", f"{PACKAGE}.datapath")
+                 f"{PACKAGE}.daemon", f"{PACKAGE}.datapath",
+                 # start-up cost of every CLI call (issue 26): loaded only when used
+                 "yaml", "uuid", "importlib.metadata", "requests", "etcd3gw")
 # Bound on the light command's run: it takes well under a second.
 LIGHT_COMMAND_TIMEOUT_S = 60
 

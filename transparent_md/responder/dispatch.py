@@ -32,6 +32,8 @@ from transparent_md.responder.tokens import TokenAuthority
 from transparent_md.store import MAX_PASSWORD_BYTES, PasswordAlreadySet, Store
 from transparent_md.store.errors import StoreUnavailable
 
+log = logging.getLogger(__name__)
+
 GET = b"GET"
 HEAD = b"HEAD"
 PUT = b"PUT"

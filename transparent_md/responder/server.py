@@ -88,6 +88,10 @@ class Responder:
         by_timer = getattr(state.store, "check_files_by_timer", None)
         if by_timer is not None:
             self._schedule_store_checks(loop, max(by_timer(), STORE_CHECK_FLOOR_S))
+        # A change is read by the store's loader thread; this loop only swaps it in.
+        in_background = getattr(state.store, "load_snapshots_in_background", None)
+        if in_background is not None:
+            in_background()
         return listener
 
     def close(self) -> None:

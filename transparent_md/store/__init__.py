@@ -12,11 +12,17 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from transparent_md.identity import Guest
-from transparent_md.store.errors import RecordConflict, StaleRevision, StoreMissing
-from transparent_md.store.etcd_url import EtcdTls, is_etcd_url, parse_etcd_url
+from transparent_md.store.errors import (
+    PasswordAlreadySet,
+    RecordConflict,
+    StaleRevision,
+    StoreMissing,
+)
+from transparent_md.store.etcd_url import EtcdTarget, EtcdTls, is_etcd_url, parse_etcd_url
 from transparent_md.store.record import Instance, RecordError, parse_record
 from transparent_md.store.snapshot import Binding, Entry, Snapshot
-from transparent_md.store.sqlite import MAX_PASSWORD_BYTES, PasswordAlreadySet, SqliteStore
+from transparent_md.store.sqlite import SqliteStore
+from transparent_md.store.write_checks import MAX_PASSWORD_BYTES
 
 # Where packaged state lives on Debian-like systems; created root-owned, mode 0700.
 DEFAULT_STORE_PATH = "/var/lib/transparent-md/instances.db"
@@ -54,26 +60,28 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(path: str | None, tls: EtcdTls | None = None, *,
+def open_store(path: str | EtcdTarget | None, tls: EtcdTls | None = None, *,
                create: bool = True) -> Store:
-    """Open the store `path` names: `etcd://HOST:PORT[,...]/PREFIX` (the fleet store,
-    with `tls` files if given), else a SQLite file, by default DEFAULT_STORE_PATH.
-    A missing SQLite file is created, or with `create=False` refused (StoreMissing)
-    before anything, not even its directory, is made. The etcd client is imported only
-    for an etcd URL."""
-    if is_etcd_url(path):
+    """Open the store `path` names: an `EtcdTarget` or `etcd://HOST:PORT[,...]/PREFIX`
+    (the fleet store, with `tls` files if given), else a SQLite file, by default
+    DEFAULT_STORE_PATH. A missing SQLite file is created, or with `create=False` refused
+    (StoreMissing) before anything, not even its directory, is made. The etcd client is
+    imported only for etcd."""
+    if isinstance(path, EtcdTarget) or is_etcd_url(path):
         from transparent_md.store.etcd import EtcdStore
 
-        return EtcdStore(parse_etcd_url(path, tls))
+        target = path if isinstance(path, EtcdTarget) else parse_etcd_url(path, tls)
+        return EtcdStore(target)
     path = path or DEFAULT_STORE_PATH
     if not create and not store_exists(path):
         raise StoreMissing(path)
     return SqliteStore(path)
 
 
-def store_exists(path: str | None) -> bool:
-    """Whether the store `path` names holds a store already (an etcd URL always may)."""
-    return is_etcd_url(path) or os.path.exists(path or DEFAULT_STORE_PATH)
+def store_exists(path: str | EtcdTarget | None) -> bool:
+    """Whether the store `path` names holds a store already (etcd always may)."""
+    return (isinstance(path, EtcdTarget) or is_etcd_url(path)
+            or os.path.exists(path or DEFAULT_STORE_PATH))
 
 
 __all__ = [

@@ -20,6 +20,24 @@ class RecordConflict(UserError):
         self.field = field
 
 
+class RecordExists(RecordConflict):
+    """A create (not a replace) of an id the store already holds."""
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(f"record {instance_id}: an instance with this id exists",
+                         instance_id, "instance_id")
+
+
+class NoSuchRecord(UserError):
+    """A change or removal of ids the store does not hold; nothing was written."""
+
+    def __init__(self, instance_ids: list[str], path: str) -> None:
+        names = ", ".join(repr(i) for i in instance_ids)
+        super().__init__(f"no instance {names} in {path}")
+        self.instance_ids = instance_ids
+        self.path = path
+
+
 class StaleRevision(UserError):
     """A conditional write found the record at another revision (or absent/present)."""
 
@@ -31,6 +49,10 @@ class StaleRevision(UserError):
         self.instance_id = instance_id
         self.expected = expected
         self.actual = actual
+
+
+class PasswordAlreadySet(Exception):
+    """The guest already posted its password (nova answers 409), on any hypervisor."""
 
 
 class StoreUnavailable(UserError):
@@ -95,5 +117,7 @@ class StoreMissing(UserError):
         self.path = path
 
 
-__all__ = ["DiskFull", "InvalidStoredRecord", "RecordConflict", "StaleRevision", "StoreBusy",
-           "StoreCorrupted", "StoreFault", "StoreMissing", "StoreUnavailable"]
+
+__all__ = ["DiskFull", "InvalidStoredRecord", "NoSuchRecord", "PasswordAlreadySet",
+           "RecordConflict", "RecordExists", "StaleRevision", "StoreBusy", "StoreCorrupted",
+           "StoreFault", "StoreMissing", "StoreUnavailable"]

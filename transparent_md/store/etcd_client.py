@@ -39,6 +39,15 @@ class EtcdUnavailable(StoreUnavailable):
     """No member answered: one clear line for the CLI, a state for the daemon."""
 
 
+class WatchBroke(EtcdUnavailable):
+    """The member a watch was on stopped answering; others may still answer."""
+
+    def __init__(self, member: str, reason: str) -> None:
+        super().__init__(f"watch on {member} broke: {reason}")
+        self.member = member
+        self.reason = reason
+
+
 class EtcdError(UserError):
     """A member answered with an error that retrying elsewhere would not fix."""
 
@@ -64,9 +73,14 @@ ETCD_EXTRA_HINT = "pip install 'transparent-md[etcd]'"
 
 
 class EtcdClient:
-    """Requests to the first member that answers; the one that did is tried first next."""
+    """Requests to the first member that answers; the one that did is tried first next.
 
-    def __init__(self, target: EtcdTarget, *, timeout: float = REQUEST_TIMEOUT_S) -> None:
+    `first_member` is where the first request goes: daemons pass a number of their own
+    (a hash of their id), so their watches spread over the members and losing one
+    member moves only its share."""
+
+    def __init__(self, target: EtcdTarget, *, timeout: float = REQUEST_TIMEOUT_S,
+                 first_member: int = 0) -> None:
         try:
             from etcd3gw.client import Etcd3Client
         except ImportError as exc:  # a pip install without the extra
@@ -81,8 +95,9 @@ class EtcdClient:
                         timeout=timeout, api_path=API_PATH)
             for host, port in target.endpoints
         ]
-        self._first = 0
+        self._first = first_member % len(self._members)
         self._watch_response = None
+        self.watch_member = ""  # host:port the current (or last) watch is on
         self._lock = threading.Lock()
 
     def _order(self) -> list[int]:
@@ -143,13 +158,13 @@ class EtcdClient:
                 response.close()
                 continue
             self._first = index
+            self.watch_member = f"{member.host}:{member.port}"
             with self._lock:
                 self._watch_response = response
             try:
                 yield from _results(response)
             except requests.RequestException as exc:
-                raise EtcdUnavailable(f"watch on {member.host}:{member.port} broke: "
-                                      f"{_short(exc)}") from exc
+                raise WatchBroke(self.watch_member, _short(exc)) from exc
             finally:
                 with self._lock:
                     self._watch_response = None

@@ -1,6 +1,9 @@
 """`--store etcd://HOST:PORT[,HOST:PORT...]/PREFIX`: where a fleet's records live.
 
-Parsing only (no etcd client imported), so the SQLite-only path never loads one.
+Parsing only (no etcd client imported), so the SQLite-only path never loads one. The
+URL is parsed once, where it is given (the CLI, the daemon's store source), into an
+`EtcdTarget` that travels from there: to the follower, the admin API and, as
+`as_dict()`, to the serving workers.
 """
 
 from __future__ import annotations
@@ -49,6 +52,16 @@ class EtcdTarget:
     def root(self) -> str:
         """Everything of this fleet (records and passwords): what a daemon follows."""
         return f"{self.prefix}/"
+
+    def as_dict(self) -> dict:
+        """The target as JSON-able data: how it travels to the serving workers."""
+        return {"endpoints": [list(e) for e in self.endpoints], "prefix": self.prefix,
+                "tls": [self.tls.cacert, self.tls.cert, self.tls.key], "secure": self.secure}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EtcdTarget:
+        return cls(tuple((str(h), int(p)) for h, p in data["endpoints"]), data["prefix"],
+                   EtcdTls(*data["tls"]), data["secure"])
 
     def describe(self) -> str:
         hosts = ",".join(_join(h, p) for h, p in self.endpoints)

@@ -22,6 +22,7 @@ import json
 import logging
 import sqlite3
 
+from transparent_md.store.bindings_reader import BUMP_RESETS
 from transparent_md.store.etcd import parse_record_json
 from transparent_md.store.record import RecordError, as_served
 from transparent_md.store.schema import UPSERT_RECORD, matching_columns
@@ -100,6 +101,7 @@ class FleetCache:
                 if have.get(instance_id) != mod_revision:
                     _put(db, instance_id, value, mod_revision)
             _set(db, "revision", str(revision))
+            db.execute(BUMP_RESETS)  # another cluster's revisions may be lower: read all
             _set(db, "source", source)
             _set(db, "cluster_id", cluster_id)
 

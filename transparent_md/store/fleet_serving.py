@@ -30,7 +30,8 @@ from transparent_md.store.fleet_cache import (
     SELECT_PASSWORD,
     remember_posted_password,
 )
-from transparent_md.store.sqlite import MAX_PASSWORD_BYTES, SqliteStore
+from transparent_md.store.sqlite import SqliteStore
+from transparent_md.store.write_checks import check_password
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,7 @@ class FleetCacheStore(SqliteStore):
     def set_password_once(self, instance_id: str, password: str) -> None:
         """Create the password in etcd (PasswordAlreadySet if it exists anywhere in the
         fleet; StoreUnavailable while etcd is unreachable), then in the cache."""
-        if len(password.encode()) > MAX_PASSWORD_BYTES:
-            raise ValueError(f"password longer than {MAX_PASSWORD_BYTES} bytes")
+        check_password(password)
         if self._clock() < self._refused_until:
             raise StoreUnavailable(f"not trying etcd again yet: {self._last_error}")
         try:

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, BinaryIO
-
-import yaml
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from transparent_md.errors import UserError
 from transparent_md.store.record import (
     QUOTE_IT,
     Instance,
     RecordError,
-    normalise_key,
     parse_record,
 )
+
+if TYPE_CHECKING:
+    from transparent_md.store.yaml_file import LineMap, TextMap
 
 # The largest import file read. 10,000 records of ~3 KB (keys, a cloud-config, IAM)
 # take ~30 MB; PyYAML needs ~15x the text in memory, so this also bounds an import's
@@ -33,8 +33,6 @@ MAX_IMPORT_BYTES = 32 * 1024 * 1024
 # The file name "-" reads the records from standard input.
 STDIN = "-"
 
-LineMap = dict[tuple[Any, ...], int]
-TextMap = dict[tuple[Any, ...], str]  # the source spelling of each scalar
 
 
 def read_records(path: str) -> list[Instance]:
@@ -116,47 +114,9 @@ def _parse(name: str, path: str, text: str) -> tuple[Any, LineMap, TextMap]:
             raise UserError(f"{name} line {exc.lineno}: invalid JSON: {exc.msg}") from exc
         except RecursionError:
             raise UserError(f"{name}: nested too deeply to be a list of records") from None
-    loader = _PlainLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return [], {}, {}
-        lines: LineMap = {}
-        texts: TextMap = {}
-        _walk(name, node, (), lines, texts)
-        return loader.construct_document(node), lines, texts
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{name}{line}: invalid YAML: {exc.problem or exc.context}") from exc
-    except yaml.YAMLError as exc:
-        raise UserError(f"{name}: invalid YAML: {exc}") from exc
-    except RecursionError:
-        raise UserError(f"{name}: nested too deeply to be a list of records") from None
-    finally:
-        loader.dispose()
+    from transparent_md.store.yaml_file import parse_yaml  # only YAML needs PyYAML
 
-
-class _PlainLoader(yaml.SafeLoader):
-    """SafeLoader that refuses anchors and aliases as it composes, before any expansion."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise _refusal("alias", f"*{event.anchor}", event.start_mark)
-        event = self.peek_event()
-        anchor = getattr(event, "anchor", None)
-        if anchor is not None:
-            raise _refusal("anchor", f"&{anchor}", event.start_mark)
-        return super().compose_node(parent, index)
-
-
-def _refusal(kind: str, spelled: str, mark: Any) -> yaml.MarkedYAMLError:
-    return yaml.MarkedYAMLError(
-        problem=f"YAML {kind} {spelled} refused: import files may not use anchors or "
-                "aliases (they can expand a small file into gigabytes); write each "
-                "record out in full",
-        problem_mark=mark)
+    return parse_yaml(name, text)
 
 
 def _is_json(text: str) -> bool:
@@ -165,26 +125,6 @@ def _is_json(text: str) -> bool:
     except (ValueError, RecursionError):
         return False
     return True
-
-
-def _walk(name: str, node: yaml.Node, key: tuple[Any, ...], lines: LineMap,
-          texts: TextMap) -> None:
-    lines[key] = node.start_mark.line + 1
-    if isinstance(node, yaml.ScalarNode):
-        texts[key] = node.value
-    elif isinstance(node, yaml.SequenceNode):
-        for i, child in enumerate(node.value):
-            _walk(name, child, (*key, i), lines, texts)
-    elif isinstance(node, yaml.MappingNode):
-        seen = set()
-        for key_node, value_node in node.value:
-            member = normalise_key(key_node.value)
-            if member in seen:
-                raise UserError(f"{name} line {key_node.start_mark.line + 1}: "
-                                f"key '{key_node.value}' appears twice in the same mapping")
-            seen.add(member)
-            _walk(name, value_node, (*key, member), lines, texts)
-            lines[(*key, member)] = key_node.start_mark.line + 1
 
 
 def _line_for(lines: LineMap, index: int, field: str | None) -> int | None:

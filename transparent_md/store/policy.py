@@ -9,7 +9,7 @@ depends on ordering. An unknown guest gets None and learns nothing about others.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Generic, Protocol, TypeVar
 
 from transparent_md.identity import Guest
@@ -90,6 +90,16 @@ def could_overlap(a: Bound, b: Bound) -> bool:
     ) and (a.mac is None) == (b.mac is None)
 
 
+def identity_key(record: Bound) -> tuple[str, str | None]:
+    """Records can only be ambiguous with records of the same key: MAC records meet
+    records with the same MAC, IP-only records meet by IP."""
+    return ("mac", record.mac) if record.mac else ("ip", record.ip)
+
+
+def _clash(a: Bound, b: Bound) -> bool:
+    return specificity(a) == specificity(b) and could_overlap(a, b)
+
+
 def find_conflict(records: Iterable[R]) -> tuple[R, R] | None:
     """Two records the policy could not tell apart for some guest, if any (records
     that serve nobody meet no one; binding one again is checked then)."""
@@ -97,16 +107,36 @@ def find_conflict(records: Iterable[R]) -> tuple[R, R] | None:
     for record in records:
         if record.parked or (record.port is not None and record.port_ifindex is None):
             continue  # serves nobody (`serves`, inlined: this runs over every record)
-        # MAC records only meet records with the same MAC; IP-only records meet by IP.
-        buckets.setdefault(("mac", record.mac) if record.mac else ("ip", record.ip), []).append(
-            record
-        )
+        buckets.setdefault(identity_key(record), []).append(record)
     for group in buckets.values():
         for i, a in enumerate(group):
             for b in group[i + 1:]:
-                if specificity(a) == specificity(b) and could_overlap(a, b):
+                if _clash(a, b):
                     return a, b
     return None
+
+
+def find_new_conflict(new: Iterable[R],
+                      neighbours: Callable[[tuple[str, str | None]], Iterable[R]]
+                      ) -> tuple[R, R] | None:
+    """Like `find_conflict` over the kept records plus `new`, but only pairs with a new
+    record are looked at: `neighbours(key)` gives the kept records of one identity key,
+    so the cost follows the size of the write, not of the store."""
+    buckets: dict[tuple[str, str | None], list[R]] = {}
+    for record in new:
+        if serves(record):  # a record that serves nobody meets no one
+            buckets.setdefault(identity_key(record), []).append(record)
+    for key, group in buckets.items():
+        kept = [r for r in neighbours(key) if serves(r)]
+        for i, b in enumerate(group):
+            for a in (*kept, *group[:i]):
+                if _clash(a, b):
+                    return a, b
+    return None
+
+
+def _narrowest_first(record: Bound) -> int:
+    return -specificity(record)
 
 
 class IdentityIndex(Generic[E]):
@@ -124,9 +154,35 @@ class IdentityIndex(Generic[E]):
                 by_mac.setdefault(entry.mac, []).append(entry)
             else:
                 by_ip.setdefault(entry.ip or "", []).append(entry)
-        key = lambda e: -specificity(e)  # noqa: E731 - sort key, narrowest first
-        self._by_mac = {k: tuple(sorted(v, key=key)) for k, v in by_mac.items()}
-        self._by_ip = {k: tuple(sorted(v, key=key)) for k, v in by_ip.items()}
+        self._by_mac = {k: tuple(sorted(v, key=_narrowest_first)) for k, v in by_mac.items()}
+        self._by_ip = {k: tuple(sorted(v, key=_narrowest_first)) for k, v in by_ip.items()}
+
+    def with_changes(self, gone: Iterable[E], added: Iterable[E]) -> IdentityIndex[E]:
+        """A new index: this one with `gone` (matched by id) out and `added` in; only
+        the lists of the keys they have are rebuilt."""
+        tables = {"mac": dict(self._by_mac), "ip": dict(self._by_ip)}
+        touched: dict[tuple[str, str], list[E]] = {}
+
+        def group(entry: E) -> list[E]:
+            where = ("mac", entry.mac) if entry.mac is not None else ("ip", entry.ip or "")
+            if where not in touched:
+                touched[where] = list(tables[where[0]].get(where[1], ()))
+            return touched[where]
+
+        for entry in gone:
+            members = group(entry)
+            members[:] = [e for e in members if e.instance_id != entry.instance_id]
+        for entry in added:
+            if serves(entry):  # as in __init__: a record that serves nobody is left out
+                group(entry).append(entry)
+        for (kind, key), members in touched.items():
+            if members:
+                tables[kind][key] = tuple(sorted(members, key=_narrowest_first))
+            else:
+                tables[kind].pop(key, None)
+        index: IdentityIndex[E] = IdentityIndex(())
+        index._by_mac, index._by_ip = tables["mac"], tables["ip"]
+        return index
 
     def match(self, guest: Guest) -> E | None:
         """The record that answers `guest`, or None when no record is for it."""
@@ -175,3 +231,31 @@ def clash_message(a: Bound, b: Bound) -> str:
               "its binding")
     return (f"record {b_id}: would answer the same guest as record {a_id} (same MAC/IP and "
             f"equally specific); {advice}")
+
+
+# A summary of records with the same warning names this many of their ids.
+SUMMARY_IDS = 5
+
+
+def exposure_warnings(records: Iterable[Bound]) -> list[str]:
+    """The warnings of many records, one line per kind (the secrets they carry): a bulk
+    import of thousands of such records says it once, with the count and the first few
+    ids; a kind with one record gets that record's own warning."""
+    kinds: dict[tuple[str, ...], list[Bound]] = {}
+    for record in records:
+        if exposure_warning(record):
+            kinds.setdefault(tuple(secrets_of(record)), []).append(record)
+    lines = []
+    for secrets, group in kinds.items():
+        if len(group) == 1:
+            lines.append(exposure_warning(group[0]) or "")
+            continue
+        ids = ", ".join(r.instance_id for r in group[:SUMMARY_IDS])
+        more = f" and {len(group) - SUMMARY_IDS} more" if len(group) > SUMMARY_IDS else ""
+        lines.append(
+            f"{len(group)} records carry {' and '.join(secrets)} and are bound to their "
+            f"MAC, not to a port ({ids}{more}): a guest that sends from one's MAC and IP "
+            "reads them whenever it asks while no port holds that MAC's lock. Bind each "
+            "record to its VM's port (the VM manager's hook, instance bind, port:), or stop "
+            "guests from sending from a MAC not their own (libvirt clean-traffic, ebtables)")
+    return lines

@@ -54,6 +54,21 @@ def matching_columns(instance: Instance) -> tuple:
             int(instance.parked))
 
 
+# Readers find the rows changed since their last read by revision (bindings_reader).
+# A write's identity check reads only the records sharing a MAC (or, for records
+# without one, an IP) with what it writes: by these indexes, not a scan of the store.
+IDENTITY_INDEXES = """
+CREATE INDEX IF NOT EXISTS instances_mac ON instances (mac);
+CREATE INDEX IF NOT EXISTS instances_ip ON instances (ip) WHERE mac IS NULL;
+CREATE INDEX IF NOT EXISTS instances_revision ON instances (revision);
+"""
+# A guest's whole record, with its matching columns (to tell whether it still matches).
+SELECT_RECORD = ("SELECT record, revision, mac, ip, bridge, port, port_ifindex, parked "
+                 "FROM instances WHERE instance_id = ?")
+SELECT_BY_MAC = SELECT_BINDINGS + " WHERE mac = ?"
+SELECT_BY_IP = SELECT_BINDINGS + " WHERE mac IS NULL AND ip IS ?"
+
+
 def ensure_schema(db: sqlite3.Connection) -> None:
     """Create the tables, or add and fill the binding columns a store file lacks.
 
@@ -62,6 +77,7 @@ def ensure_schema(db: sqlite3.Connection) -> None:
     db.executescript(SCHEMA)
     if not _missing_columns(db):
         db.execute(BINDING_INDEX)
+        db.executescript(IDENTITY_INDEXES)
         return
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -83,6 +99,7 @@ def ensure_schema(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+    db.executescript(IDENTITY_INDEXES)
 
 
 def _missing_columns(db: sqlite3.Connection) -> list[str]:

@@ -31,13 +31,16 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from transparent_md.errors import UserError
 from transparent_md.identity import Guest
+from transparent_md.store.bindings_reader import BindingsReader
 from transparent_md.store.cache import ENTRY_CACHE_SIZE, EntryCache
 from transparent_md.store.errors import (
     InvalidStoredRecord,
+    NoSuchRecord,
+    PasswordAlreadySet,
     RecordConflict,
     StaleRevision,
     StoreBusy,
@@ -45,22 +48,20 @@ from transparent_md.store.errors import (
 )
 from transparent_md.store.generation import GenerationFile
 from transparent_md.store.lock_wait import LockWait
-from transparent_md.store.policy import Bound, clash_message, find_conflict
 from transparent_md.store.private import (
     create_private_file,
     loose_mode_warning,
     make_private_dir,
 )
 from transparent_md.store.record import (
-    UNBOUND_PROBLEM,
     Instance,
     RecordError,
-    binding_problem,
-    is_unbound,
     parse_record,
 )
 from transparent_md.store.schema import (
-    SELECT_BINDINGS,
+    SELECT_BY_IP,
+    SELECT_BY_MAC,
+    SELECT_RECORD,
     UPSERT_RECORD,
     ensure_schema,
     matching_columns,
@@ -68,6 +69,16 @@ from transparent_md.store.schema import (
 from transparent_md.store.snapshot import Binding, Entry, Snapshot
 from transparent_md.store.sqlite_faults import store_fault
 from transparent_md.store.watch import CHECK_INTERVAL, FileState, FileWatch, identity
+from transparent_md.store.write_checks import (
+    check_batch,
+    check_expected,
+    check_password,
+    refuse_ambiguity,
+    refuse_existing,
+)
+
+if TYPE_CHECKING:
+    from transparent_md.store.snapshot_loader import Published, SnapshotLoader
 
 log = logging.getLogger(__name__)
 _monotonic = time.monotonic  # a module global: one lookup on the request path
@@ -75,18 +86,11 @@ _monotonic = time.monotonic  # a module global: one lookup on the request path
 # How long a writer waits for another writer before giving up (ms): a CLI call
 # should wait out an import running in parallel rather than fail.
 BUSY_TIMEOUT_MS = 10_000
-# OpenStack's password endpoint stores at most 255 bytes, like nova.
-MAX_PASSWORD_BYTES = 255
-
 # A reload kept out by another process's lock for this long (s) is logged: longer than
 # any ordinary commit holds it.
 STALE_LOG_S = 1.0
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
-
-
-class PasswordAlreadySet(Exception):
-    """The guest already posted its password (nova answers 409)."""
 
 
 def _guarded(method: _Method) -> _Method:
@@ -139,8 +143,11 @@ class SqliteStore:
         if warning:
             log.warning(warning)
         self._missing = False  # the file is gone; logged once, last snapshot kept
-        self._unbound: frozenset[str] = frozenset()  # unservable records, logged once
-        self._by_name: frozenset[str] = frozenset()  # port bound by name only, logged once
+        self._reader = BindingsReader(path)
+        # With a background loader: its latest load, and the one snapshot() swapped in.
+        self.published: Published | None = None
+        self._taken: Published | None = None
+        self._loader: SnapshotLoader | None = None
         self._seen_stamp: bytes | None = None
         self._snapshot = Snapshot({})
         self._loaded = False  # a first snapshot was read (later failures keep it)
@@ -187,8 +194,15 @@ class SqliteStore:
 
         At most once per check interval it also looks whether the file was replaced
         (then reopens it) or removed (then keeps serving what it last loaded), unless
-        an owner's timer took that over (`check_files_by_timer`).
+        an owner's timer took that over (`check_files_by_timer`). Once snapshots are
+        loaded in the background (`load_snapshots_in_background`), it only swaps in the
+        latest one the loader published.
         """
+        published = self.published
+        if published is not None:
+            if published is not self._taken:
+                self._take(published)
+            return self._snapshot
         if self._check_files_on_read and _monotonic() >= self._next_file_check:
             self.check_files()  # the clock read alone is ~45 ns; a stat ~1.7 us
         if self._generation.current() != self._seen_stamp:
@@ -249,6 +263,13 @@ class SqliteStore:
         self._fresh()
 
     @_guarded
+    def _catch_up_here(self) -> None:
+        """With a loader: this connection's own reader, rows changed since it last read
+        (its snapshot then stands until the loader publishes a newer one)."""
+        with _ReadTransaction(self._db):
+            self._snapshot = self._reader.read(self._db)
+
+    @_guarded
     def _first_load(self) -> None:
         """The first snapshot may wait for a writer as long as opening did (a daemon
         starting), and a failure is raised: there is nothing to serve instead."""
@@ -268,6 +289,29 @@ class SqliteStore:
         if self._lock_wait is not None and self._waits_ms == self._busy_timeout_ms:
             return round(self._lock_wait.waited * 1000)
         return self._waits_ms
+
+    def load_snapshots_in_background(self) -> None:
+        """Let a thread with its own connection load every change (`SnapshotLoader`);
+        snapshot() then never reads the file. For the serving loop, which must not wait
+        on a writer's lock nor spend its time reading the rows a write changed."""
+        from transparent_md.store.snapshot_loader import Published, SnapshotLoader
+
+        if self._loader is not None:
+            return
+        self.published = Published(self.snapshot(), [], self._seen_stamp)
+        self._loader = SnapshotLoader(self, lambda: SqliteStore(self.path, cache_size=1))
+        self._loader.start()
+
+    @property
+    def loaded_stamp(self) -> bytes | None:
+        """The generation stamp the current snapshot reflects."""
+        return self._seen_stamp
+
+    def _take(self, published: Published) -> None:
+        self._taken = published
+        self._snapshot = published.snapshot
+        for entry in published.entries:
+            self.cache.put(entry.instance.instance_id, entry)
 
     def check_files_by_timer(self) -> float:
         """Hand the file checks to the caller, which then calls check_files() every
@@ -337,8 +381,10 @@ class SqliteStore:
 
     @_guarded
     def refresh(self) -> Snapshot:
-        """Reload now, even if no writer stamped the generation file (e.g. `sqlite3` edits)."""
+        """Reload now, all of it, even if no writer stamped the generation file (e.g.
+        `sqlite3` edits, which need not give rows a new revision)."""
         self._seen_stamp = self._generation.current()
+        self._reader.forget()
         self._snapshot = self._load(self._snapshot)
         self._loaded = True
         self._fresh()
@@ -348,6 +394,14 @@ class SqliteStore:
     def entry_for(self, guest: Guest) -> Entry | None:
         """The whole record answering `guest` now; a dict hit unless it changed or aged out."""
         binding = self.snapshot().match(guest)
+        published = self.published
+        if binding is None and published is not None and (
+                self._generation.current() != published.stamp):
+            # A write landed that the loader has not published yet, maybe this guest's
+            # record: read the rows changed since (few), so a record written before the
+            # guest asked answers it, as the writer was told.
+            self._catch_up_here()
+            binding = self._snapshot.match(guest)
         if binding is None and self._stale_since is not None:
             # The snapshot is behind a write a held lock kept out: it cannot tell that
             # this guest has no record. Catch up, or the guest is answered 503.
@@ -363,7 +417,7 @@ class SqliteStore:
             # read bindings and the row in one transaction, where they must agree.
             with _ReadTransaction(self._db):
                 stamp = self._generation.current()
-                self._snapshot = self._servable(self._read_bindings(self._snapshot.bindings))
+                self._snapshot = self._reader.read(self._db)
                 self._seen_stamp = stamp
                 binding = self._snapshot.match(guest)
                 entry = self._fetch(binding) if binding is not None else None
@@ -371,51 +425,28 @@ class SqliteStore:
         return entry
 
     def _load(self, previous: Snapshot) -> Snapshot:
+        """The snapshot now: the rows changed since `previous` (the last one loaded),
+        or all rows when `previous` is not that (a replaced file)."""
+        if previous is not self._reader.snapshot:
+            self._reader.forget()
         with _ReadTransaction(self._db):
-            return self._servable(self._read_bindings(previous.bindings))
-
-    def _servable(self, bindings: dict[str, Binding]) -> Snapshot:
-        """A snapshot without records bound to nothing (stored before that was refused)."""
-        unbound = frozenset(i for i, b in bindings.items() if is_unbound(b))
-        by_name = frozenset(i for i, b in bindings.items() if b.port_ifindex is None
-                            and b.port is not None and not b.parked)
-        if unbound != self._unbound:
-            self._unbound = unbound
-            if unbound:
-                log.error("not serving %d record(s) of %s bound to no MAC, bridge or port "
-                          "(%s): %s", len(unbound), self.path, ", ".join(sorted(unbound)[:10]),
-                          UNBOUND_PROBLEM)
-        if unbound:
-            bindings = {i: b for i, b in bindings.items() if i not in unbound}
-        if by_name != self._by_name:
-            self._by_name = by_name
-            if by_name:
-                log.warning("%d record(s) of %s bound to a port by name only (written "
-                            "before bindings named links) serve nobody until bound again "
-                            "(instance bind ID --port TAP; restarting libvirtd makes its "
-                            "hook rebind running VMs): %s", len(by_name), self.path,
-                            ", ".join(sorted(by_name)[:10]))
-        return Snapshot(bindings)
-
-    def _read_bindings(self, old: dict[str, Binding]) -> dict[str, Binding]:
-        """All bindings; unchanged ones are carried over, so a reload allocates little."""
-        bindings: dict[str, Binding] = {}
-        for instance_id, revision, *matching in self._db.execute(SELECT_BINDINGS):
-            binding = old.get(instance_id)
-            if binding is None or binding.revision != revision:
-                binding = Binding(instance_id, revision, *matching)
-            bindings[instance_id] = binding
-        return bindings
+            return self._reader.read(self._db)
 
     def _fetch(self, binding: Binding) -> Entry | None:
-        """Read `binding`'s record in one SELECT and keep it; None if it changed since."""
-        row = self._db.execute(
-            "SELECT record, revision FROM instances WHERE instance_id = ?",
-            (binding.instance_id,),
-        ).fetchone()
-        if row is None or row[1] != binding.revision:
+        """Read `binding`'s record in one SELECT and keep it; None if it changed since.
+
+        A row changed since the snapshot (its loader has not published the change yet)
+        is still the answer if it binds the same MAC, IP, bridge, port link and parking:
+        the guest it matched is the one it matches now. It is not kept: its binding is not yet
+        in the snapshot."""
+        row = self._db.execute(SELECT_RECORD, (binding.instance_id,)).fetchone()
+        if row is None:
             return None
-        record, revision = row
+        record, revision, *matching = row
+        if revision != binding.revision and tuple(matching) != (
+                binding.mac, binding.ip, binding.bridge, binding.port, binding.port_ifindex,
+                int(binding.parked)):
+            return None
         try:
             instance = self._stored(record, binding.instance_id)
         except InvalidStoredRecord as exc:
@@ -424,7 +455,8 @@ class SqliteStore:
                 log.error("not serving: %s", exc)
             return None
         entry = Entry(instance, revision)
-        self.cache.put(binding.instance_id, entry)
+        if revision == binding.revision:
+            self.cache.put(binding.instance_id, entry)
         return entry
 
     def _stored(self, record: str, instance_id: str) -> Instance:
@@ -489,8 +521,7 @@ class SqliteStore:
             row = db.execute("SELECT record FROM instances WHERE instance_id = ?",
                              (instance_id,)).fetchone()
             if row is None:
-                raise UserError(f"no instance {instance_id!r} in {self.path} "
-                                "(use 'instance add' to create it)")
+                raise NoSuchRecord([instance_id], self.path)
             new = change(self._stored(row[0], instance_id))
             if new.instance_id != instance_id:
                 raise ValueError(f"a change of {instance_id!r} returned {new.instance_id!r}")
@@ -514,35 +545,21 @@ class SqliteStore:
         checked (so a MAC may move from a removed record to a new one).
         """
         with self._write() as db:
-            _check_expected(db, expect)
+            check_expected(expect, lambda i: _revision(db, i))
             db.executemany("DELETE FROM instances WHERE instance_id = ?",
                            [(i,) for i in remove])
             return self._put(db, list(instances), replace=replace, prune=prune)
 
     def _put(self, db: sqlite3.Connection, instances: list[Instance], *, replace: bool,
              prune: bool) -> dict[str, int]:
-        seen: set[str] = set()
-        for instance in instances:
-            if instance.instance_id in seen:
-                raise RecordConflict(f"record {instance.instance_id}: instance_id appears "
-                                     "twice", instance.instance_id, "instance_id")
-            seen.add(instance.instance_id)
-            problem = binding_problem(instance)
-            if problem is not None:
-                raise UserError(RecordError(instance.instance_id, *problem).message)
-        current = self._read_bindings({})
+        ids = check_batch(instances)
         if not replace:
-            for instance in instances:
-                if instance.instance_id in current:
-                    raise RecordConflict(
-                        f"record {instance.instance_id}: an instance with this id exists "
-                        "(use 'instance update', or 'instance import' to replace)",
-                        instance.instance_id, "instance_id")
-        result: dict[str, Bound] = {} if prune else dict(current)
-        result.update({i.instance_id: i for i in instances})
-        _refuse_ambiguity(result.values())
+            refuse_existing(ids, lambda i: _revision(db, i) is not None)
+        refuse_ambiguity(instances, None if prune else lambda key: [
+            b for b in _bindings_with(db, key) if b.instance_id not in ids])
         if prune:
-            gone = [i for i in current if i not in result]
+            gone = [i for (i,) in db.execute("SELECT instance_id FROM instances")
+                    if i not in ids]
             db.executemany("DELETE FROM instances WHERE instance_id = ?", [(i,) for i in gone])
         revisions: dict[str, int] = {}
         for instance in instances:
@@ -560,14 +577,12 @@ class SqliteStore:
         `expect` is as for put_many: a stale revision removes nothing.
         """
         with self._write() as db:
-            _check_expected(db, expect)
+            check_expected(expect, lambda i: _revision(db, i))
             present = [i for i in dict.fromkeys(instance_ids) if db.execute(
                 "SELECT 1 FROM instances WHERE instance_id = ?", (i,)).fetchone()]
             missing = [i for i in instance_ids if i not in present]
             if missing and not missing_ok:
-                raise UserError(
-                    f"no instance {', '.join(repr(i) for i in missing)} in {self.path}; "
-                    "nothing removed (--missing-ok removes the others)")
+                raise NoSuchRecord(missing, self.path)
             db.executemany("DELETE FROM instances WHERE instance_id = ?",
                            [(i,) for i in present])
         return present
@@ -580,8 +595,7 @@ class SqliteStore:
     @_guarded
     def set_password_once(self, instance_id: str, password: str) -> None:
         """Store the guest's password; raises PasswordAlreadySet on a second attempt."""
-        if len(password.encode()) > MAX_PASSWORD_BYTES:
-            raise ValueError(f"password longer than {MAX_PASSWORD_BYTES} bytes")
+        check_password(password)
         with self._write(stamp=False) as db:
             changed = db.execute(
                 "UPDATE instances SET password = ? WHERE instance_id = ? AND password IS NULL",
@@ -608,6 +622,9 @@ class SqliteStore:
         return self._db.execute(sql, parameters).fetchall()
 
     def close(self) -> None:
+        if self._loader is not None:
+            self._loader.stop()
+            self._loader = None
         with self._lock:
             self._db.close()
             self._generation.close()
@@ -701,28 +718,25 @@ def _use_rollback_journal(db: sqlite3.Connection, busy_timeout_ms: int) -> None:
 
 
 def _next(db: sqlite3.Connection) -> int:
-    """A store-wide, never reused revision number."""
-    db.execute("UPDATE counters SET value = value + 1 WHERE name = 'revision'")
+    """A store-wide, never reused revision number, above every row's (so readers find
+    changed rows by revision, even in a file some other tool wrote rows into)."""
+    db.execute("UPDATE counters SET value = max(value, coalesce((SELECT max(revision) "
+               "FROM instances), 0)) + 1 WHERE name = 'revision'")
     return db.execute("SELECT value FROM counters WHERE name = 'revision'").fetchone()[0]
 
 
-def _check_expected(db: sqlite3.Connection, expect: Mapping[str, int | None] | None) -> None:
-    """Raise StaleRevision unless every id is at the revision `expect` names."""
-    for instance_id, expected in (expect or {}).items():
-        row = db.execute("SELECT revision FROM instances WHERE instance_id = ?",
-                         (instance_id,)).fetchone()
-        actual = row[0] if row else None
-        if actual != expected:
-            raise StaleRevision(instance_id, expected, actual)
+def _revision(db: sqlite3.Connection, instance_id: str) -> int | None:
+    row = db.execute("SELECT revision FROM instances WHERE instance_id = ?",
+                     (instance_id,)).fetchone()
+    return row[0] if row else None
 
 
-def _refuse_ambiguity(records: Iterable[Bound]) -> None:
-    pair = find_conflict(records)
-    if pair:
-        a, b = pair
-        raise RecordConflict(clash_message(a, b),
-                             b.instance_id)
+def _bindings_with(db: sqlite3.Connection, key: tuple[str, str | None]) -> list[Binding]:
+    """The stored bindings of one identity key (`policy.identity_key`), by index."""
+    kind, value = key
+    sql = SELECT_BY_MAC if kind == "mac" else SELECT_BY_IP
+    return [Binding(*row) for row in db.execute(sql, (value,))]
 
 
 __all__ = ["SqliteStore", "PasswordAlreadySet", "RecordConflict", "RecordError",
-           "StaleRevision", "StoreFault", "MAX_PASSWORD_BYTES"]
+           "StaleRevision", "StoreFault"]

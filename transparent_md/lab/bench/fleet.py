@@ -1,7 +1,12 @@
 """Fleet store figures (issue 13, acceptance 5): 10,000 records in etcd; a daemon's cold
 start (empty cache) and warm start (cache kept), watch lag under a steady write rate,
-and the daemon's RSS. Run as `python -m transparent_md.lab.bench.fleet` (root: it
-builds namespaces and starts its own etcd; scripts/bench-fleet does that)."""
+and the daemon's RSS. Then a fleet under writes (issue 26, `under_writes`): a 3-member
+etcd and three daemons, guests asking on all three, steady and during single-record
+PATCHes through the first one's admin API: guest latency on the writing hypervisor and
+on the others, write latency and watch lag (write acknowledged on the writing
+hypervisor until a guest on another is served it). Run as
+`python -m transparent_md.lab.bench.fleet` (root: it builds namespaces and starts its
+own etcd; scripts/bench-fleet does that)."""
 
 from __future__ import annotations
 
@@ -16,12 +21,19 @@ import time
 from pathlib import Path
 
 from transparent_md.lab.etcd import FLEET_ETCD_IPS, EtcdCluster, fleet_network
+from transparent_md.lab.fleet_load import FleetUnderWrites, figures, run_load
 from transparent_md.lab.hypervisor import Hypervisor
 from transparent_md.lab.netns import Topology
 
 DEFAULT_RECORDS = 10_000
 DEFAULT_RATE = 100          # writes per second, the issue's figure
 DEFAULT_WRITE_S = 10.0
+# The fleet under writes: guests ask this often each (on new connections), the writes
+# come from this many concurrent admin API clients, after this long of steady state.
+DEFAULT_GUEST_RATE = 20.0
+DEFAULT_WRITE_CLIENTS = 64
+DEFAULT_STEADY_S = 10.0
+DEFAULT_UNDER_WRITES_S = 30.0
 # The reader looks at the cache this often: the resolution of the lag figures.
 CACHE_POLL_S = 0.002
 
@@ -100,7 +112,44 @@ def main() -> int:
                         help="cas: per-key compare-and-swap puts (reaches 100/s); "
                         "validated: the CLI's path, every write checked against every "
                         "record (about 30 ms a write at 10,000 records)")
+    parser.add_argument("--under-writes-s", type=float, default=DEFAULT_UNDER_WRITES_S,
+                        help="seconds of admin API writes (at --rate) in the 3-daemon fleet")
+    parser.add_argument("--steady-s", type=float, default=DEFAULT_STEADY_S)
+    parser.add_argument("--write-clients", type=int, default=DEFAULT_WRITE_CLIENTS)
+    parser.add_argument("--guest-rate", type=float, default=DEFAULT_GUEST_RATE)
     args = parser.parse_args()
+    found = single_daemon(args)
+    found["under_writes"] = under_writes(args)
+    print(json.dumps(found, indent=2))
+    return 0
+
+
+def under_writes(args: argparse.Namespace) -> dict:
+    """Issue 26's figures: 3 etcd members, 3 daemons, writes through the first's API."""
+    with Topology() as topo, tempfile.TemporaryDirectory(prefix="tmd-fleet-") as tmp:
+        world = FleetUnderWrites(topo, Path(tmp)).build()
+        try:
+            load_s = world.load(args.records)
+            world.start_daemons()
+            result = run_load(world, steady_s=args.steady_s, write_s=args.under_writes_s,
+                              rate=args.rate, clients=args.write_clients,
+                              guest_rate=args.guest_rate, fillers=args.records)
+            found = {"etcd_members": world.members, "daemons": len(world.daemons),
+                     "records": args.records + len(world.guest_records()),
+                     "import_s": round(load_s, 2), "write_rate": args.rate,
+                     "write_clients": args.write_clients, **figures(result)}
+            writing, others = found["guest_ms_writing_hv"], found["guest_ms_other_hvs"]
+            if writing and others and others["p99"]:
+                found["guest_p99_writing_over_others"] = round(writing["p99"] / others["p99"],
+                                                               2)
+            found["tracebacks"] = sum("Traceback" in log for log in world.logs())
+            return found
+        finally:
+            world.stop()
+
+
+def single_daemon(args: argparse.Namespace) -> dict:
+    """Issue 13's figures: one daemon on a one-member etcd."""
     figures: dict = {"records": args.records, "write_rate": args.rate, "writer": args.writer}
     with Topology() as topo, tempfile.TemporaryDirectory(prefix="tmd-fleet-") as tmp:
         etcd_ns = topo.add_ns("etcd")
@@ -164,8 +213,7 @@ def main() -> int:
         figures["daemon_rss_mib_after_writes"] = round(_rss_kib(daemon.proc.pid) / 1024, 1)
         daemon.stop()
         etcd.stop()
-    print(json.dumps(figures, indent=2))
-    return 0
+    return figures
 
 
 if __name__ == "__main__":
