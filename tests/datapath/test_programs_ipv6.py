@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 
 import pytest
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import (
     ICMPv6EchoRequest,
     ICMPv6ND_NA,
@@ -19,7 +19,6 @@ from scapy.layers.inet6 import (
     IPv6,
     IPv6ExtHdrFragment,
     IPv6ExtHdrHopByHop,
-    UDP,
     in6_chksum,
 )
 from scapy.layers.l2 import Dot1Q, Ether
