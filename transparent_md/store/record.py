@@ -409,9 +409,10 @@ class _Parser:
         if values.get("port_ifindex") is not None and values.get("port") is None:
             problems.append(_Problem("port_ifindex", "names the link of a port binding; "
                                                      "give the port too (port:)"))
-        if values.get("mac") is None and values.get("ip") is None and not _named(
-                problems, "mac", "ip"):
-            problems.append(_Problem("mac", "a record needs a MAC, an IP or both to be found"))
+        if (values.get("mac") is None and values.get("ip") is None and not values.get("ipv6")
+                and not _named(problems, "mac", "ip", "ipv6")):
+            problems.append(_Problem("mac", "a record needs a MAC or an address (IP, IPv6) to "
+                                            "be found"))
         elif require_binding and not _named(problems, "mac", "bridge", "port",
                                             *(a for a, _ in SECRET_FIELDS)):
             problem = binding_problem(_Fields(values))
