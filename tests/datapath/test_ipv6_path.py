@@ -57,6 +57,12 @@ def wait_link_local(hv: Hypervisor, ns: str) -> str:
         time.sleep(0.1)
 
 
+def link(hv: Hypervisor, port: str) -> dict:
+    """A port binding to the link `port` is now in the hypervisor (name and ifindex)."""
+    out = hv.topo.sh(hv.ns, ["ip", "-j", "link", "show", "dev", port], check=True)
+    return {"port": port, "port_ifindex": json.loads(out.stdout)[0]["ifindex"]}
+
+
 def curl(hv: Hypervisor, ns: str, url: str, *extra: str) -> tuple[int, str]:
     res = hv.topo.sh(ns, ["curl", "-g", "-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}",
                           *extra, url])
@@ -103,16 +109,16 @@ def world(topology, tmp_path_factory):
              "route add default via fd00:1::1")
     store = str(tmp_path_factory.mktemp("store") / "instances.db")
     write_records(store, [
-        {"instance_id": "i-v6", "mac": v6.mac, "port": "pv6", "ipv6": ["fd00:1::10"],
+        {"instance_id": "i-v6", "mac": v6.mac, **link(hv, "pv6"), "ipv6": ["fd00:1::10"],
          "ip": "10.0.0.40", "hostname": "v6-host", "availability_zone": "eu-west-1a",
          "user_data": "#cloud-config\n", "iam": IAM},
-        {"instance_id": "i-dual", "mac": dual.mac, "port": "pdual", "ip": "10.0.0.5",
+        {"instance_id": "i-dual", "mac": dual.mac, **link(hv, "pdual"), "ip": "10.0.0.5",
          "ipv6": ["fd00:1::20"]},
-        {"instance_id": "i-onlink", "mac": onlink.mac, "port": "ponlink",
+        {"instance_id": "i-onlink", "mac": onlink.mac, **link(hv, "ponlink"),
          "ipv6": ["fd00:1::30"]},
-        {"instance_id": "i-crowd", "mac": crowd.mac, "port": "pcrowd",
+        {"instance_id": "i-crowd", "mac": crowd.mac, **link(hv, "pcrowd"),
          "ipv6": [f"fd00:1::1:{i:x}" for i in range(1, CROWD_ADDRESSES + 1)]},
-        {"instance_id": "i-t2", "port": "pt2", "bridge": "br1", "ipv6": ["fd00:1::10"]},
+        {"instance_id": "i-t2", **link(hv, "pt2"), "bridge": "br1", "ipv6": ["fd00:1::10"]},
     ])
     daemon = hv.start_daemon(["br0", "br1"], store, ["--gateway", "br1=fd00:1::1"])
     for guest in (v6, dual, onlink, t2):

@@ -2,8 +2,9 @@
 
 A snapshot holds only what identity matching needs (`Binding`: id, revision, MAC, IP,
 IPv6 addresses, bridge, port and its link, parked), so thousands of idle records cost
-their index and nothing more. The full record of a guest that asks is loaded on demand as an `Entry` (see
-`store.cache`), together with whatever the responder prepared for it (`prepared`).
+their index and nothing more. The full record of a guest that asks is loaded on demand
+as an `Entry` (see `store.cache`), together with whatever the responder prepared for
+it (`prepared`).
 """
 
 from __future__ import annotations
