@@ -318,6 +318,36 @@ def test_aws_sdk_for_javascript_v3_in_ipv6_endpoint_mode(world):
     assert read["credentials"]["accessKeyId"] == IAM["access_key_id"]
 
 
+def test_cloud_init_finds_the_ipv6_address_in_its_own_url_list(world):
+    """Debian 12's cloud-init (22.4) EC2 datasource, its own metadata_urls in order,
+    IMDSv2 as on AWS, from the IPv6-only guest: 169.254.169.254 is unreachable there,
+    the next URL, http://[fd00:ec2::254], answers."""
+    hv, _ = world
+    got = clients.run_client(_CLOUDINIT_DEFAULT_URLS, netns=hv.guests["v6"].ns)
+    assert got["urls"][:2] == ["http://169.254.169.254", EC2_URL]
+    assert got["url"] == EC2_URL and got["token"]
+    assert got["instance-id"] == "i-v6" and got["hostname"] == "v6-host"
+    assert got["user-data"] == "#cloud-config\n"
+
+
+_CLOUDINIT_DEFAULT_URLS = r"""
+import json
+from cloudinit import helpers
+from cloudinit.sources import DataSourceEc2 as ec2ds
+ds = ec2ds.DataSourceEc2(sys_cfg={}, distro=None, paths=helpers.Paths({}))
+ds._cloud_name = "aws"
+ds.ds_cfg = {"max_wait": 20, "timeout": 5}
+assert ds.wait_for_metadata_service()
+crawled = ds.crawl_metadata()
+ud = crawled.get("user-data", b"")
+print(json.dumps({"urls": list(ds.metadata_urls), "url": ds.metadata_address,
+                  "token": bool(getattr(ds, "_api_token", None)),
+                  "instance-id": crawled["meta-data"]["instance-id"],
+                  "hostname": crawled["meta-data"]["hostname"],
+                  "user-data": ud.decode() if isinstance(ud, bytes) else ud}))
+"""
+
+
 # botocore as an application uses it: a session whose credential chain ends at IMDS
 # (always IMDSv2), its endpoint mode taken from AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE.
 _BOTOCORE_SESSION = r"""
