@@ -42,13 +42,15 @@ def _run(netns: str, command: list[str], env: dict[str, str] | None = None) -> s
     return done.stdout
 
 
-def aws_sdk_js(netns: str) -> dict:
-    """MetadataService (IMDSv2) values and fromInstanceMetadata() credentials, as JSON."""
+def aws_sdk_js(netns: str, settings: dict[str, str] | None = None) -> dict:
+    """MetadataService (IMDSv2) values and fromInstanceMetadata() credentials, as JSON.
+
+    `settings`: AWS_* variables for the SDK (e.g. the IPv6 endpoint mode)."""
     # The SDK takes its endpoint and IMDS settings from AWS_* variables and ~/.aws/config:
     # none of the caller's may leak in.
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(NODE_PATH=str(NODE_MODULES), AWS_CONFIG_FILE=os.devnull,
-               AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+               AWS_SHARED_CREDENTIALS_FILE=os.devnull, **(settings or {}))
     out = _run(netns, ["node", str(NODE_SCRIPT)], env=env)
     return json.loads(out.strip().splitlines()[-1])
 

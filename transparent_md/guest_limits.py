@@ -56,7 +56,7 @@ LIMITS: tuple[Limit, ...] = (
     # A guest with a few secondary addresses, or a few containers with their own MACs,
     # fits easily; a guest forging random sources fills its own quota, not the host's.
     Limit("port-identity-quota", "port_identity_quota", PORT, 32, "",
-          "identities (MAC, IP) one port may hold a slot for at once",
+          "identities (MAC, IP or IPv6 address) one port may hold a slot for at once",
           "the new identity's SYN is dropped (`port_quota`); identities that have a slot "
           "keep being served"),
     # A cloud-init crawl opens a few dozen connections, an SDK a handful.

@@ -10,8 +10,8 @@
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
 
-/* Upper bound of shadow slots (one per guest identity). 65536 entries of 40 bytes is
- * 2.5 MiB of map memory; the configured prefix may allow fewer (see cfg.shadow_slots). */
+/* Upper bound of shadow slots (one per guest identity). 65536 entries of 56 bytes is
+ * 3.5 MiB of map memory; the configured prefix may allow fewer (see cfg.shadow_slots). */
 #ifndef TMD_MAX_SLOTS
 #define TMD_MAX_SLOTS 65536
 #endif
@@ -19,6 +19,7 @@
 /* Port configuration entries: one per attached port, plus proxy-ARP addresses. */
 #define TMD_MAX_PORTS 16384
 #define TMD_MAX_ARP_ANSWERS 16384
+#define TMD_MAX_ND_ANSWERS 16384
 /* MAC locks: bounded per port by cfg.port_mac_quota; this bounds the whole host. */
 #define TMD_MAX_MAC_LOCKS 65536
 
@@ -40,16 +41,31 @@ struct tmd_config {
 	__u64 slot_reuse_delay_ns; /* a freed slot waits this long before another identity */
 };
 
-/* A guest identity as seen on a port: the key that selects its shadow slot. */
+/* Which metadata address a guest asked (tmd_guest_key.md_addr): IPv4, or one of the
+ * two IPv6 addresses, which the reply must come from again. */
+#define TMD_MD_ADDR_IPV4 0
+#define TMD_MD_ADDR_EC2_IPV6 1   /* fd00:ec2::254 */
+#define TMD_MD_ADDR_LINK_LOCAL 2 /* fe80::a9fe:a9fe */
+
+/* A guest identity as seen on a port: the key that selects its shadow slot. An IPv4
+ * guest has ip set and ip6 zero; an IPv6 guest has ip 0 and ip6 set, and md_addr says
+ * which metadata address it asked (the reply comes from that one). */
 struct tmd_guest_key {
 	__u32 ifindex;
 	__be32 ip;
 	__u8 mac[6];
-	__u8 pad[2];
+	__u8 md_addr;        /* TMD_MD_ADDR_* */
+	__u8 pad;
+	__u8 ip6[16];
 };
 
 /* The slot's identity is a MAC locked to another port (a copied MAC). */
 #define TMD_SLOT_LOCKED_ELSEWHERE 0x1
+/* The slot's identity is an IPv6 guest: its requests were translated to IPv4 on the
+ * way in (NAT46), its replies are translated back. */
+#define TMD_SLOT_IPV6 0x2
+/* ... that asked fe80::a9fe:a9fe (else fd00:ec2::254): replies come from it. */
+#define TMD_SLOT_LINK_LOCAL_MD 0x4
 /* free_since_ns of a slot that is taken (the allocator claims it atomically). */
 #define TMD_SLOT_TAKEN (~0ULL)
 
@@ -63,6 +79,7 @@ struct tmd_slot {
 	__u32 flags;         /* TMD_SLOT_* */
 	__u64 last_seen_ns;
 	__u64 free_since_ns; /* TMD_SLOT_TAKEN, or when user space freed it (0: never used) */
+	__u8 ip6[16];        /* the IPv6 guest's address (TMD_SLOT_IPV6), else zero */
 };
 
 struct tmd_port {
@@ -73,6 +90,12 @@ struct tmd_port {
 struct tmd_arp_key {
 	__u32 ifindex;
 	__be32 ip;
+};
+
+/* An IPv6 gateway address answered on one port (Neighbour Advertisements). */
+struct tmd_nd_key {
+	__u32 ifindex;
+	__u8 ip6[16];
 };
 
 struct tmd_mac_key {
@@ -102,6 +125,7 @@ enum tmd_event {
 	TMD_EVENT_ARP_ANSWERED,
 	TMD_EVENT_SLOT_ALLOCATED,     /* a new identity got a shadow slot */
 	TMD_EVENT_FORGED_FLAGGED,     /* ... whose MAC is locked to another port */
+	TMD_EVENT_NS_ANSWERED,        /* a Neighbour Solicitation answered in place */
 	TMD_EVENT_MAX,
 };
 
@@ -122,12 +146,16 @@ enum tmd_drop {
 	TMD_DROP_TAGGED_ARP_CLAIM,    /* ARP_CLAIM inside a VLAN or priority (VID 0) tag */
 	TMD_DROP_TAGGED_METADATA,     /* tagged frame to 169.254.169.254: only untagged is served */
 	TMD_DROP_TOO_MANY_TAGS,       /* more than two VLAN tags: what they carry is not read */
+	TMD_DROP_ND_CLAIM,            /* NS/NA whose source or NA target is a metadata IPv6
+				       * address or a gateway we answer for, or DAD for one */
+	TMD_DROP_TAGGED_ND_CLAIM,     /* ND_CLAIM inside a VLAN or priority (VID 0) tag */
 	TMD_DROP_MAX,
 };
 
 BPF_ARRAY(tmd_config, struct tmd_config, 1);
 BPF_HASH(tmd_ports, __u32, struct tmd_port, TMD_MAX_PORTS);
 BPF_HASH(tmd_arp, struct tmd_arp_key, __u8, TMD_MAX_ARP_ANSWERS);
+BPF_HASH(tmd_nd, struct tmd_nd_key, __u8, TMD_MAX_ND_ANSWERS);
 /* A plain hash, not LRU: an entry is removed only by the slot releaser, never evicted. */
 BPF_HASH(tmd_by_guest, struct tmd_guest_key, __u32, TMD_MAX_SLOTS);
 /* Mappable: the slot releaser reads the whole table every second straight from memory

@@ -6,6 +6,8 @@
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/if_arp.h>
 #include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/icmpv6.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/pkt_cls.h>
@@ -14,6 +16,14 @@
 #define TMD_METADATA_IP bpf_htonl(0xA9FEA9FE)
 #define TMD_METADATA_PORT bpf_htons(80)
 
+/* fd00:ec2::254 (EC2's IPv6 metadata address) and fe80::a9fe:a9fe (OpenStack's, on
+ * the guest's link), as their first and last 32-bit words; the middle two are zero. */
+#define TMD_MD6_EC2_HIGH bpf_htonl(0xFD000EC2)
+#define TMD_MD6_EC2_LOW bpf_htonl(0x00000254)
+#define TMD_MD6_LL_HIGH bpf_htonl(0xFE800000)
+#define TMD_MD6_LL_LOW bpf_htonl(0xA9FEA9FE)
+
+#define TMD_IP_DF 0x4000
 #define TMD_IP_MF 0x2000
 #define TMD_IP_OFFSET 0x1FFF
 
@@ -24,6 +34,92 @@
 #define TMD_IP_DST_OFF (TMD_IP_OFF + offsetof(struct iphdr, daddr))
 #define TMD_TCP_OFF (TMD_IP_OFF + sizeof(struct iphdr))
 #define TMD_TCP_CSUM_OFF (TMD_TCP_OFF + offsetof(struct tcphdr, check))
+
+/* Offsets for frames with a plain 40-byte IPv6 header and TCP right behind it. */
+#define TMD_IP6_TCP_CSUM_OFF (ETH_HLEN + sizeof(struct ipv6hdr) + offsetof(struct tcphdr, check))
+#define TMD_ETH_PROTO_OFF offsetof(struct ethhdr, h_proto)
+
+#define TMD_ND_SOLICIT 135
+#define TMD_ND_ADVERT 136
+#define TMD_ND_OPT_SOURCE_LLADDR 1
+#define TMD_ND_OPT_TARGET_LLADDR 2
+#define TMD_ND_HOP_LIMIT 255
+/* Neighbour Advertisement flags, first byte of the word after the checksum. */
+#define TMD_NA_ROUTER 0x80
+#define TMD_NA_SOLICITED 0x40
+#define TMD_NA_OVERRIDE 0x20
+
+/* A Neighbour Solicitation or Advertisement without options. */
+struct tmd_nd_msg {
+	__u8 type;
+	__u8 code;
+	__sum16 check;
+	__u8 flags;     /* NA: TMD_NA_*; NS: reserved */
+	__u8 reserved[3];
+	__be32 target[4];
+};
+
+/* A source or target link-layer address option for Ethernet (length 1: 8 bytes). */
+struct tmd_nd_lladdr {
+	__u8 type;
+	__u8 len;
+	__u8 mac[ETH_ALEN];
+};
+
+/* What the ICMPv6 checksum covers before the message: RFC 8200 section 8.1. */
+struct tmd_ip6_pseudo {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be32 len;
+	__be32 nexthdr;
+};
+
+/* Which metadata address `a` is (TMD_MD_ADDR_EC2_IPV6, TMD_MD_ADDR_LINK_LOCAL), or 0. */
+static __always_inline int tmd_md6_kind(const __be32 *a)
+{
+	if (a[1] || a[2])
+		return 0;
+	if (a[0] == TMD_MD6_EC2_HIGH && a[3] == TMD_MD6_EC2_LOW)
+		return TMD_MD_ADDR_EC2_IPV6;
+	if (a[0] == TMD_MD6_LL_HIGH && a[3] == TMD_MD6_LL_LOW)
+		return TMD_MD_ADDR_LINK_LOCAL;
+	return 0;
+}
+
+static __always_inline void tmd_md6_addr(int kind, __be32 *out)
+{
+	out[1] = 0;
+	out[2] = 0;
+	out[0] = kind == TMD_MD_ADDR_LINK_LOCAL ? TMD_MD6_LL_HIGH : TMD_MD6_EC2_HIGH;
+	out[3] = kind == TMD_MD_ADDR_LINK_LOCAL ? TMD_MD6_LL_LOW : TMD_MD6_EC2_LOW;
+}
+
+/* A unicast IPv6 source a guest can legitimately use: not ::, ::1, multicast, or an
+ * IPv4-mapped address (which would read as an IPv4 guest's). */
+static __always_inline int tmd_unicast_source6(const __be32 *a)
+{
+	if ((bpf_ntohl(a[0]) >> 24) == 0xFF)
+		return 0;
+	if (a[0] || a[1])
+		return 1;
+	if (a[2] == bpf_htonl(0x0000FFFF))
+		return 0;
+	return a[2] || (a[3] && a[3] != bpf_htonl(1));
+}
+
+static __always_inline int tmd_ip6_zero(const __be32 *a)
+{
+	return !(a[0] | a[1] | a[2] | a[3]);
+}
+
+/* Fold a 32-bit one's complement sum (as bpf_csum_diff returns it) into a checksum. */
+static __always_inline __sum16 tmd_csum_fold(__s64 sum)
+{
+	__u32 s = (__u32)sum;
+	s = (s & 0xFFFF) + (s >> 16);
+	s = (s & 0xFFFF) + (s >> 16);
+	return (__sum16)~s;
+}
 
 /* ARP for IPv4 over Ethernet: the fixed header is followed by these addresses. */
 struct tmd_arp_eth {

@@ -20,7 +20,7 @@ import pytest
 
 pytestmark = pytest.mark.netns
 
-SERVERS = {"tc", "loopback", "nft-dnat", "nginx-router", "floor-router", "nginx",
+SERVERS = {"tc", "tc6", "loopback", "nft-dnat", "nginx-router", "floor-router", "nginx",
            "aiohttp"}
 MODES = {"keep-alive", "new connection"}
 # Whole quick run is ~20 s here, alone; the rest is room for a busy machine.

@@ -71,7 +71,7 @@ def test_a_moved_field_is_named_with_its_map_and_struct():
 
 
 def test_a_missing_field_is_named():
-    with pytest.raises(contract.ContractError, match="field 'free_since_ns' is missing"):
+    with pytest.raises(contract.ContractError, match="field 'ip6' is missing"):
         check_slot(ShortSlot)
 
 

@@ -69,7 +69,8 @@ def test_every_flag_sets_its_field(tmp_path):
     for name, content in files.items():
         target = tmp_path / name
         target.write_bytes(content) if isinstance(content, bytes) else target.write_text(content)
-    argv = ["add", "i-1", "--mac", "52:54:00:00:00:01", "--ip", "10.0.0.5", "--bridge", "br0",
+    argv = ["add", "i-1", "--mac", "52:54:00:00:00:01", "--ip", "10.0.0.5",
+            "--ipv6", "fd00:1::5", "--ipv6", "2001:db8::5", "--bridge", "br0",
             "--port", "tap0", "--hostname", "h", "--local-hostname", "lh",
             "--availability-zone", "eu-west-1b", "--instance-type", "m5.large",
             "--ami-id", "ami-1", "--reservation-id", "r-1", "--launch-index", "3",
@@ -86,7 +87,8 @@ def test_every_flag_sets_its_field(tmp_path):
     built = parse_record(instance_cli._apply({"instance_id": "i-1"},
                                              instance_cli._fields_from_flags(args)))
     expected = parse_record({
-        "instance_id": "i-1", "mac": "52:54:00:00:00:01", "ip": "10.0.0.5", "bridge": "br0",
+        "instance_id": "i-1", "mac": "52:54:00:00:00:01", "ip": "10.0.0.5",
+        "ipv6": ["fd00:1::5", "2001:db8::5"], "bridge": "br0",
         "port": "tap0", "hostname": "h", "local_hostname": "lh",
         "availability_zone": "eu-west-1b", "instance_type": "m5.large", "ami_id": "ami-1",
         "reservation_id": "r-1", "launch_index": 3, "account_id": "123456789012",

@@ -55,10 +55,12 @@ def _gateway(value: str) -> GatewayRule:
     if not sep or not target or not ip:
         raise argparse.ArgumentTypeError(f"{value!r}: expected BRIDGE_OR_PORT=IP")
     try:
-        ipaddress.IPv4Address(ip)
+        address = ipaddress.ip_address(ip)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{value!r}: {exc}") from exc
-    return GatewayRule(target=target, ip=ip)
+    if address.is_multicast or address.is_unspecified or address.is_loopback:
+        raise argparse.ArgumentTypeError(f"{value!r}: not a unicast address")
+    return GatewayRule(target=target, ip=str(address))
 
 
 def _amount(value: str) -> float:
@@ -121,10 +123,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    f"{CACHE_DIR}/cache-<name>-<netns inode>.db)")
     p.add_argument("--gateway", action="append", type=_gateway, default=[],
                    metavar="BRIDGE_OR_PORT=IP",
-                   help="answer ARP for IP on that bridge's ports (or that one port): "
-                   "the default gateway of a segment that has no router (repeatable)")
+                   help="answer ARP (IPv4) or Neighbour Solicitations (IPv6) for IP on "
+                   "that bridge's ports (or that one port): the default gateway of a "
+                   "segment that has no router (repeatable)")
     p.add_argument("--no-metadata-arp", action="store_true",
-                   help="do not answer ARP for 169.254.169.254 (then guests with an on-link "
+                   help="do not answer ARP for 169.254.169.254 nor Neighbour Solicitations for "
+                   "fd00:ec2::254 and fe80::a9fe:a9fe (then guests with an on-link "
                    "route to it get no answer; for segments where something else owns it)")
     p.add_argument("--shadow-prefix", default=DEFAULT_SHADOW_PREFIX, metavar="CIDR",
                    help="addresses the responder sees guests as; must be unused on this "

@@ -135,7 +135,7 @@ class Datapath:
         self.attacher = PortAttacher(
             self.selection, self.programs.port_fd, self._maps[layout.MAP_PORTS],
             self._maps[layout.MAP_ARP], self.config.gateways, self.config.filter_position,
-            limits=limits,
+            limits=limits, nd_map=self._maps[layout.MAP_ND],
         )
         state = self.names.ports_file
         recorded = port_state.load(state)

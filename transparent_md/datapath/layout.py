@@ -15,6 +15,12 @@ CFG_ANSWER_METADATA_ARP = 0x1
 CFG_MAC_LOCK = 0x2
 # Slot flags (TMD_SLOT_*): the identity's MAC is locked to another port.
 SLOT_LOCKED_ELSEWHERE = 0x1
+# ... an IPv6 guest, translated to IPv4 on the way in (TMD_SLOT_IPV6)
+SLOT_IPV6 = 0x2
+# ... that asked fe80::a9fe:a9fe rather than fd00:ec2::254 (TMD_SLOT_LINK_LOCAL_MD).
+SLOT_LINK_LOCAL_MD = 0x4
+# GuestKey.md_addr: which metadata address the identity asked (TMD_MD_ADDR_*).
+MD_ADDR_IPV4, MD_ADDR_EC2_IPV6, MD_ADDR_LINK_LOCAL = 0, 1, 2
 # Slot.free_since_ns of a taken slot (TMD_SLOT_TAKEN).
 SLOT_TAKEN = 2**64 - 1
 
@@ -22,6 +28,7 @@ SLOT_TAKEN = 2**64 - 1
 MAP_CONFIG = "tmd_config"
 MAP_PORTS = "tmd_ports"
 MAP_ARP = "tmd_arp"
+MAP_ND = "tmd_nd"
 MAP_BY_GUEST = "tmd_by_guest"
 MAP_SLOTS = "tmd_slots"
 MAP_NEXT_SLOT = "tmd_next_slot"
@@ -30,7 +37,7 @@ MAP_PORT_USAGE = "tmd_port_usage"
 MAP_PORT_RELEASED = "tmd_port_released"
 MAP_EVENTS = "tmd_events"
 MAP_DROPS = "tmd_drops"
-ALL_MAPS = (MAP_CONFIG, MAP_PORTS, MAP_ARP, MAP_BY_GUEST, MAP_SLOTS, MAP_NEXT_SLOT,
+ALL_MAPS = (MAP_CONFIG, MAP_PORTS, MAP_ARP, MAP_ND, MAP_BY_GUEST, MAP_SLOTS, MAP_NEXT_SLOT,
             MAP_MAC_LOCKS, MAP_PORT_USAGE, MAP_PORT_RELEASED, MAP_EVENTS, MAP_DROPS)
 
 # TMD_MAX_SLOTS: slot 0 means "none", so at most MAX_SLOTS - 1 identities at once.
@@ -54,6 +61,7 @@ class Event(IntEnum):
     ARP_ANSWERED = 2
     SLOT_ALLOCATED = 3
     FORGED_FLAGGED = 4
+    NS_ANSWERED = 5
 
 
 class Drop(IntEnum):
@@ -74,6 +82,8 @@ class Drop(IntEnum):
     TAGGED_ARP_CLAIM = 12
     TAGGED_METADATA = 13
     TOO_MANY_TAGS = 14
+    ND_CLAIM = 15
+    TAGGED_ND_CLAIM = 16
 
 
 class Config(ctypes.Structure):
@@ -98,7 +108,9 @@ class GuestKey(ctypes.Structure):
         ("ifindex", ctypes.c_uint32),
         ("ip", ctypes.c_uint32),
         ("mac", ctypes.c_uint8 * MAC_LEN),
-        ("pad", ctypes.c_uint8 * 2),
+        ("md_addr", ctypes.c_uint8),  # MD_ADDR_*
+        ("pad", ctypes.c_uint8),
+        ("ip6", ctypes.c_uint8 * 16),  # an IPv6 guest's address (ip is 0 then)
     ]
 
 
@@ -111,6 +123,7 @@ class Slot(ctypes.Structure):
         ("flags", ctypes.c_uint32),
         ("last_seen_ns", ctypes.c_uint64),  # CLOCK_MONOTONIC, as bpf_ktime_get_ns()
         ("free_since_ns", ctypes.c_uint64),  # SLOT_TAKEN, or when released (0: never used)
+        ("ip6", ctypes.c_uint8 * 16),  # SLOT_IPV6: the guest's IPv6 address
     ]
 
 
@@ -120,6 +133,10 @@ class Port(ctypes.Structure):
 
 class ArpKey(ctypes.Structure):
     _fields_ = [("ifindex", ctypes.c_uint32), ("ip", ctypes.c_uint32)]
+
+
+class NdKey(ctypes.Structure):
+    _fields_ = [("ifindex", ctypes.c_uint32), ("ip6", ctypes.c_uint8 * 16)]
 
 
 class MacKey(ctypes.Structure):
@@ -152,6 +169,7 @@ MAP_TYPES: dict[str, tuple[type, type]] = {
     MAP_CONFIG: (ctypes.c_uint32, Config),
     MAP_PORTS: (ctypes.c_uint32, Port),
     MAP_ARP: (ArpKey, ctypes.c_uint8),
+    MAP_ND: (NdKey, ctypes.c_uint8),
     MAP_BY_GUEST: (GuestKey, ctypes.c_uint32),
     MAP_SLOTS: (ctypes.c_uint32, Slot),
     MAP_NEXT_SLOT: (ctypes.c_uint32, ctypes.c_uint64),
@@ -178,6 +196,29 @@ def be32(address: str | ipaddress.IPv4Address) -> int:
 
 def ip_from_be32(value: int) -> str:
     return socket.inet_ntoa(value.to_bytes(4, "little"))
+
+
+def nd_key(ifindex: int, address: str) -> NdKey:
+    key = NdKey(ifindex=ifindex)
+    key.ip6[:] = ipaddress.IPv6Address(address).packed
+    return key
+
+
+def slot_ip(slot: Slot) -> str:
+    """The guest address a slot stands for: dotted IPv4, or IPv6 for an IPv6 guest."""
+    if slot.flags & SLOT_IPV6:
+        return str(ipaddress.IPv6Address(bytes(slot.ip6)))
+    return ip_from_be32(slot.ip)
+
+
+def guest_key(slot: Slot) -> GuestKey:
+    """The tmd_by_guest key of the identity a slot stands for."""
+    key = GuestKey(ifindex=slot.ifindex, ip=slot.ip)
+    key.mac[:] = bytes(slot.mac)
+    key.ip6[:] = bytes(slot.ip6)
+    if slot.flags & SLOT_IPV6:
+        key.md_addr = MD_ADDR_LINK_LOCAL if slot.flags & SLOT_LINK_LOCAL_MD else MD_ADDR_EC2_IPV6
+    return key
 
 
 def mac_bytes(mac: str) -> bytes:

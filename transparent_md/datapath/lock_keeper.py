@@ -275,7 +275,7 @@ class LockKeeper:
             if waiter is None or waiter.port != port:
                 if len(self._waiting) >= MAX_WAITERS:
                     continue
-                ip = layout.ip_from_be32(slot.ip)
+                ip = layout.slot_ip(slot)
                 waiter = self._waiting[key] = _Waiter(port, ip, time.time(), 0, 0.0)
                 self.stats.conflicts += 1
                 self._dirty = True

@@ -59,7 +59,8 @@ class PortInfo:
 
 @dataclass(frozen=True)
 class GatewayRule:
-    """Answer ARP for `ip` on the ports of bridge `target`, or on the port `target`."""
+    """Answer ARP (an IPv4 `ip`) or Neighbour Solicitations (an IPv6 `ip`) for `ip` on
+    the ports of bridge `target`, or on the port `target`."""
 
     target: str
     ip: str
@@ -86,11 +87,13 @@ class PortAttacher:
         gateways: Iterable[GatewayRule],
         position: tc.FilterPosition,
         limits: PortLimits | None = None,
+        nd_map: BpfMap | None = None,
     ) -> None:
         self.selection = selection
         self.port_prog_fd = port_prog_fd
         self.ports_map = ports_map
         self.arp_map = arp_map
+        self.nd_map = nd_map
         self.gateways = list(gateways)
         self.position = position
         self.limits = limits
@@ -164,18 +167,32 @@ class PortAttacher:
     def _gateway_ips(self, info: PortInfo) -> list[str]:
         return [g.ip for g in self.gateways if g.target in (info.bridge, info.name)]
 
+    def _answer(self, ifindex: int, ip: str, on: bool) -> None:
+        """Start (or stop) answering for gateway `ip` on port `ifindex`: ARP for IPv4,
+        Neighbour Solicitations for IPv6."""
+        if ":" in ip:
+            if self.nd_map is None:
+                return
+            target, key = self.nd_map, layout.nd_key(ifindex, ip)
+        else:
+            target, key = self.arp_map, layout.ArpKey(ifindex, layout.be32(ip))
+        if on:
+            target.update(key, ctypes.c_uint8(1))
+        else:
+            target.delete(key)
+
     def _attach(self, ipr: IPRoute, info: PortInfo) -> None:
         previous = self.attached.get(info.ifindex)
         if previous is not None:  # moved to another of our bridges: its gateways go
             for ip in set(self._gateway_ips(previous)) - set(self._gateway_ips(info)):
-                self.arp_map.delete(layout.ArpKey(info.ifindex, layout.be32(ip)))
+                self._answer(info.ifindex, ip, False)
         # Maps first: identity must be complete when the first request arrives.
         self.ports_map.update(
             ctypes.c_uint32(info.ifindex),
             layout.Port(info.bridge.encode(), info.name.encode()),
         )
         for ip in self._gateway_ips(info):
-            self.arp_map.update(layout.ArpKey(info.ifindex, layout.be32(ip)), ctypes.c_uint8(1))
+            self._answer(info.ifindex, ip, True)
         if self.limits is not None:
             self.limits.reset(info.ifindex)
         try:
@@ -205,7 +222,7 @@ class PortAttacher:
     def _drop_map_entries(self, info: PortInfo) -> None:
         self.ports_map.delete(ctypes.c_uint32(info.ifindex))
         for ip in self._gateway_ips(info):
-            self.arp_map.delete(layout.ArpKey(info.ifindex, layout.be32(ip)))
+            self._answer(info.ifindex, ip, False)
         if self.limits is not None:
             self.limits.forget(info.ifindex)
 
@@ -219,10 +236,9 @@ class PortAttacher:
                 old = set(self._gateway_ips(info))
                 new = {g.ip for g in gateways if g.target in (info.bridge, info.name)}
                 for ip in new - old:
-                    self.arp_map.update(layout.ArpKey(info.ifindex, layout.be32(ip)),
-                                        ctypes.c_uint8(1))
+                    self._answer(info.ifindex, ip, True)
                 for ip in old - new:
-                    self.arp_map.delete(layout.ArpKey(info.ifindex, layout.be32(ip)))
+                    self._answer(info.ifindex, ip, False)
             self.gateways = gateways
             self.selection = selection
         self.sync(ipr)

@@ -142,15 +142,14 @@ class SlotReleaser:
         now = time.monotonic_ns()
         if now - slot.last_seen_ns < self._grace_ns:
             return False
-        guest = layout.GuestKey(ifindex=slot.ifindex, ip=slot.ip)
-        guest.mac[:] = bytes(slot.mac)
+        guest = layout.guest_key(slot)
         points_to = ctypes.c_uint32()
         if self._by_guest.lookup(guest, points_to) and points_to.value == index:
             self._by_guest.delete(guest)
         self._slots.update(key, layout.Slot(free_since_ns=now))
         add_released(self._released, slot.ifindex, identities=1)
         log.debug("released slot %d (%s %s on ifindex %d)", index,
-                  layout.mac_str(slot.mac), layout.ip_from_be32(slot.ip), slot.ifindex)
+                  layout.mac_str(slot.mac), layout.slot_ip(slot), slot.ifindex)
         return True
 
     # -- the thread -----------------------------------------------------------------

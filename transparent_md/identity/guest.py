@@ -10,7 +10,8 @@ class Guest:
     """A guest as the datapath saw it on the wire.
 
     `bridge` and `port` are interface names on the hypervisor; `mac` is lower-case
-    colon form ("52:54:00:12:34:56"); `ip` is dotted IPv4. The store matches
+    colon form ("52:54:00:12:34:56"); `ip` is dotted IPv4, or the compressed IPv6
+    address of a guest that asked over IPv6 (link-local or not). The store matches
     instance records against these fields.
 
     `locked_elsewhere` is set when MAC locks are on and this guest's port does not hold

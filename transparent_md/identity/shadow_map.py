@@ -95,7 +95,7 @@ class ShadowResolver:
             port=self._port.name.decode(),
             ifindex=slot.ifindex,
             mac=layout.mac_str(slot.mac),
-            ip=layout.ip_from_be32(slot.ip),
+            ip=layout.slot_ip(slot),
             locked_elsewhere=self._locked_elsewhere(slot),
         )
 

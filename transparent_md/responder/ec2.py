@@ -47,7 +47,10 @@ def render(instance: Instance, mac: str, ip: str) -> dict[bytes, Reply]:
     t.text(md + "instance-life-cycle", "on-demand")
     t.text(md + "instance-type", instance.instance_type)
     t.text(md + "local-hostname", instance.local_hostname)
-    t.text(md + "local-ipv4", ip)
+    if ip:  # an IPv6-only guest whose record has no IPv4 address has none, as on EC2
+        t.text(md + "local-ipv4", ip)
+    if instance.ipv6:
+        t.text(md + "ipv6", instance.ipv6[0])
     t.text(md + "mac", mac)
     _network(t, instance, mac, ip)
     t.text(md + "placement/availability-zone", instance.availability_zone)
@@ -78,7 +81,10 @@ def _network(t: TreeBuilder, instance: Instance, mac: str, ip: str) -> None:
     t.text(base + "device-number", "0")
     t.text(base + "interface-id", "eni-" + mac.replace(":", ""))
     t.text(base + "local-hostname", instance.local_hostname)
-    t.text(base + "local-ipv4s", ip)
+    if ip:
+        t.text(base + "local-ipv4s", ip)
+    if instance.ipv6:
+        t.text(base + "ipv6s", "\n".join(instance.ipv6))
     t.text(base + "mac", mac)
     t.text(base + "owner-id", instance.account_id)
     if instance.public_hostname:

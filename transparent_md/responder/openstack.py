@@ -68,12 +68,20 @@ def meta_data(instance: Instance) -> dict:
 
 
 def network_data(instance: Instance, mac: str, ip: str) -> dict:
-    """One DHCP-configured link on the guest's MAC: what a single-NIC nova guest sees."""
+    """One link on the guest's MAC, configured by DHCP (IPv4) and router advertisements
+    (SLAAC, for a record with IPv6 addresses): what a single-NIC nova guest sees. A record
+    with IPv6 addresses and no IPv4 one is an IPv6-only guest: no DHCP network."""
+    networks = []
+    if instance.ip or not instance.ipv6:
+        networks.append({"id": "network0", "type": "ipv4_dhcp", "link": DEFAULT_LINK_ID,
+                         "network_id": ""})
+    if instance.ipv6:
+        networks.append({"id": f"network{len(networks)}", "type": "ipv6_slaac",
+                         "link": DEFAULT_LINK_ID, "network_id": ""})
     return {
         "links": [{"id": DEFAULT_LINK_ID, "type": "phy", "ethernet_mac_address": mac,
                    "vif_id": "", "mtu": None}],
-        "networks": [{"id": "network0", "type": "ipv4_dhcp", "link": DEFAULT_LINK_ID,
-                      "network_id": ""}],
+        "networks": networks,
         "services": [],
     }
 

@@ -13,6 +13,7 @@ from typing import TypeAlias
 from transparent_md.identity import Guest
 from transparent_md.responder import ec2, gce, nocloud, openstack
 from transparent_md.responder.http import NOT_FOUND, Reply
+from transparent_md.store.policy import is_ipv6
 from transparent_md.store.snapshot import Entry
 
 Route: TypeAlias = tuple[Reply, bool]
@@ -102,7 +103,8 @@ class GuestViews:
 def prepared_for(entry: Entry, guest: Guest) -> Prepared:
     """The memoised replies of `entry` as seen by `guest` (built on first use)."""
     mac = entry.instance.mac or guest.mac
-    ip = entry.instance.ip or guest.ip
+    # An IPv6 guest sees the record's IPv4 address, or none: its own is not one.
+    ip = entry.instance.ip or ("" if is_ipv6(guest.ip) else guest.ip)
     key = (mac, ip)
     memo = entry.prepared
     prepared = memo.get(key)

@@ -425,7 +425,7 @@ def parse_record_json(value: bytes, instance_id: str) -> Instance:
 
 def _binding(instance_id: str, revision: int, record: Instance) -> Binding:
     return Binding(instance_id, revision, record.mac, record.ip, record.bridge, record.port,
-                   record.port_ifindex, record.parked)
+                   record.port_ifindex, record.parked, record.ipv6)
 
 
 def _count(reply: dict) -> int:

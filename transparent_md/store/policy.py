@@ -1,7 +1,14 @@
 """Identity policy: which record answers a guest, and which records would be ambiguous.
 
 A guest is matched by MAC first (respecting any bridge/port/IP the record is bound
-to), else by IP on its bridge among records that carry no MAC. Where several records
+to), else by IP on its bridge among records that carry no MAC.
+
+An IPv6 guest (the datapath saw it ask fd00:ec2::254 or fe80::a9fe:a9fe) is answered
+only by records that list IPv6 addresses (`ipv6`): from one of those, where `ipv6`
+binds it as `ip` binds an IPv4 guest, or from its link-local address, which no record
+lists, when the record has a MAC (then MAC, bridge and port alone say who it is). A
+record without `ipv6` serves IPv4 only, so records written before IPv6 keep their
+meaning and never become ambiguous. Where several records
 could answer, the most specific one (most bound fields) wins; two equally specific
 records that could answer the same guest are refused when written, so the answer never
 depends on ordering. An unknown guest gets None and learns nothing about others.
@@ -25,6 +32,8 @@ class Bound(Protocol):
     def mac(self) -> str | None: ...
     @property
     def ip(self) -> str | None: ...
+    @property
+    def ipv6(self) -> tuple[str, ...]: ...
     @property
     def bridge(self) -> str | None: ...
     @property
@@ -67,12 +76,29 @@ def serving(record: Bound) -> str:
     return "ip+bridge"
 
 
+def is_ipv6(address: str) -> bool:
+    return ":" in address
+
+
+def is_link_local6(address: str) -> bool:
+    """fe80::/10, as the datapath spells addresses (compressed, lower case)."""
+    return address[:3] in ("fe8", "fe9", "fea", "feb") and address[3:4] != ":"
+
+
+def _address_accepted(record: Bound, ip: str) -> bool:
+    if not is_ipv6(ip):
+        return record.ip is None or record.ip == ip
+    if is_link_local6(ip):
+        return record.mac is not None and bool(record.ipv6)
+    return ip in record.ipv6
+
+
 def accepts(record: Bound, guest: Guest) -> bool:
     """Every field the record binds must equal what the datapath saw; a port binding is
     the link (name and ifindex), so a re-created port of the same name is not it."""
     return (
         (record.mac is None or record.mac == guest.mac)
-        and (record.ip is None or record.ip == guest.ip)
+        and _address_accepted(record, guest.ip)
         and (record.bridge is None or record.bridge == guest.bridge)
         and (record.port is None or (record.port == guest.port
                                      and record.port_ifindex == guest.ifindex))
@@ -97,16 +123,41 @@ def identity_key(record: Bound) -> tuple[str, str | None]:
 
 
 def _clash(a: Bound, b: Bound) -> bool:
-    return specificity(a) == specificity(b) and could_overlap(a, b)
+    return specificity(a) == specificity(b) and (could_overlap(a, b) or could_overlap6(a, b))
+
+
+def could_overlap6(a: Bound, b: Bound) -> bool:
+    """True if some IPv6 guest would be accepted by both records."""
+    if not (a.ipv6 and b.ipv6):
+        return False
+    a_link = (a.port, a.port_ifindex) if a.port is not None else None
+    b_link = (b.port, b.port_ifindex) if b.port is not None else None
+    if not all(x is None or y is None or x == y
+               for x, y in ((a.mac, b.mac), (a.bridge, b.bridge), (a_link, b_link))):
+        return False
+    same_link_local_guest = a.mac is not None and b.mac is not None
+    return same_link_local_guest or bool(set(a.ipv6) & set(b.ipv6))
 
 
 def find_conflict(records: Iterable[R]) -> tuple[R, R] | None:
     """Two records the policy could not tell apart for some guest, if any (records
     that serve nobody meet no one; binding one again is checked then)."""
+    # Records that serve nobody (`serves`, inlined: this runs over every record).
+    records = [r for r in records
+               if not (r.parked or (r.port is not None and r.port_ifindex is None))]
     buckets: dict[object, list[R]] = {}
+    buckets6: dict[object, list[R]] = {}
     for record in records:
-        if record.parked or (record.port is not None and record.port_ifindex is None):
-            continue  # serves nobody (`serves`, inlined: this runs over every record)
+        # IPv6 records meet by MAC (a link-local guest) or by each address they list.
+        for key in ([("mac", record.mac)] if record.mac else
+                    [("ip", address) for address in record.ipv6]):
+            buckets6.setdefault(key, []).append(record)
+    for group in buckets6.values():
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                if specificity(a) == specificity(b) and could_overlap6(a, b):
+                    return a, b
+    for record in records:
         buckets.setdefault(identity_key(record), []).append(record)
     for group in buckets.values():
         for i, a in enumerate(group):
@@ -139,6 +190,13 @@ def _narrowest_first(record: Bound) -> int:
     return -specificity(record)
 
 
+def _index_keys(entry: Bound) -> list[tuple[str, str]]:
+    """Where an entry is looked up: by its MAC, else by its IP and each IPv6 address."""
+    if entry.mac is not None:
+        return [("mac", entry.mac)]
+    return [("ip", entry.ip or ""), *(("ip", address) for address in entry.ipv6)]
+
+
 class IdentityIndex(Generic[E]):
     """Lookup tables built once per store snapshot; `match` is a dict hit plus a filter."""
 
@@ -150,10 +208,8 @@ class IdentityIndex(Generic[E]):
         for entry in entries:
             if entry.parked or (entry.port is not None and entry.port_ifindex is None):
                 continue  # serves nobody (`serves`, inlined: this loop runs per reload)
-            if entry.mac is not None:
-                by_mac.setdefault(entry.mac, []).append(entry)
-            else:
-                by_ip.setdefault(entry.ip or "", []).append(entry)
+            for kind, key in _index_keys(entry):
+                (by_mac if kind == "mac" else by_ip).setdefault(key, []).append(entry)
         self._by_mac = {k: tuple(sorted(v, key=_narrowest_first)) for k, v in by_mac.items()}
         self._by_ip = {k: tuple(sorted(v, key=_narrowest_first)) for k, v in by_ip.items()}
 
@@ -163,18 +219,21 @@ class IdentityIndex(Generic[E]):
         tables = {"mac": dict(self._by_mac), "ip": dict(self._by_ip)}
         touched: dict[tuple[str, str], list[E]] = {}
 
-        def group(entry: E) -> list[E]:
-            where = ("mac", entry.mac) if entry.mac is not None else ("ip", entry.ip or "")
-            if where not in touched:
-                touched[where] = list(tables[where[0]].get(where[1], ()))
-            return touched[where]
+        def groups(entry: E) -> list[list[E]]:
+            found = []
+            for where in _index_keys(entry):
+                if where not in touched:
+                    touched[where] = list(tables[where[0]].get(where[1], ()))
+                found.append(touched[where])
+            return found
 
         for entry in gone:
-            members = group(entry)
-            members[:] = [e for e in members if e.instance_id != entry.instance_id]
+            for members in groups(entry):
+                members[:] = [e for e in members if e.instance_id != entry.instance_id]
         for entry in added:
             if serves(entry):  # as in __init__: a record that serves nobody is left out
-                group(entry).append(entry)
+                for members in groups(entry):
+                    members.append(entry)
         for (kind, key), members in touched.items():
             if members:
                 tables[kind][key] = tuple(sorted(members, key=_narrowest_first))

@@ -124,6 +124,14 @@ class Instance:
         key="ip", check="ipv4", meaning="the guest's IPv4 address (`local-ipv4`); "
         "a record needs a MAC, an IP or both",
         flags=(Flag("--ip", "guest IPv4 address (local-ipv4)", "IP"),))
+    ipv6: tuple[str, ...] = spec(
+        (), key="ipv6", check="ipv6_list", default="none", omit_empty=True,
+        meaning="list of the guest's global or unique-local IPv6 addresses (EC2 `ipv6`, "
+                "`ipv6s`); an IPv6 guest is answered only by a record that lists IPv6 "
+                "addresses: from one of them, or from its link-local address when the "
+                "record has a MAC",
+        flags=(Flag("--ipv6", "guest IPv6 address (repeatable); also lets the guest ask "
+                    "from its link-local address", "IPV6", "list"),))
     bridge: str | None = spec(
         key="bridge", check="ifname", meaning="answer only on this bridge",
         flags=(Flag("--bridge", "only answer this guest on this bridge (e.g. br0)", "BRIDGE"),))
@@ -300,7 +308,7 @@ _SECTIONS = {s.section: tuple(x.member for _, x in _SPECS if x.section == s.sect
 def _file_form(field_spec: FieldSpec, value: Any) -> tuple[str, Any]:
     """(key, value) as a file spells the field's value."""
     check = field_spec.check
-    if check == "names":
+    if check in ("names", "ipv6_list"):
         return field_spec.member, list(value)
     if check in ("ssh_keys", "text_pairs"):
         return field_spec.member, dict(value)
@@ -424,9 +432,10 @@ class _Parser:
         if values.get("port_ifindex") is not None and values.get("port") is None:
             problems.append(_Problem("port_ifindex", "names the link of a port binding; "
                                                      "give the port too (port:)"))
-        if values.get("mac") is None and values.get("ip") is None and not _named(
-                problems, "mac", "ip"):
-            problems.append(_Problem("mac", "a record needs a MAC, an IP or both to be found"))
+        if (values.get("mac") is None and values.get("ip") is None and not values.get("ipv6")
+                and not _named(problems, "mac", "ip", "ipv6")):
+            problems.append(_Problem("mac", "a record needs a MAC or an address (IP, IPv6) to "
+                                            "be found"))
         elif require_binding and not _named(problems, "mac", "bridge", "port",
                                             *(a for a, _ in SECRET_FIELDS)):
             problem = binding_problem(_Fields(values))
@@ -510,6 +519,27 @@ class _Parser:
             return str(ipaddress.IPv4Address(str(value)))
         except ValueError:
             raise _Problem(key, f"{value!r} is not a dotted IPv4 address") from None
+
+    def check_ipv6_list(self, key: str, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise _Problem(key, "must be a list of IPv6 addresses")
+        addresses: list[str] = []
+        for item in value:
+            _refuse_number(key, item)
+            try:
+                address = ipaddress.IPv6Address(str(item))
+            except ValueError:
+                raise _Problem(key, f"{item!r} is not an IPv6 address") from None
+            if (address.is_multicast or address.is_unspecified or address.is_loopback
+                    or address.ipv4_mapped is not None):
+                raise _Problem(key, f"{item!r} is not a unicast IPv6 address")
+            if address.is_link_local:
+                raise _Problem(key, f"{item!r} is link-local: list global or unique-local "
+                                    "addresses (link-local ones are matched by MAC)")
+            if str(address) in addresses:
+                raise _Problem(key, f"{item!r} is listed twice")
+            addresses.append(str(address))
+        return tuple(addresses)
 
     def check_ifname(self, key: str, value: Any) -> str:
         _refuse_number(key, value)

@@ -15,7 +15,7 @@ from transparent_md.store.record import Instance, as_served, parse_record
 # gains them (NULL/0 read as "no link" and "not parked", so an old port binding is by
 # name only and serves nobody until bound again: see policy.serves).
 BINDING_COLUMNS = {"mac": "TEXT", "ip": "TEXT", "bridge": "TEXT", "port": "TEXT",
-                   "port_ifindex": "INTEGER", "parked": "INTEGER"}
+                   "port_ifindex": "INTEGER", "parked": "INTEGER", "ipv6": "TEXT"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -24,34 +24,37 @@ CREATE TABLE IF NOT EXISTS instances (
     revision    INTEGER NOT NULL,  -- bumped on every change to this row
     password    TEXT,              -- OpenStack password, set once by the guest
     mac TEXT, ip TEXT, bridge TEXT, port TEXT,  -- copies of the record's, for matching
-    port_ifindex INTEGER, parked INTEGER NOT NULL DEFAULT 0
+    port_ifindex INTEGER, parked INTEGER NOT NULL DEFAULT 0,
+    ipv6 TEXT                          -- the record's IPv6 addresses, space-separated
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters VALUES ('revision', 0);
 """
 # A snapshot load scans this index alone: a few dozen bytes a row, never the JSON.
 BINDING_INDEX = """
-CREATE INDEX IF NOT EXISTS instances_binding2
-    ON instances (instance_id, revision, mac, ip, bridge, port, port_ifindex, parked)
+CREATE INDEX IF NOT EXISTS instances_binding3
+    ON instances (instance_id, revision, mac, ip, bridge, port, port_ifindex, parked, ipv6)
 """
-# The index of versions before port_ifindex: it no longer covers a snapshot load.
-OLD_BINDING_INDEX = "DROP INDEX IF EXISTS instances_binding"
-SELECT_BINDINGS = ("SELECT instance_id, revision, mac, ip, bridge, port, port_ifindex, parked "
-                   "FROM instances")
+# The indexes of versions before port_ifindex and before ipv6: they no longer cover a
+# snapshot load.
+OLD_BINDING_INDEXES = ("DROP INDEX IF EXISTS instances_binding",
+                       "DROP INDEX IF EXISTS instances_binding2")
+SELECT_BINDINGS = ("SELECT instance_id, revision, mac, ip, bridge, port, port_ifindex, parked, "
+                   "ipv6 FROM instances")
 # Writers set the record and every matching column together.
 UPSERT_RECORD = (
     "INSERT INTO instances (instance_id, record, revision, mac, ip, bridge, port, "
-    "port_ifindex, parked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "port_ifindex, parked, ipv6) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT(instance_id) DO UPDATE SET record = excluded.record, "
     "revision = excluded.revision, mac = excluded.mac, ip = excluded.ip, "
     "bridge = excluded.bridge, port = excluded.port, port_ifindex = excluded.port_ifindex, "
-    "parked = excluded.parked")
+    "parked = excluded.parked, ipv6 = excluded.ipv6")
 
 
 def matching_columns(instance: Instance) -> tuple:
     """The record's values of BINDING_COLUMNS, in that order."""
     return (instance.mac, instance.ip, instance.bridge, instance.port, instance.port_ifindex,
-            int(instance.parked))
+            int(instance.parked), " ".join(instance.ipv6) or None)
 
 
 # Readers find the rows changed since their last read by revision (bindings_reader).
@@ -90,10 +93,11 @@ def ensure_schema(db: sqlite3.Connection) -> None:
             instance = as_served(parse_record(json.loads(record), instance_id, stored=True))
             db.execute(
                 "UPDATE instances SET record = ?, mac = ?, ip = ?, bridge = ?, port = ?, "
-                "port_ifindex = ?, parked = ? WHERE instance_id = ?",
+                "port_ifindex = ?, parked = ?, ipv6 = ? WHERE instance_id = ?",
                 (json.dumps(instance.to_mapping()), *matching_columns(instance),
                  instance_id))
-        db.execute(OLD_BINDING_INDEX)
+        for drop in OLD_BINDING_INDEXES:
+            db.execute(drop)
         db.execute(BINDING_INDEX)
     except BaseException:
         db.execute("ROLLBACK")

@@ -1,9 +1,10 @@
 """An immutable view of the whole store, swapped atomically when the store changes.
 
 A snapshot holds only what identity matching needs (`Binding`: id, revision, MAC, IP,
-bridge, port and its link, parked), so thousands of idle records cost their index and
-nothing more. The full record of a guest that asks is loaded on demand as an `Entry` (see
-`store.cache`), together with whatever the responder prepared for it (`prepared`).
+IPv6 addresses, bridge, port and its link, parked), so thousands of idle records cost
+their index and nothing more. The full record of a guest that asks is loaded on demand
+as an `Entry` (see `store.cache`), together with whatever the responder prepared for
+it (`prepared`).
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ class Binding:
     """One record as the identity policy sees it; a revision names the whole record."""
 
     __slots__ = ("instance_id", "revision", "mac", "ip", "bridge", "port", "port_ifindex",
-                 "parked")
+                 "parked", "ipv6")
 
     def __init__(self, instance_id: str, revision: int, mac: str | None, ip: str | None,
                  bridge: str | None, port: str | None, port_ifindex: int | None = None,
-                 parked: bool = False) -> None:
+                 parked: bool = False, ipv6: str | tuple[str, ...] | None = None) -> None:
         self.instance_id = instance_id
         self.revision = revision
         self.mac = mac
         self.ip = ip
+        # The record's IPv6 addresses; the store's column holds them space-separated.
+        self.ipv6 = tuple(ipv6.split()) if isinstance(ipv6, str) else tuple(ipv6 or ())
         self.port_ifindex = port_ifindex
         self.parked = bool(parked)
         # Many records share a bridge (and port names repeat): keep one copy of each.

@@ -27,6 +27,7 @@ def guest_record(guest: BenchGuest) -> dict:
         "instance_id": guest.instance_id,
         "mac": guest.mac,
         "ip": guest.ip,
+        "ipv6": [guest.ipv6] if guest.ipv6 else [],
         "bridge": guest.bridge,
         "hostname": guest.instance_id,
         "local_hostname": guest.instance_id,

@@ -169,6 +169,9 @@ class BenchRun:
         targets = [
             Target("tc", "transparent-md, tc path", self.daemon.proc.pid, metadata,
                    tuple(g.ns for g in self.guests), True),
+            Target("tc6", "transparent-md, tc path, IPv6", self.daemon.proc.pid,
+                   f"http://[{topology.METADATA_IP6}]{path}",
+                   tuple(g.ns for g in self.guests), True),
             Target("loopback", "transparent-md, loopback", loop.pid, loop.url + path,
                    repeat(hv.ns, n), True),
             Target("nft-dnat", "transparent-md, nft DNAT", dnat.pid, metadata,
@@ -190,7 +193,7 @@ class BenchRun:
     def check_answer(self, target: Target) -> None:
         """A wrong answer (404 from an unknown guest) must not pass for a fast one."""
         ns, url = target.clients[0], target.urls()[0]
-        res = self.topo.sh(ns, ["curl", "-sS", "-m", "5", url])
+        res = self.topo.sh(ns, ["curl", "-g", "-sS", "-m", "5", url])
         expected = self.guests[0].instance_id if target.ours else records.FIXED_BODY
         if res.returncode != 0 or res.stdout.strip() != expected:
             raise RuntimeError(f"{target.label}: expected {expected!r} from {url} in "

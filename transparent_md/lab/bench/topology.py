@@ -2,7 +2,8 @@
 
     hv:  bridges brb0/brb1 (and brb2... when the storm needs more ports than two
          bridges hold) <- veth ports -> wrk guests g<i> and storm guests s<i>
-         (each with an on-link route to 169.254.169.254; the port program answers ARP)
+         (each with an on-link route to 169.254.169.254, and an IPv6 address with an
+         on-link route to fd00:ec2::254; the port program answers ARP and NS)
          + the daemon (`transparent-md run`), and on 127.0.0.1 the loopback servers
          + a router-like namespace with a leg on each bridge (the .1 of each guest
            subnet), where nginx serves the fixed body to the same guests
@@ -34,6 +35,10 @@ PORTS_PER_BRIDGE = 1000
 GUEST_NET = "10.{bridge}.0.0/16"
 GUEST_NET_BASE = 20
 METADATA_ROUTE = f"{METADATA_IP} dev eth0"
+# IPv6: one /64 per bridge, and the EC2 IPv6 metadata address on-link.
+GUEST_NET6 = "fd00:b{bridge}::/64"
+METADATA_IP6 = "fd00:ec2::254"
+METADATA_ROUTE6 = f"{METADATA_IP6}/128 dev eth0"
 # The routed (DNAT) segment and its router address.
 DNAT_BRIDGE = "brr"
 DNAT_ROUTER = "10.99.0.1"
@@ -51,6 +56,7 @@ class BenchGuest:
     mac: str
     ip: str
     instance_id: str
+    ipv6: str = ""
 
     def identity(self, ifindex: int = 0) -> Guest:
         """This guest as the datapath would name it (for the static resolvers)."""
@@ -125,8 +131,11 @@ def add_guests(hv: Hypervisor, role: str, count: int,
         ip = _guest_ip(bridge_index(bridges[b]), len(hv.guests))
         g: GuestNs = hv.guest(f"{role}{i}", bridge=bridges[b], port=f"p{role}{i}",
                               addr=f"{ip}/16", routes=[METADATA_ROUTE])
+        net6 = ipaddress.IPv6Network(GUEST_NET6.format(bridge=b))
+        ipv6 = str(net6.network_address + 2 + len(hv.guests))
+        hv.topo.ip(g.ns, f"addr add {ipv6}/64 dev eth0 nodad", f"route add {METADATA_ROUTE6}")
         out.append(BenchGuest(ns=g.ns, bridge=g.bridge, port=g.port, mac=g.mac, ip=g.ip,
-                              instance_id=f"i-bench{role}{i:05d}"))
+                              instance_id=f"i-bench{role}{i:05d}", ipv6=ipv6))
     return out
 
 
