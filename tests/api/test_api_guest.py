@@ -108,7 +108,7 @@ def test_a_gce_long_poll_returns_on_an_api_change_and_at_its_timeout_unchanged(h
     name = "/computeMetadata/v1/instance/name"
     google = ["-H", "Metadata-Flavor: Google"]
     with ApiClient(hv.api) as api:
-        assert api.request("PUT", "/v1/instances/i-gce",
+        assert api.request("PUT", "/v1/instances/i-g0",
                            guest_record(hv, hostname="before")).status in (200, 201)
         try:
             poll = subprocess.Popen(
@@ -118,7 +118,7 @@ def test_a_gce_long_poll_returns_on_an_api_change_and_at_its_timeout_unchanged(h
             # Held: no answer yet (an early PATCH would only end it sooner).
             with pytest.raises(subprocess.TimeoutExpired):
                 poll.wait(2)
-            assert api.request("PATCH", "/v1/instances/i-gce",
+            assert api.request("PATCH", "/v1/instances/i-g0",
                                {"hostname": "after"}).status == 200
             patched = time.monotonic()
             out, _ = poll.communicate(timeout=30)
@@ -132,4 +132,4 @@ def test_a_gce_long_poll_returns_on_an_api_change_and_at_its_timeout_unchanged(h
             assert re.search(r"(?im)^etag: (\S+)", body).group(1) == etag
             assert 1.9 <= time.monotonic() - started < 10
         finally:
-            api.request("DELETE", "/v1/instances/i-gce")
+            api.request("DELETE", "/v1/instances/i-g0")
