@@ -46,16 +46,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def identity_command(args: argparse.Namespace) -> int:
-    from transparent_md.datapath import locks
+    from transparent_md.datapath import locks, tables
     from transparent_md.lockfile import is_held
     from transparent_md.names import DaemonNames
 
     names = DaemonNames.here(args.name)
-    if not is_held(names.lock_file) or not names.pin_dir.is_dir():
+    directory = tables.directory_of(names)
+    if not is_held(names.lock_file) or not directory.is_dir():
         raise UserError(f"no transparent-md daemon named {args.name!r} runs in this network "
-                        f"namespace (or its pins under {names.pin_dir} are not visible here)")
+                        f"namespace (or its tables under {directory} are not visible here)")
     if args.identity_verb == "locks":
-        found = locks.list_locks(names.pin_dir)
+        found = locks.list_locks(directory)
         line = _waiting_lines(names.locks_file)
         if args.json:
             print(json.dumps([{**vars(lock), "waiting": line.get(lock.mac, [])}
@@ -67,7 +68,7 @@ def identity_command(args: argparse.Namespace) -> int:
                 print(f"    waiting: port {waiter['port']} IP {waiter['ip']} "
                       f"since {waiter['since']}")
         return 0
-    if not locks.release_mac(names.pin_dir, args.mac):
+    if not locks.release_mac(directory, args.mac):
         raise UserError(f"{args.mac} holds no lock (or it is released already)")
     print(f"released {args.mac}")
     return 0

@@ -8,7 +8,7 @@ import logging
 
 from transparent_md.cli.store_options import add_store_options, etcd_tls
 from transparent_md.daemon.store_source import CACHE_DIR
-from transparent_md.datapath import tc
+from transparent_md.datapath import choice, tc
 from transparent_md.datapath.datapath import (
     DEFAULT_PORT_IDENTITY_QUOTA,
     DEFAULT_PORT_MAC_QUOTA,
@@ -31,7 +31,8 @@ MAX_WORKERS = 64
 EPILOG = """\
 what it does:
   Attaches a tc program to the guest-facing ports (tap/tun and veth, or --port) of each
-  --bridge, and to such ports added later; creates a veth pair <name>-md / md1 for the
+  --bridge, and to such ports added later (or, with --datapath raw, a packet socket and
+  an nftables bridge table: see docs/how-it-works.md); creates a veth pair <name>-md / md1 for the
   responder and serves 169.254.169.254:80 there. Guests reach it through their ordinary
   default gateway, or an on-link route to 169.254.169.254 (the program answers ARP for
   it), or a --gateway address on segments with no router. SIGTERM/SIGINT detaches
@@ -155,6 +156,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-metadata-arp", action="store_true",
                    help="do not answer ARP for 169.254.169.254 (then guests with an on-link "
                    "route to it get no answer; for segments where something else owns it)")
+    p.add_argument("--datapath", default=choice.DEFAULT_DATAPATH, choices=choice.DATAPATHS,
+                   help=choice.DATAPATH_HELP)
     p.add_argument("--shadow-prefix", default=DEFAULT_SHADOW_PREFIX, metavar="CIDR",
                    help="addresses the responder sees guests as; must be unused on this "
                    f"host (default {DEFAULT_SHADOW_PREFIX})")
@@ -275,6 +278,7 @@ def run_command(cmdline: argparse.Namespace) -> int:
             port_syn_burst=args.port_syn_burst,
             port_mac_quota=args.port_mac_quota,
             mac_lock=not args.no_mac_lock,
+            datapath=args.datapath,
         ),
         store_path=args.store,
         etcd_tls=etcd_tls(args),

@@ -11,8 +11,10 @@ import ipaddress
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from transparent_md.datapath import (
     bpf_syscall,
@@ -74,6 +76,8 @@ class DatapathConfig:
     # A released slot waits this long before another identity may take it (longer than
     # the responder's identity cache: see slot_release).
     slot_reuse_delay_s: float = DEFAULT_SLOT_REUSE_DELAY_S
+    # `run --datapath`: tc, raw or auto (see datapath.choice).
+    datapath: str = "auto"
 
 
 def shadow_network(prefix: str) -> ipaddress.IPv4Network:
@@ -86,7 +90,17 @@ def shadow_network(prefix: str) -> ipaddress.IPv4Network:
     return net
 
 
+class TcUnavailable(UserError):
+    """No tc program can be compiled or attached here (`--datapath auto` then runs raw)."""
+
+
 class Datapath:
+    """The tc datapath; the raw-socket one (datapath.raw.datapath) is its subclass and
+    shares everything but how frames are caught. Above the datapath only `kind`,
+    `table_dir` and the calls below are used, whichever runs."""
+
+    kind = "tc"
+
     def __init__(self, config: DatapathConfig) -> None:
         self.config = config
         self.shadow = shadow_network(config.shadow_prefix)
@@ -99,6 +113,14 @@ class Datapath:
         self.guard: FilterGuard | None = None
         self.keeper: LockKeeper | None = None
         self._maps: dict[str, BpfMap] = {}
+        # Why this datapath runs (`--datapath` and, with auto, what was found): in the
+        # start-up log and `status`.
+        self.reason = ""
+
+    @property
+    def table_dir(self) -> Path:
+        """Where the identity tables are (datapath.tables opens them by name)."""
+        return self.pin_dir
 
     @property
     def shadow_slots(self) -> int:
@@ -121,17 +143,26 @@ class Datapath:
         # Before anything is built: another daemon's ports make this one refuse untouched.
         ownership.refuse_claimed(self.names,
                                  ownership.bridge_members(self.ipr, self.selection))
-        bpffs.ensure_mounted()
+        try:
+            bpffs.ensure_mounted()
+        except (UserError, OSError) as exc:
+            raise TcUnavailable(f"no BPF filesystem here: {exc}") from exc
         leftover_locks = locks.leftover(self.pin_dir)  # a `kill -9` left its pins
         bpffs.unpin(self.pin_dir)
-        self.programs = programs.compile_and_pin(
-            self.pin_dir, (f"-DTMD_MAX_SLOTS={layout.MAX_SLOTS}",)
-        )
+        try:
+            self.programs = programs.compile_and_pin(
+                self.pin_dir, (f"-DTMD_MAX_SLOTS={layout.MAX_SLOTS}",)
+            )
+        except UserError as exc:
+            raise TcUnavailable(str(exc)) from exc
         self._maps = {m: BpfMap.from_pin(str(self.pin_dir / m)) for m in layout.ALL_MAPS}
 
         self.side = responder_side.create(self.ipr, self.names, str(self.shadow))
-        tc.attach(self.ipr, self.side.host_ifindex, self.programs.md_fd, programs.MD_PROGRAM,
-                  self.config.filter_position)
+        try:
+            tc.attach(self.ipr, self.side.host_ifindex, self.programs.md_fd,
+                      programs.MD_PROGRAM, self.config.filter_position)
+        except NetlinkError as exc:
+            raise TcUnavailable(f"cannot attach a tc program here: {exc}") from exc
         self._write_config()
 
         self.keeper = LockKeeper(self.pin_dir, self.names.locks_file)
