@@ -60,14 +60,21 @@ class RawPortHook:
 
     def __init__(self, datapath: RawDatapath) -> None:
         self.datapath = datapath
+        # The name each port is in the nftables set under: a renamed port leaves its
+        # old name behind, which another device could take.
+        self._names: dict[int, str] = {}
 
     def attach(self, ipr: IPRoute, info: PortInfo) -> None:
         sock = packet_socket.open_bound(info.ifindex, self.datapath.port_program())
         self.datapath.pump.add_port(info.ifindex, sock)
+        old = self._names.get(info.ifindex)
+        if old is not None and old != info.name:
+            self.datapath.nft.remove_port(old)
         self.datapath.nft.add_port(info.name, self.datapath.gateways_of(info))
+        self._names[info.ifindex] = info.name
 
     def detach(self, ipr: IPRoute, info: PortInfo) -> None:
-        self.datapath.nft.remove_port(info.name)
+        self.datapath.nft.remove_port(self._names.pop(info.ifindex, info.name))
         self.datapath.pump.remove_port(info.ifindex)
 
 
