@@ -32,7 +32,7 @@ from transparent_md.datapath.filter_guard import FilterGuard
 from transparent_md.datapath.lock_keeper import LockKeeper
 from transparent_md.datapath.port_limits import PortLimits
 from transparent_md.datapath.port_selection import PortSelection
-from transparent_md.datapath.ports import GatewayRule, PortAttacher
+from transparent_md.datapath.ports import GatewayRule, PortAttacher, PortHook
 from transparent_md.datapath.slot_release import DEFAULT_SLOT_REUSE_DELAY_S
 from transparent_md.errors import UserError
 from transparent_md.names import DaemonNames
@@ -164,13 +164,24 @@ class Datapath:
         except NetlinkError as exc:
             raise TcUnavailable(f"cannot attach a tc program here: {exc}") from exc
         self._write_config()
+        self._follow_ports(self.programs.port_fd, None, leftover_locks)
+        self.guard = FilterGuard(self.attacher, bpf_syscall.prog_id(self.programs.port_fd),
+                                 self.config.filter_position)
+        self.guard.start()
+        log.info("datapath up: bridges %s, %d ports, responder netns %s",
+                 ",".join(self.config.bridges), len(self.attacher.attached),
+                 self.names.responder_netns)
 
-        self.keeper = LockKeeper(self.pin_dir, self.names.locks_file)
+    def _follow_ports(self, port_prog_fd: int, hook: PortHook | None,
+                      leftover_locks: list) -> None:
+        """Take the selected ports (tc: `hook` None, our filter; raw: its hook), with
+        the MAC locks of the last run put back first, and follow the bridges."""
+        self.keeper = LockKeeper(self.table_dir, self.names.locks_file)
         limits = self._port_limits()
         self.attacher = PortAttacher(
-            self.selection, self.programs.port_fd, self._maps[layout.MAP_PORTS],
+            self.selection, port_prog_fd, self._maps[layout.MAP_PORTS],
             self._maps[layout.MAP_ARP], self.config.gateways, self.config.filter_position,
-            limits=limits,
+            limits=limits, hook=hook,
         )
         state = self.names.ports_file
         recorded = port_state.load(state)
@@ -185,19 +196,14 @@ class Datapath:
         # A port that went between the two reads was put back a lock but not attached.
         limits.release_unattached(set(self.attacher.attached))
         current = {i: p.name for i, p in self.attacher.attached.items()}
-        for name in port_state.detach_leftovers(self.ipr, recorded, current,
-                                                self.config.filter_position):
-            log.info("removed our filter left on %s by an earlier run", name)
+        if hook is None:  # our tc filters a killed run left on ports no longer ours
+            for name in port_state.detach_leftovers(self.ipr, recorded, current,
+                                                    self.config.filter_position):
+                log.info("removed our filter left on %s by an earlier run", name)
         port_state.save(state, current)
         self.attacher.on_change = lambda ports: port_state.save(state, ports)
         self.attacher.follow()
-        self.guard = FilterGuard(self.attacher, bpf_syscall.prog_id(self.programs.port_fd),
-                                 self.config.filter_position)
-        self.guard.start()
         self.keeper.start()
-        log.info("datapath up: bridges %s, %d ports, responder netns %s",
-                 ",".join(self.config.bridges), len(self.attacher.attached),
-                 self.names.responder_netns)
 
     @property
     def selection(self) -> PortSelection:

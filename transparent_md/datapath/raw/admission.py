@@ -67,6 +67,8 @@ class Admission:
                 return Drop.SYN_RATE
         slot = self._known_slot(gw_mac, now)
         if slot:
+            if usage is not None:
+                self._lock_if_free(usage)
             return slot
         if usage is None:
             return Drop.NOT_SYN
@@ -113,6 +115,26 @@ class Admission:
                 entry.last_seen_ns = now
                 slots.update(self._slot_index, entry)
         return index
+
+    def _lock_if_free(self, usage: layout.PortUsage) -> None:
+        """A SYN of an identity with a slot takes its MAC's lock if nobody holds it (the
+        responder serves a slot only while its port holds the MAC's lock)."""
+        if not self.config.flags & layout.CFG_MAC_LOCK:
+            return
+        mac_key = layout.MacKey()
+        mac_key.mac[:] = bytes(self._key.mac)
+        locks = self.t[layout.MAP_MAC_LOCKS]
+        if locks.lookup(mac_key, ctypes.c_uint32()):
+            return
+        released = self._released
+        if not self.t[layout.MAP_PORT_RELEASED].lookup(self._port, released):
+            ctypes.memset(ctypes.addressof(released), 0, ctypes.sizeof(released))
+        if self.config.port_mac_quota and self._in_use(
+                usage.macs_locked, released.macs_unlocked) >= self.config.port_mac_quota:
+            return
+        if locks.insert(mac_key, ctypes.c_uint32(self._port.value)):
+            usage.macs_locked += 1
+            self._save_usage(usage)
 
     def _in_use(self, taken: int, released: int) -> int:
         return taken - released if taken > released else 0

@@ -19,9 +19,9 @@ import os
 
 from pyroute2 import IPRoute, NetNS
 
-from transparent_md.datapath import ownership, port_state, responder_side, tables
+from transparent_md.datapath import locks, ownership, port_state, responder_side, tables
 from transparent_md.datapath.datapath import Datapath, DatapathConfig
-from transparent_md.datapath.ports import PortAttacher, PortInfo
+from transparent_md.datapath.ports import PortInfo
 from transparent_md.datapath.raw import packet_socket, socket_filter
 from transparent_md.datapath.raw.admission import Admission
 from transparent_md.datapath.raw.nft_table import NftTables
@@ -147,6 +147,7 @@ class RawDatapath(Datapath):
         self._check_bridges()
         ownership.refuse_claimed(self.names,
                                  ownership.bridge_members(self.ipr, self.selection))
+        leftover_locks = locks.leftover(self.table_dir)  # a `kill -9` left its tables
         self._maps = tables.create_raw_tables(self.table_dir)
         self.side = responder_side.create(self.ipr, self.names, str(self.shadow))
         prepare_responder_link(self.ipr, self.side, self.names.responder_veth)
@@ -164,16 +165,7 @@ class RawDatapath(Datapath):
             self.side.host_ifindex, socket_filter.reply_program(self.shadow)))
         self.pump.start()
 
-        self.attacher = PortAttacher(
-            self.selection, -1, self._maps["tmd_ports"], self._maps["tmd_arp"],
-            self.config.gateways, self.config.filter_position, limits=self._port_limits(),
-            hook=RawPortHook(self),
-        )
-        state = self.names.ports_file
-        self.attacher.sync(self.ipr)
-        port_state.save(state, {i: p.name for i, p in self.attacher.attached.items()})
-        self.attacher.on_change = lambda ports: port_state.save(state, ports)
-        self.attacher.follow()
+        self._follow_ports(-1, RawPortHook(self), leftover_locks)
         self.guard = TableGuard(self)
         self.guard.start()
         log.info("datapath up (raw sockets): bridges %s, %d ports, responder netns %s",
@@ -197,6 +189,10 @@ class RawDatapath(Datapath):
         if self.guard:
             self.guard.stop()
             self.guard = None
+        if self.keeper:
+            # Before the ports are let go: their locks are kept for the next run.
+            self.keeper.close()
+            self.keeper = None
         if self.attacher:
             self.attacher.stop_following()
             self.attacher.on_change = None
