@@ -102,3 +102,16 @@ def test_the_slot_releaser_gives_slots_back_and_they_wait_before_reuse(world):
     assert released.identities_released == 1
     again = admission.admit(1, ip(5), mac(5), GW, True)
     assert isinstance(again, int) and again != first  # the freed slot waits out the delay
+
+
+def test_a_syn_of_an_identity_with_a_slot_takes_its_free_mac_lock(world):
+    made, admission, _ = world
+    slot = admission.admit(1, ip(5), mac(5), GW, True)
+    locks = made[layout.MAP_MAC_LOCKS]
+    key = layout.mac_key(layout.mac_str(mac(5)))
+    assert locks.delete(key)  # released: held by nobody
+    assert admission.admit(1, ip(5), mac(5), GW, False) == slot
+    assert not locks.lookup(key, ctypes.c_uint32())  # only a SYN takes it
+    assert admission.admit(1, ip(5), mac(5), GW, True) == slot
+    holder = ctypes.c_uint32()
+    assert locks.lookup(key, holder) and holder.value == 1
