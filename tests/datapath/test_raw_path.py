@@ -70,6 +70,11 @@ def test_sigkill_then_restart_takes_the_table_over(hv):
         assert hv.raw_ports() == {"p0", "p1"}
         for i in range(2):
             assert hv.curl(hv.guests[f"g{i}"].ns, PATH) == (200, f"i-{i}")
+        # The MAC locks live in the raw datapath's tables: the CLI reads them there.
+        listed = hv.topo.sh(hv.ns, [sys.executable, "-m", "transparent_md", "identity",
+                                    "locks", "--json"], check=True)
+        held = {(lock["mac"], lock["port"]) for lock in json.loads(listed.stdout)}
+        assert {(hv.guests[f"g{i}"].mac, f"p{i}") for i in range(2)} <= held, held
     finally:
         assert second.stop() == 0
     assert our_tables(hv) == []
