@@ -9,6 +9,7 @@ hostile/test_forgery, hostile/test_flood, test_port_selection.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -99,8 +100,9 @@ def test_auto_without_bcc_runs_raw_and_says_why(hv, tmp_path):
     shim = tmp_path / "shim"
     (shim / "bcc").mkdir(parents=True)
     (shim / "bcc" / "__init__.py").write_text(NO_BCC)
-    daemon = hv.start_daemon(["br0"], hv.store, env={"PYTHONPATH": str(shim)},
-                             datapath="auto")
+    # First on the path, before whatever the test run already put there.
+    path = os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))
+    daemon = hv.start_daemon(["br0"], hv.store, env={"PYTHONPATH": path}, datapath="auto")
     try:
         log = daemon.log()
         assert "datapath raw (auto: no tc program here" in log, log
