@@ -162,7 +162,8 @@ class RawDatapath(Datapath):
         self.pump = Pump(self.admission, self._maps["tmd_arp"], self.side.responder_mac,
                          self.side.host_mac, self.config.answer_metadata_arp)
         self.pump.set_responder(packet_socket.open_bound(
-            self.side.host_ifindex, socket_filter.reply_program(self.shadow)))
+            self.side.host_ifindex, socket_filter.reply_program(self.shadow),
+            packet_socket.RESPONDER_RECEIVE_BYTES))
         self.pump.start()
 
         self._follow_ports(-1, RawPortHook(self), leftover_locks)

@@ -20,9 +20,15 @@ TP_STATUS_CSUMNOTREADY = 0x8
 TP_STATUS_VLAN_VALID = 0x10
 _AUXDATA = struct.Struct("=IIIHHHH")
 # Room for the largest frame a link may hand over (a GSO frame of a guest with
-# segmentation offload on), and queued bytes per socket for a burst of SYNs.
+# segmentation offload on).
 MAX_FRAME_BYTES = 65536
-RECEIVE_BUFFER_BYTES = 1 << 21
+# Queued bytes (the kernel counts each frame's whole buffer) while the pump is busy: a
+# guest port's burst of SYNs, and on the responder's veth every guest's replies at
+# once. Set past net.core.rmem_max (SO_RCVBUFFORCE, as root): at its default the
+# responder's queue overflowed in a 1,000-guest storm and lost SYN-ACKs.
+PORT_RECEIVE_BYTES = 1 << 22
+RESPONDER_RECEIVE_BYTES = 1 << 26
+SO_RCVBUFFORCE = 33
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -34,13 +40,17 @@ class _SockaddrLl(ctypes.Structure):
                 ("addr", ctypes.c_uint8 * 8)]
 
 
-def open_bound(ifindex: int, program: list[tuple[int, int, int, int]]) -> socket.socket:
+def open_bound(ifindex: int, program: list[tuple[int, int, int, int]],
+               receive_bytes: int = PORT_RECEIVE_BYTES) -> socket.socket:
     """A non-blocking packet socket on `ifindex` seeing only what `program` accepts."""
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: sees nothing yet
     try:
         socket_filter.attach(sock, program)
         sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, receive_bytes)
+        except PermissionError:  # without CAP_NET_ADMIN: as much as rmem_max allows
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_bytes)
         address = _SockaddrLl(family=socket.AF_PACKET, protocol=socket.htons(ETH_P_ALL),
                               ifindex=ifindex)
         if _libc.bind(sock.fileno(), ctypes.byref(address), ctypes.sizeof(address)) != 0:

@@ -31,8 +31,13 @@ from transparent_md.process import start_thread
 
 log = logging.getLogger(__name__)
 
-# Frames read from one socket before the others get their turn.
+# Frames read from one guest port before the others get their turn.
 BATCH = 64
+# The responder's socket carries every guest's replies: it is drained (up to this many
+# frames) at each round and again after every RESPONDER_EVERY ports, so a round over a
+# thousand busy ports never leaves replies queued behind them until its queue overflows.
+RESPONDER_BATCH = 4096
+RESPONDER_EVERY = 16
 # How long the thread waits for frames before it checks whether it should stop.
 POLL_INTERVAL_S = 0.2
 ARP_REQUEST = 1
@@ -110,21 +115,30 @@ class Pump:
                 ready = self._epoll.poll(POLL_INTERVAL_S)
             except OSError:
                 continue
-            for fd, _ in ready:
-                try:
-                    self._serve_fd(fd)
-                except Exception:  # one bad frame or port never stops the datapath
-                    log.exception("raw datapath: a frame failed; going on")
+            self._guarded(self._serve_responder)
+            for count, (fd, _) in enumerate(ready, 1):
+                self._guarded(self._serve_port, fd)
+                if count % RESPONDER_EVERY == 0:
+                    self._guarded(self._serve_responder)
 
-    def _serve_fd(self, fd: int) -> None:
+    @staticmethod
+    def _guarded(action, *args) -> None:
+        try:
+            action(*args)
+        except Exception:  # one bad frame or port never stops the datapath
+            log.exception("raw datapath: a frame failed; going on")
+
+    def _serve_responder(self) -> None:
         responder = self._responder
-        if responder is not None and fd == responder.fileno():
-            for _ in range(BATCH):
-                got = self._read(responder)
-                if got is None:
-                    return
-                self.on_reply(*got)
+        if responder is None:
             return
+        for _ in range(RESPONDER_BATCH):
+            got = self._read(responder)
+            if got is None:
+                return
+            self.on_reply(*got)
+
+    def _serve_port(self, fd: int) -> None:
         port = self._by_fd.get(fd)
         if port is None:
             return
