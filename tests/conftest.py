@@ -57,6 +57,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+# The datapaths the guest-facing suites run on (`run --datapath`).
+DATAPATHS = ("tc", "raw")
+
+
+@pytest.fixture(scope="module", params=DATAPATHS)
+def datapath(request) -> str:
+    """Module-wide: a module's world is built once per datapath, its tests run on each."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def datapath_topology(datapath) -> Iterator[Topology]:
+    """Namespaces for one datapath's world (a module's second world must not meet the
+    first one's namespaces, which live until the module ends)."""
+    with Topology() as topo:
+        yield topo
+
+
 @pytest.fixture(scope="module")
 def topology() -> Iterator[Topology]:
     """Namespaces with a per-run prefix, removed after the module even on failure."""

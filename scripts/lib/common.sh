@@ -55,8 +55,8 @@ link_kernel_headers() {
   ln -sfn "/usr/src/linux-headers-$ver-common" "$kdir/source"
 }
 
-# venv_with_bcc DIR: a venv at DIR whose interpreter also sees Debian's bcc package
-# (only that package: the rest of /usr/lib/python3/dist-packages stays out).
+# venv_with_bcc DIR: a venv at DIR whose interpreter also sees Debian's bcc package and
+# its libnftables binding (only those: the rest of /usr/lib/python3/dist-packages stays out).
 venv_with_bcc() {
   local dir=$1 py=${PYTHON:-python3} site
   if [ ! -x "$dir/bin/python" ]; then
@@ -65,6 +65,7 @@ venv_with_bcc() {
   fi
   mkdir -p "$dir/debian-bcc"
   ln -sfn /usr/lib/python3/dist-packages/bcc "$dir/debian-bcc/bcc"
+  ln -sfn /usr/lib/python3/dist-packages/nftables "$dir/debian-bcc/nftables"
   site=$("$dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   echo "$(cd "$dir" && pwd)/debian-bcc" > "$site/debian-bcc.pth"
 }

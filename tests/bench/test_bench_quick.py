@@ -21,9 +21,10 @@ import pytest
 pytestmark = pytest.mark.netns
 
 SERVERS = {"tc", "tc6", "loopback", "nft-dnat", "nginx-router", "floor-router", "nginx",
-           "aiohttp"}
+           "aiohttp", "raw"}
 MODES = {"keep-alive", "new connection"}
-# Whole quick run is ~20 s here, alone; the rest is room for a busy machine.
+# Whole quick run is ~30 s here, alone (the raw datapath's rows and storm included); the
+# rest is room for a busy machine.
 QUICK_TIMEOUT_S = 300
 # After a timeout: time for the bench to remove its namespaces before SIGKILL.
 CLEANUP_GRACE_S = 30
@@ -98,6 +99,9 @@ def test_storm_memory_and_ratio_sections(quick_run):
     assert {"TcpExtListenOverflows", "TcpExtListenDrops"} <= set(storm["responder_tcp"])
     assert r["memory"]["records"] == 10_000 and r["memory"]["rss_mib"] > 0
     assert set(r["tc_over_nginx_cpu"]) == MODES
+    # The raw-socket datapath: its rows held against the same nginx rounds, its storm.
+    assert set(r["raw_over_nginx_cpu"]) == MODES
+    assert r["storm_raw"]["guests"] == storm["guests"] and r["storm_raw"]["requests"] > 0
     # The uvloop + httptools floor is held against the same nginx, round by round.
     assert {m: len(v) for m, v in r["floor_over_nginx_cpu"].items()} == {
         m: len(v) for m, v in r["tc_over_nginx_cpu"].items()}

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import write_records
+from tests.conftest import DATAPATHS, write_records
 from transparent_md.lab.hypervisor import Hypervisor
 
 pytestmark = pytest.mark.netns
@@ -45,11 +45,14 @@ def hv(topology, tmp_path_factory):
     return hv
 
 
-def test_default_attaches_guest_ports_and_leaves_the_uplink_alone(hv):
-    daemon = hv.start_daemon(["br0"], hv.store)
+@pytest.mark.parametrize("datapath", DATAPATHS)
+def test_default_attaches_guest_ports_and_leaves_the_uplink_alone(hv, datapath):
+    daemon = hv.start_daemon(["br0"], hv.store, datapath=datapath)
     try:
-        assert len(hv.our_filters("tap-g0")) == 1 and len(hv.our_filters("vm-g1")) == 1
-        assert hv.our_filters("vx0") == []
+        assert hv.serves_port("tap-g0", datapath) and hv.serves_port("vm-g1", datapath)
+        assert not hv.serves_port("vx0", datapath)
+        if datapath == "tc":
+            assert len(hv.our_filters("tap-g0")) == 1 and len(hv.our_filters("vm-g1")) == 1
         assert hv.curl(hv.guests["g0"].ns, PATH) == (200, "i-g0")
     finally:
         assert daemon.stop() == 0

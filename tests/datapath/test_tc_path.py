@@ -1,4 +1,5 @@
-"""The whole datapath with real namespaces, a real daemon and real curl in the guests.
+"""The whole datapath with real namespaces, a real daemon and real curl in the guests,
+on each datapath (tc and raw sockets: the `datapath` fixture).
 
 One hypervisor namespace with two tenant bridges:
   br0: a real router (10.0.0.1), guest `a` (10.0.0.5, secondary 10.0.0.50, default via
@@ -51,7 +52,8 @@ asyncio.run(main())
 
 
 @pytest.fixture(scope="module")
-def world(topology, tmp_path_factory):
+def world(datapath_topology, tmp_path_factory, datapath):
+    topology = datapath_topology
     hv = Hypervisor(topology)
     hv.bridge("br0")
     hv.bridge("br1")
@@ -81,7 +83,9 @@ def world(topology, tmp_path_factory):
     # The router answers TCP on 8080: other traffic must still reach it.
     topology.spawn(router.ns, [sys.executable, "-m", "http.server", "-b", "10.0.0.1", "8080"],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    daemon = hv.start_daemon(["br0", "br1"], store, ["--gateway", "br1=10.0.0.1"])
+    daemon = hv.start_daemon(["br0", "br1"], store, ["--gateway", "br1=10.0.0.1"],
+                             datapath=datapath)
+    hv.datapath = datapath
     yield hv, daemon, store
     daemon.stop()
 
@@ -156,7 +160,7 @@ def test_port_added_while_running_is_served(world):
     late = hv.guest("late", bridge="br0", port="plate", addr="10.0.0.9/24",
                     routes=["default via 10.0.0.1"])
     created = time.monotonic()
-    while not hv.our_filters("plate"):
+    while not hv.serves_port("plate", hv.datapath):
         assert time.monotonic() - created < PORT_ATTACH_BOUND_S, daemon.log()
         time.sleep(0.02)
     assert hv.curl(late.ns, "/latest/meta-data/instance-id") == (200, "i-late")
@@ -166,7 +170,7 @@ def test_removed_port_is_forgotten(world):
     hv, daemon, _ = world
     hv.guest("gone", bridge="br0", port="pgone", addr="10.0.0.10/24")
     deadline = time.monotonic() + 10
-    while not hv.our_filters("pgone") and time.monotonic() < deadline:
+    while not hv.serves_port("pgone", hv.datapath) and time.monotonic() < deadline:
         time.sleep(0.05)
     hv.topo.ip(hv.ns, "link del pgone")
     deadline = time.monotonic() + 10

@@ -1,4 +1,5 @@
-"""Odd frames sent with scapy from a real guest namespace through the attached program.
+"""Odd frames sent with scapy from a real guest namespace through the attached program
+(or the raw datapath's socket and table: the module runs on both datapaths).
 
 A tcpdump in the router's namespace shows which frames the port let through to the
 bridge; one on the guest shows what came back. Each frame carries its own IP id, so
@@ -85,15 +86,15 @@ def forged_syn_acks(frames: list) -> list:
 
 
 @pytest.fixture(scope="module")
-def served(topology, tmp_path_factory):
-    hv = Hypervisor(topology)
+def served(datapath_topology, tmp_path_factory, datapath):
+    hv = Hypervisor(datapath_topology)
     hv.bridge("br0")
     router = hv.router("router", bridge="br0", port="prouter", addr=f"{ROUTER_IP}/24")
     guest = hv.guest("g", bridge="br0", port="pg", addr=f"{GUEST_IP}/24",
                      routes=[f"default via {ROUTER_IP}"])
     store = str(tmp_path_factory.mktemp("store") / "instances.db")
     write_records(store, [{"instance_id": "i-g", "mac": guest.mac}])
-    daemon = hv.start_daemon(["br0"], store)
+    daemon = hv.start_daemon(["br0"], store, datapath=datapath)
     yield hv, router, guest, tmp_path_factory.mktemp("pcap")
     daemon.stop()
 

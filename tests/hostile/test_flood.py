@@ -45,8 +45,8 @@ SLOTS_IN_USE = "transparent_md_shadow_slots_in_use"
 
 
 @pytest.fixture(scope="module")
-def world(topology, tmp_path_factory):
-    w = build_world(topology, tmp_path_factory.mktemp("flood"))
+def world(datapath_topology, tmp_path_factory, datapath):
+    w = build_world(datapath_topology, tmp_path_factory.mktemp("flood"), datapath)
     w.add_guest("attacker", "br0", record=False)
     w.add_guest("served", "br0")
     w.add_guest("served1", "br1")

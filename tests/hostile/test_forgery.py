@@ -43,9 +43,9 @@ MAX_PATHS = 300
 
 
 @pytest.fixture(scope="module")
-def world(topology, tmp_path_factory):
+def world(datapath_topology, tmp_path_factory, datapath):
     tmp = tmp_path_factory.mktemp("forgery")
-    w = build_world(topology, tmp)
+    w = build_world(datapath_topology, tmp, datapath)
     victim = w.add_guest("victim", "br0", record=False)
     (tmp / "user-data.yaml").write_text(SECRETS["user_data"])
     (tmp / "iam.json").write_text(json.dumps({
@@ -127,3 +127,30 @@ def test_unbound_ip_only_record_is_refused_with_the_reason(world):
     assert "bridge" in reason and "mac" in reason and "every bridge" in reason, res.stderr
     listed = run_cli("instance", "list", "--store", world.store)
     assert "i-0iponly" not in listed.stdout
+
+
+# Copies of part of the victim's identity: (bridge, copy its MAC, copy its IP).
+FORGERIES = {
+    "ip-only": ("br0", False, True),
+    "mac-only": ("br0", True, False),
+    "other-bridge": ("br1", True, True),
+}
+
+
+@pytest.mark.parametrize("form", sorted(FORGERIES))
+def test_partial_and_other_bridge_copies_read_nothing(world, form):
+    """IP alone, MAC alone, or both from another bridge: 404 everywhere, not one byte
+    of the victim's, and the victim still served."""
+    w = world
+    victim = w.guests["victim"]
+    assert w.curl("victim") == (200, VICTIM_ID)
+    bridge, copy_mac, copy_ip = FORGERIES[form]
+    role = f"f{form.replace('-', '')}"[:10]
+    w.add_guest(role, bridge, record=False, mac=victim.mac if copy_mac else None,
+                ip=victim.ip if copy_ip else None)
+    got = {path: w.curl(role, path) for path in all_paths(["/latest/meta-data/",
+                                                            "/latest/meta-data/hostname"])}
+    problems = [(path, status, leaked(body)) for path, (status, body) in got.items()
+                if leaked(body) or status == 200]
+    assert problems == [], f"{form} forger read: {problems[:10]}"
+    assert w.curl("victim") == (200, VICTIM_ID)

@@ -35,6 +35,7 @@ class World:
     hv: Hypervisor
     store: str
     daemon: DaemonProcess | None = None
+    datapath: str | None = None  # `run --datapath` (None: the default)
     guests: dict[str, GuestNs] = field(default_factory=dict)
     _serial: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BRIDGES, FIRST_HOST))
 
@@ -80,8 +81,9 @@ class World:
 
     def start(self, extra: Sequence[str] = ()) -> None:
         gateways = [a for br in BRIDGES for a in ("--gateway", f"{br}={GATEWAY[br]}")]
+        datapath = ["--datapath", self.datapath] if self.datapath else []
         self.daemon = start_limited_daemon(self.hv, BRIDGES, self.store,
-                                           ["--metrics", METRICS, *gateways, *extra])
+                                           ["--metrics", METRICS, *gateways, *datapath, *extra])
 
     def stop(self) -> None:
         if self.daemon is not None:
@@ -146,11 +148,11 @@ def record_for(role: str, g: GuestNs) -> dict:
             "ssh_keys": {"me": SSH_KEY.format(id=iid)}}
 
 
-def build_world(topology: Topology, tmp_dir) -> World:
+def build_world(topology: Topology, tmp_dir, datapath: str | None = None) -> World:
     hv = Hypervisor(topology)
     for br in BRIDGES:
         hv.bridge(br)
-    return World(hv=hv, store=str(tmp_dir / "instances.db"))
+    return World(hv=hv, store=str(tmp_dir / "instances.db"), datapath=datapath)
 
 
 def metric_value(text: str, name: str) -> float:

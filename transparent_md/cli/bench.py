@@ -68,6 +68,10 @@ what is measured (all in one run, so ratios hold on a noisy machine):
                             cause, the responder namespace's accept-queue overflows
                             (nstat), the drivers' own CPU and how busy the CPUs were
   memory                    the daemon's RSS while holding --records instances
+  transparent-md, raw path  then the daemon again with `run --datapath raw` (packet
+                            sockets and an nftables table, no BPF) on the same guests:
+                            its rows in both modes, held against the same nginx
+                            rounds, and its own boot storm (--no-raw skips it)
 
 examples:
   transparent-md bench
@@ -112,6 +116,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, metavar="N",
                    help="responder processes of the daemon under test (`run --workers`, "
                    "default 1); its CPU and memory figures cover all of them")
+    p.add_argument("--no-raw", action="store_true",
+                   help="skip the raw-socket datapath's rows and storm (by default the "
+                   "daemon is restarted with --datapath raw after the tc rows and "
+                   "measured again on the same guests)")
     p.add_argument("--hostile", action="store_true",
                    help="only the hostile-neighbour table, longer: 6 s per attack, up to "
                    "20,000 connections per flood (the default run includes a short one)")
@@ -150,6 +158,8 @@ def settings_from(args: argparse.Namespace):
         chosen["netns_prefix"] = netns_prefix(args.netns_prefix)
     except ValueError as exc:
         raise UserError(f"--netns-prefix: {exc}") from exc
+    if args.no_raw:
+        chosen["raw_datapath"] = False
     s = Settings(**{**base.__dict__, **chosen})
     if (s.guests < 1 or s.duration_s <= 0 or s.storm_guests < 0 or s.records < 0
             or s.workers < 1 or s.rounds < 1 or s.storm_window_s < 0

@@ -51,18 +51,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def identity_command(args: argparse.Namespace) -> int:
-    from transparent_md.datapath import locks
+    from transparent_md.datapath import locks, tables
     from transparent_md.lockfile import is_held
     from transparent_md.names import DaemonNames
 
     names = DaemonNames.here(args.name)
+    directory = tables.directory_of(names)
     if not is_held(names.lock_file):
         raise UserError(f"no transparent-md daemon named {args.name!r} runs in this network "
                         "namespace (start one with `transparent-md run`)")
-    if not names.pin_dir.is_dir():
+    if not directory.is_dir():
         _see_the_daemons_pins(names)
     if args.identity_verb == "locks":
-        found = locks.list_locks(names.pin_dir)
+        found = locks.list_locks(directory)
         line = _waiting_lines(names.locks_file)
         if args.json:
             print(json.dumps([{**vars(lock), "waiting": line.get(lock.mac, [])}
@@ -78,12 +79,12 @@ def identity_command(args: argparse.Namespace) -> int:
 
     heir = None
     if args.to:
-        heir = locks.port_link(names.pin_dir, args.to)
+        heir = locks.port_link(directory, args.to)
         if heir is None:
             raise UserError(f"{args.to!r} is not a port the daemon {args.name!r} serves "
                             "(see `transparent-md status`)")
         lock_file.name_heir(names.locks_file, args.mac, heir)
-    if not locks.release_mac(names.pin_dir, args.mac):
+    if not locks.release_mac(directory, args.mac):
         if heir is not None:
             lock_file.take_heir(names.locks_file, args.mac)
         raise UserError(f"{args.mac} holds no lock (or it is released already)")

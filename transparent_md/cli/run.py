@@ -9,7 +9,7 @@ import re
 
 from transparent_md.cli.store_options import add_store_options, etcd_tls
 from transparent_md.daemon.store_source import CACHE_DIR
-from transparent_md.datapath import tc
+from transparent_md.datapath import choice, tc
 from transparent_md.datapath.datapath import DEFAULT_SHADOW_PREFIX, DatapathConfig
 from transparent_md.datapath.ports import GatewayRule
 from transparent_md.errors import UserError
@@ -28,7 +28,8 @@ NETNS_PREFIX = re.compile(rf"[A-Za-z][A-Za-z0-9_-]{{0,{NETNS_PREFIX_MAX - 1}}}")
 EPILOG = """\
 what it does:
   Attaches a tc program to the guest-facing ports (tap/tun and veth, or --port) of each
-  --bridge, and to such ports added later; creates a veth pair <name>-md / md1 for the
+  --bridge, and to such ports added later (or, with --datapath raw, a packet socket and
+  an nftables bridge table: see docs/how-it-works.md); creates a veth pair <name>-md / md1 for the
   responder and serves 169.254.169.254:80 there. Guests reach it through their ordinary
   default gateway, or an on-link route to 169.254.169.254 (the program answers ARP for
   it), or a --gateway address on segments with no router. SIGTERM/SIGINT detaches
@@ -130,6 +131,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="do not answer ARP for 169.254.169.254 nor Neighbour Solicitations for "
                    "fd00:ec2::254 and fe80::a9fe:a9fe (then guests with an on-link "
                    "route to it get no answer; for segments where something else owns it)")
+    p.add_argument("--datapath", default=choice.DEFAULT_DATAPATH, choices=choice.DATAPATHS,
+                   help=choice.DATAPATH_HELP)
     p.add_argument("--shadow-prefix", default=DEFAULT_SHADOW_PREFIX, metavar="CIDR",
                    help="addresses the responder sees guests as; must be unused on this "
                    f"host (default {DEFAULT_SHADOW_PREFIX})")
@@ -248,6 +251,7 @@ def run_command(cmdline: argparse.Namespace) -> int:
             filter_position=tc.FilterPosition(priority=args.tc_priority),
             mac_lock=not args.no_mac_lock,
             **{limit.field: getattr(args, limit.field) for limit in PORT_LIMITS},
+            datapath=args.datapath,
         ),
         store_path=args.store,
         etcd_tls=etcd_tls(args),

@@ -26,7 +26,8 @@ from transparent_md.daemon.notify import Notifier
 from transparent_md.daemon.serving import READY_LINE, ServeHooks, ServeSpec, serve, worker_stats
 from transparent_md.daemon.store_source import StoreSource
 from transparent_md.daemon.workers import start_workers
-from transparent_md.datapath.datapath import Datapath, DatapathConfig
+from transparent_md.datapath import choice
+from transparent_md.datapath.datapath import DatapathConfig
 from transparent_md.datapath.ports import GatewayRule
 from transparent_md.datapath.slot_release import SlotReleaser
 from transparent_md.errors import UserError
@@ -91,7 +92,7 @@ class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         self.names = config.datapath.names
-        self.datapath = Datapath(config.datapath)
+        self.datapath = choice.planned(config.datapath)  # tc or raw: chosen at start
         self.store_source = StoreSource(config.store_path, self.names, tls=config.etcd_tls,
                                         cache_path=config.cache_path)
         self.lock = DaemonLock(self.names)
@@ -211,13 +212,13 @@ class Daemon:
                                     self.status)
         soft, _ = raise_nofile_limit()
         log.debug("open-file limit %d", soft)
-        self.datapath.start()
+        self.datapath = choice.start(self.config.datapath)
         self._warn_if_no_port()
-        self.releaser = SlotReleaser(self.names.pin_dir, self.names.responder_netns,
+        self.releaser = SlotReleaser(self.datapath.table_dir, self.names.responder_netns,
                                      self.config.datapath.shadow_prefix)
         self.releaser.start()
         spec = ServeSpec(
-            netns_name=self.names.responder_netns, pin_dir=str(self.names.pin_dir),
+            netns_name=self.names.responder_netns, pin_dir=str(self.datapath.table_dir),
             shadow_prefix=self.config.datapath.shadow_prefix,
             store_path=serving_store, token_hop_limit=self.config.token_hop_limit,
             token_secret_hex=tokens_file.load_or_create(self.names.token_secret_file).hex(),
@@ -242,7 +243,9 @@ class Daemon:
     def _status_counts(self) -> dict:
         running = self.datapath.attacher is not None
         counts: dict = {"datapath": self.datapath.stats() if running else {},
-                        "identities_in_use": self.datapath.slots_in_use() if running else 0}
+                        "identities_in_use": self.datapath.slots_in_use() if running else 0,
+                        "datapath_kind": self.datapath.kind,
+                        "datapath_reason": self.datapath.reason}
         responder = self._responder
         if responder is not None:
             counts["records"] = self._records()

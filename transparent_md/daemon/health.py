@@ -99,7 +99,9 @@ class HealthCheck:
                     missing = guard.missing(ipr)
             else:
                 missing = sorted(guard.missing_now)
-            problems += [f"port {name}: our tc filter is missing" for name in missing]
+            what = ("our nftables table is missing" if self.datapath.kind == "raw"
+                    else "our tc filter is missing")
+            problems += [f"port {name}: {what}" for name in missing]
         failure = probe_responder(self.datapath.names.responder_netns)
         if failure:
             problems.append(failure)

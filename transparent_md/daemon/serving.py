@@ -31,7 +31,7 @@ class ServeSpec:
     """Everything a serving process needs; travels to workers as JSON on stdin."""
 
     netns_name: str | None
-    pin_dir: str
+    pin_dir: str  # the datapath's tables: BPF pins (tc) or shared files (raw)
     shadow_prefix: str
     store_path: str | None
     token_hop_limit: int

@@ -94,6 +94,7 @@ def render(status: dict) -> str:
         f"records: {status.get('records', '?')}; identities in use: "
         f"{status.get('identities_in_use', '?')}; open connections: "
         f"{status.get('open_connections', '?')}",
+        f"datapath: {status.get('datapath_kind', '?')} ({status.get('datapath_reason', '')})",
         f"ports ({len(status.get('ports', []))}):",
     ]
     store_line = render_store_line(status)  # fleet store: connected, revision, lag

@@ -11,8 +11,10 @@ import ipaddress
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from transparent_md.datapath import (
     bpf_syscall,
@@ -30,7 +32,7 @@ from transparent_md.datapath.filter_guard import FilterGuard
 from transparent_md.datapath.lock_keeper import LockKeeper
 from transparent_md.datapath.port_limits import PortLimits
 from transparent_md.datapath.port_selection import PortSelection
-from transparent_md.datapath.ports import GatewayRule, PortAttacher
+from transparent_md.datapath.ports import GatewayRule, PortAttacher, PortHook
 from transparent_md.datapath.slot_release import DEFAULT_SLOT_REUSE_DELAY_S
 from transparent_md.errors import UserError
 from transparent_md.guest_limits import default
@@ -70,6 +72,8 @@ class DatapathConfig:
     # A released slot waits this long before another identity may take it (longer than
     # the responder's identity cache: see slot_release).
     slot_reuse_delay_s: float = DEFAULT_SLOT_REUSE_DELAY_S
+    # `run --datapath`: tc, raw or auto (see datapath.choice).
+    datapath: str = "auto"
 
 
 def shadow_network(prefix: str) -> ipaddress.IPv4Network:
@@ -82,7 +86,17 @@ def shadow_network(prefix: str) -> ipaddress.IPv4Network:
     return net
 
 
+class TcUnavailable(UserError):
+    """No tc program can be compiled or attached here (`--datapath auto` then runs raw)."""
+
+
 class Datapath:
+    """The tc datapath; the raw-socket one (datapath.raw.datapath) is its subclass and
+    shares everything but how frames are caught. Above the datapath only `kind`,
+    `table_dir` and the calls below are used, whichever runs."""
+
+    kind = "tc"
+
     def __init__(self, config: DatapathConfig) -> None:
         self.config = config
         self.shadow = shadow_network(config.shadow_prefix)
@@ -95,6 +109,14 @@ class Datapath:
         self.guard: FilterGuard | None = None
         self.keeper: LockKeeper | None = None
         self._maps: dict[str, BpfMap] = {}
+        # Why this datapath runs (`--datapath` and, with auto, what was found): in the
+        # start-up log and `status`.
+        self.reason = ""
+
+    @property
+    def table_dir(self) -> Path:
+        """Where the identity tables are (datapath.tables opens them by name)."""
+        return self.pin_dir
 
     @property
     def shadow_slots(self) -> int:
@@ -117,25 +139,45 @@ class Datapath:
         # Before anything is built: another daemon's ports make this one refuse untouched.
         ownership.refuse_claimed(self.names,
                                  ownership.bridge_members(self.ipr, self.selection))
-        bpffs.ensure_mounted()
+        try:
+            bpffs.ensure_mounted()
+        except (UserError, OSError) as exc:
+            raise TcUnavailable(f"no BPF filesystem here: {exc}") from exc
         leftover_locks = locks.leftover(self.pin_dir)  # a `kill -9` left its pins
         bpffs.unpin(self.pin_dir)
-        self.programs = programs.compile_and_pin(
-            self.pin_dir, (f"-DTMD_MAX_SLOTS={layout.MAX_SLOTS}",)
-        )
+        try:
+            self.programs = programs.compile_and_pin(
+                self.pin_dir, (f"-DTMD_MAX_SLOTS={layout.MAX_SLOTS}",)
+            )
+        except UserError as exc:
+            raise TcUnavailable(str(exc)) from exc
         self._maps = {m: BpfMap.from_pin(str(self.pin_dir / m)) for m in layout.ALL_MAPS}
 
         self.side = responder_side.create(self.ipr, self.names, str(self.shadow))
-        tc.attach(self.ipr, self.side.host_ifindex, self.programs.md_fd, programs.MD_PROGRAM,
-                  self.config.filter_position)
+        try:
+            tc.attach(self.ipr, self.side.host_ifindex, self.programs.md_fd,
+                      programs.MD_PROGRAM, self.config.filter_position)
+        except NetlinkError as exc:
+            raise TcUnavailable(f"cannot attach a tc program here: {exc}") from exc
         self._write_config()
+        self._follow_ports(self.programs.port_fd, None, leftover_locks)
+        self.guard = FilterGuard(self.attacher, bpf_syscall.prog_id(self.programs.port_fd),
+                                 self.config.filter_position)
+        self.guard.start()
+        log.info("datapath up: bridges %s, %d ports, responder netns %s",
+                 ",".join(self.config.bridges), len(self.attacher.attached),
+                 self.names.responder_netns)
 
-        self.keeper = LockKeeper(self.pin_dir, self.names.locks_file)
+    def _follow_ports(self, port_prog_fd: int, hook: PortHook | None,
+                      leftover_locks: list) -> None:
+        """Take the selected ports (tc: `hook` None, our filter; raw: its hook), with
+        the MAC locks of the last run put back first, and follow the bridges."""
+        self.keeper = LockKeeper(self.table_dir, self.names.locks_file)
         limits = self._port_limits()
         self.attacher = PortAttacher(
-            self.selection, self.programs.port_fd, self._maps[layout.MAP_PORTS],
+            self.selection, port_prog_fd, self._maps[layout.MAP_PORTS],
             self._maps[layout.MAP_ARP], self.config.gateways, self.config.filter_position,
-            limits=limits, nd_map=self._maps[layout.MAP_ND],
+            limits=limits, nd_map=self._maps.get(layout.MAP_ND), hook=hook,
         )
         state = self.names.ports_file
         recorded = port_state.load(state)
@@ -150,19 +192,14 @@ class Datapath:
         # A port that went between the two reads was put back a lock but not attached.
         limits.release_unattached(set(self.attacher.attached))
         current = {i: p.name for i, p in self.attacher.attached.items()}
-        for name in port_state.detach_leftovers(self.ipr, recorded, current,
-                                                self.config.filter_position):
-            log.info("removed our filter left on %s by an earlier run", name)
+        if hook is None:  # our tc filters a killed run left on ports no longer ours
+            for name in port_state.detach_leftovers(self.ipr, recorded, current,
+                                                    self.config.filter_position):
+                log.info("removed our filter left on %s by an earlier run", name)
         port_state.save(state, current)
         self.attacher.on_change = lambda ports: port_state.save(state, ports)
         self.attacher.follow()
-        self.guard = FilterGuard(self.attacher, bpf_syscall.prog_id(self.programs.port_fd),
-                                 self.config.filter_position)
-        self.guard.start()
         self.keeper.start()
-        log.info("datapath up: bridges %s, %d ports, responder netns %s",
-                 ",".join(self.config.bridges), len(self.attacher.attached),
-                 self.names.responder_netns)
 
     @property
     def selection(self) -> PortSelection:

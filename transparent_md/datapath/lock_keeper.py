@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transparent_md.datapath import layout, lock_file
-from transparent_md.datapath.bpf_syscall import BpfMap
 from transparent_md.datapath.lock_file import LockState, PortLink, SavedLock, SavedWaiter
+from transparent_md.datapath.tables import open_table
 from transparent_md.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,11 @@ class LockKeeper:
         self._wait_ns = int(wait_s * _NS_PER_S)
         self._quiet_ns = int(quiet_s * _NS_PER_S)
         self._released_since: dict[str, int] = {}  # MAC -> when first seen released
-        self._locks = BpfMap.from_pin(str(pin_dir / layout.MAP_MAC_LOCKS))
-        self._ports = BpfMap.from_pin(str(pin_dir / layout.MAP_PORTS))
-        self._events = BpfMap.from_pin(str(pin_dir / layout.MAP_EVENTS))
-        self._config = BpfMap.from_pin(str(pin_dir / layout.MAP_CONFIG))
-        self._slots = BpfMap.from_pin(str(pin_dir / layout.MAP_SLOTS))
+        self._locks = open_table(pin_dir, layout.MAP_MAC_LOCKS)
+        self._ports = open_table(pin_dir, layout.MAP_PORTS)
+        self._events = open_table(pin_dir, layout.MAP_EVENTS)
+        self._config = open_table(pin_dir, layout.MAP_CONFIG)
+        self._slots = open_table(pin_dir, layout.MAP_SLOTS)
         self._mapping = self._slots.mapped(layout.Slot, layout.MAX_SLOTS)
         self._table = memoryview(self._mapping)
         self._flags = self._table.cast("I")[_FLAGS_WORD::_SLOT_WORDS]

@@ -21,6 +21,7 @@ from transparent_md.datapath import layout
 from transparent_md.datapath.bpf_syscall import BpfMap
 from transparent_md.datapath.lock_file import PortLink, SavedLock
 from transparent_md.datapath.port_limits import add_released
+from transparent_md.datapath.tables import SharedTable, open_table
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,8 @@ class MacLock:
     bridge: str
 
 
-def _open(pin_dir: Path, name: str) -> BpfMap:
-    return BpfMap.from_pin(str(Path(pin_dir) / name))
+def _open(pin_dir: Path, name: str) -> BpfMap | SharedTable:
+    return open_table(pin_dir, name)
 
 
 def list_locks(pin_dir: str | Path, *, released: bool = False) -> list[MacLock]:

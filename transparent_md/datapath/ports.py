@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from pyroute2 import IPRoute
 from pyroute2.netlink import NETLINK_ROUTE
@@ -57,6 +58,28 @@ class PortInfo:
     bridge: str
 
 
+class PortHook(Protocol):
+    """What a datapath does to a port it takes or lets go (tc: its filter; raw: a socket)."""
+
+    def attach(self, ipr: IPRoute, info: PortInfo) -> None: ...
+
+    def detach(self, ipr: IPRoute, info: PortInfo) -> None: ...
+
+
+@dataclass(frozen=True)
+class TcHook:
+    """The tc datapath's: our filter at our position on the port's ingress."""
+
+    prog_fd: int
+    position: tc.FilterPosition
+
+    def attach(self, ipr: IPRoute, info: PortInfo) -> None:
+        tc.attach(ipr, info.ifindex, self.prog_fd, programs.PORT_PROGRAM, self.position)
+
+    def detach(self, ipr: IPRoute, info: PortInfo) -> None:
+        tc.detach(ipr, info.ifindex, self.position)
+
+
 @dataclass(frozen=True)
 class GatewayRule:
     """Answer ARP (an IPv4 `ip`) or Neighbour Solicitations (an IPv6 `ip`) for `ip` on
@@ -88,6 +111,7 @@ class PortAttacher:
         position: tc.FilterPosition,
         limits: PortLimits | None = None,
         nd_map: BpfMap | None = None,
+        hook: PortHook | None = None,
     ) -> None:
         self.selection = selection
         self.port_prog_fd = port_prog_fd
@@ -97,6 +121,7 @@ class PortAttacher:
         self.gateways = list(gateways)
         self.position = position
         self.limits = limits
+        self.hook = hook or TcHook(port_prog_fd, position)
         self.attached: dict[int, PortInfo] = {}
         # Called with {ifindex: name} whenever the attached set changed (for port_state).
         self.on_change: Callable[[dict[int, str]], None] | None = None
@@ -196,9 +221,10 @@ class PortAttacher:
         if self.limits is not None:
             self.limits.reset(info.ifindex)
         try:
-            tc.attach(ipr, info.ifindex, self.port_prog_fd, programs.PORT_PROGRAM, self.position)
-        except NetlinkError as exc:
-            if exc.code in (errno.ENODEV, errno.ENOENT):
+            self.hook.attach(ipr, info)
+        except (NetlinkError, OSError) as exc:
+            code = exc.code if isinstance(exc, NetlinkError) else exc.errno
+            if code in (errno.ENODEV, errno.ENOENT, errno.ENXIO):
                 log.info("port %s vanished while attaching; skipped", info.name)
                 self._drop_map_entries(info)
                 return
@@ -209,7 +235,7 @@ class PortAttacher:
 
     def _forget(self, ipr: IPRoute, info: PortInfo) -> None:
         # The device may be gone (its filters went with it) or just out of the bridge.
-        tc.detach(ipr, info.ifindex, self.position)
+        self.hook.detach(ipr, info)
         self._drop_map_entries(info)
         self.attached.pop(info.ifindex, None)
         self._changed()
@@ -249,7 +275,7 @@ class PortAttacher:
             info = self.attached.get(ifindex)
             if info is None:
                 return None
-            tc.attach(ipr, info.ifindex, self.port_prog_fd, programs.PORT_PROGRAM, self.position)
+            self.hook.attach(ipr, info)
             return info
 
     def detach_all(self, ipr: IPRoute) -> None:

@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 from transparent_md.datapath import layout
-from transparent_md.datapath.bpf_syscall import BpfMap
 from transparent_md.datapath.port_limits import add_released
 from transparent_md.datapath.sock_diag import TcpPeers
+from transparent_md.datapath.tables import open_table
 from transparent_md.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,10 @@ class SlotReleaser:
                  shadow_prefix: str, *, grace_s: float = RELEASE_GRACE_S,
                  interval_s: float = RELEASE_INTERVAL_S) -> None:
         pin_dir = Path(pin_dir)
-        self._slots = BpfMap.from_pin(str(pin_dir / layout.MAP_SLOTS))
-        self._by_guest = BpfMap.from_pin(str(pin_dir / layout.MAP_BY_GUEST))
-        self._released = BpfMap.from_pin(str(pin_dir / layout.MAP_PORT_RELEASED))
-        self._config = BpfMap.from_pin(str(pin_dir / layout.MAP_CONFIG))
+        self._slots = open_table(pin_dir, layout.MAP_SLOTS)
+        self._by_guest = open_table(pin_dir, layout.MAP_BY_GUEST)
+        self._released = open_table(pin_dir, layout.MAP_PORT_RELEASED)
+        self._config = open_table(pin_dir, layout.MAP_CONFIG)
         self._peers = TcpPeers(responder_netns_name)
         self._shadow_net = int(ipaddress.IPv4Network(shadow_prefix).network_address)
         self._grace_ns = int(grace_s * _NS_PER_S)

@@ -1,8 +1,10 @@
-"""Who is behind a shadow address: read the pinned slot and port maps with bpf(2).
+"""Who is behind a shadow address: read the datapath's slot and port tables.
 
 The responder sees every request coming from `<shadow prefix> | slot`; the port program
-wrote that slot (port ifindex, guest IP, guest MAC) before it let the SYN through, and
-the daemon wrote the port's bridge and name when it attached. No bcc here.
+(or the raw datapath) wrote that slot (port ifindex, guest IP, guest MAC) before it let
+the SYN through, and the daemon wrote the port's bridge and name when it attached. The
+tables are pinned BPF maps or the raw datapath's shared files (datapath.tables): this
+module reads both the same way. No bcc here.
 
 Answers are cached per slot for `cache_ttl_s`. That is safe because a released slot is
 handed to another identity only after the slot reuse delay
@@ -28,7 +30,7 @@ import time
 from pathlib import Path
 
 from transparent_md.datapath import layout
-from transparent_md.datapath.bpf_syscall import BpfMap
+from transparent_md.datapath.tables import open_table
 from transparent_md.identity.guest import Guest
 
 # Below the slot reuse delay (see above) yet long enough that a booting guest's burst
@@ -43,11 +45,11 @@ class ShadowResolver:
     def __init__(self, pin_dir: str | Path, shadow_prefix: str,
                  cache_ttl_s: float = DEFAULT_CACHE_TTL_S) -> None:
         pin_dir = Path(pin_dir)
-        self.slots = BpfMap.from_pin(str(pin_dir / layout.MAP_SLOTS))
-        self.ports = BpfMap.from_pin(str(pin_dir / layout.MAP_PORTS))
-        self.locks = BpfMap.from_pin(str(pin_dir / layout.MAP_MAC_LOCKS))
+        self.slots = open_table(pin_dir, layout.MAP_SLOTS)
+        self.ports = open_table(pin_dir, layout.MAP_PORTS)
+        self.locks = open_table(pin_dir, layout.MAP_MAC_LOCKS)
         config = layout.Config()
-        with contextlib.closing(BpfMap.from_pin(str(pin_dir / layout.MAP_CONFIG))) as cfg:
+        with contextlib.closing(open_table(pin_dir, layout.MAP_CONFIG)) as cfg:
             self._mac_lock = (cfg.lookup(ctypes.c_uint32(0), config)
                               and bool(config.flags & layout.CFG_MAC_LOCK))
         net = ipaddress.IPv4Network(shadow_prefix)

@@ -137,12 +137,15 @@ class Hypervisor:
 
     def start_daemon(self, bridges: Sequence[str], store: str, extra: Sequence[str] = (),
                      env: dict[str, str] | None = None, prefix: Sequence[str] = (),
-                     python: str = sys.executable) -> DaemonProcess:
+                     python: str = sys.executable, datapath: str | None = None) -> DaemonProcess:
         """`run` in this hypervisor; `prefix` wraps it (e.g. `prlimit --nofile=...`),
-        `python` is the interpreter of the install under test."""
+        `python` is the interpreter of the install under test, `datapath` its
+        `--datapath` (None: the default)."""
         argv = [a for br in bridges for a in ("--bridge", br)] + ["--store", store, *extra]
         if "--responder-netns-prefix" not in extra:
             argv += ["--responder-netns-prefix", responder_netns_prefix(self.ns)]
+        if datapath is not None:
+            argv += ["--datapath", datapath]
         if "--api" not in extra:
             # The default socket is named by --name alone, in the host's /run: a lab
             # daemon must never take (or meet) a real daemon's admin API there.
@@ -167,10 +170,31 @@ class Hypervisor:
         res = self.topo.sh(self.ns, ["tc", "-j", "filter", "show", "dev", port, direction])
         return json.loads(res.stdout or "[]") if res.returncode == 0 else []
 
+    def raw_ports(self, name: str = DEFAULT_NAME) -> set[str]:
+        """The ports the raw datapath of daemon `name` judges (its nftables port set)."""
+        res = self.topo.sh(self.ns, ["nft", "-j", "list", "set", "bridge",
+                                     raw_table_name(name), "ports"])
+        if res.returncode != 0:
+            return set()
+        for item in json.loads(res.stdout).get("nftables", []):
+            if "set" in item:
+                return set(item["set"].get("elem", []))
+        return set()
+
+    def serves_port(self, port: str, datapath: str) -> bool:
+        """Whether the daemon has taken `port` (tc: our filter on it; raw: in its set)."""
+        return port in self.raw_ports() if datapath == "raw" else bool(self.our_filters(port))
+
     def our_filters(self, port: str, direction: str = "ingress") -> list[dict]:
         """transparent-md's filters on a port (its program name), as `tc -j` shows them."""
         return [f for f in self.tc_filters(port, direction)
                 if f.get("options", {}).get("bpf_name", "").startswith(PROGRAM_PREFIXES)]
+
+
+def raw_table_name(name: str = DEFAULT_NAME) -> str:
+    from transparent_md.datapath.raw.nft_table import table_name
+
+    return table_name(DaemonNames(name, 0))
 
 
 def venv_env() -> dict[str, str]:

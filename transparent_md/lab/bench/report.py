@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from transparent_md.lab.bench import hostile
 from transparent_md.lab.bench import targets as tg
 from transparent_md.lab.bench.measure import (
@@ -22,6 +24,9 @@ FLOOR_ON_BRIDGE = "floor-router"
 FLOOR_MEANING = {KEEP_ALIVE: "the least any responder on this stack costs",
                  NEW_CONNECTION: "uvloop's own transports, which the daemon's accept "
                                  "path bypasses"}
+
+# The raw-socket datapath's rows (runner.RAW_KEY): shown beside tc, held to no target.
+RAW_PATH = "raw"
 
 # A storm driver, or all the host's CPUs, busier than this: processes wait for a CPU.
 SATURATED = 0.9
@@ -98,6 +103,9 @@ def to_json(raw: dict) -> dict:
     return {
         **{k: raw[k] for k in ("machine", "settings", "namespaces", "started",
                                "elapsed_s", "storm", "memory")},
+        "storm_raw": raw.get("storm_raw"),
+        "raw_over_nginx_cpu": {k: [round(x, 3) for x in v]
+                               for k, v in nginx_ratios(raw, RAW_PATH).items()},
         "hostile": raw.get("hostile"),
         "loads": [m.to_json() for m in raw["loads"]],
         "rounds": [m.to_json() for m in raw.get("rounds") or ()],
@@ -153,7 +161,7 @@ def markdown(raw: dict) -> str:
     ]
     for x in raw["loads"]:
         cpu = _num(x.cpu_us_per_request, 1)
-        if x.target.ours:
+        if x.target.ours and x.target.key != RAW_PATH:
             limit = CPU_TARGET[x.mode]
             cpu += f" (<= {limit:g} {mark(x.cpu_us_per_request <= limit)})"
         lines.append(
@@ -169,48 +177,20 @@ def markdown(raw: dict) -> str:
                      f"**{median(values):.2f}x** median of {len(values)} rounds "
                      f"({', '.join(f'{v:.2f}' for v in values)}; <= {limit:g}x "
                      f"{mark(median(values) <= limit)})")
+    for mode, values in nginx_ratios(raw, RAW_PATH).items():
+        lines.append(f"- CPU per request, raw-socket path / nginx on the bridge, {mode}: "
+                     f"**{median(values):.2f}x** median of {len(values)} rounds "
+                     f"({', '.join(f'{v:.2f}' for v in values)}; no target: see "
+                     "docs/how-it-works.md, the raw-socket datapath)")
     for mode, values in nginx_ratios(raw, FLOOR_ON_BRIDGE).items():
         lines.append(f"- CPU per request, uvloop + httptools floor / nginx on the bridge, "
                      f"{mode}: {median(values):.2f}x median of {len(values)} rounds "
                      f"({', '.join(f'{v:.2f}' for v in values)}; {FLOOR_MEANING[mode]}, "
                      f"see `lab/bench/floor_server.py`)")
     lines += syscall_lines(raw.get("syscalls") or [])
-    storm = raw.get("storm")
-    if storm:
-        lines.append(
-            f"- Boot storm: {storm['guests']} guests starting within "
-            f"{storm['start_window_s']:g} s, {storm['requests']:,} requests "
-            f"({storm['requests_per_guest']:.0f} per guest, a fresh connection each): "
-            f"**{storm['failures']} failures** (target 0 "
-            f"{mark(storm['failures'] <= tg.STORM_MAX_FAILURES)}), p50 "
-            f"{storm['p50_ms']:.1f} ms, **p99 {storm['p99_ms']:.1f} ms** "
-            f"(< {tg.STORM_P99_MS:g} ms {mark(storm['p99_ms'] <= tg.STORM_P99_MS)}), "
-            f"max {storm['max_ms']:.1f} ms, last guest done after "
-            f"{storm['last_guest_done_s']:.2f} s; daemon CPU "
-            f"{storm['server_cpu_us_per_request']} us/request.")
-        busy = storm.get("host_cpu_busy")
-        if busy is not None:
-            share = storm["driver_busiest_cpu_share"]
-            lines.append(
-                f"  - the {storm['drivers']} driver processes playing the guests used "
-                f"{storm['driver_cpu_us_per_request']} us/request, the busiest "
-                f"{share:.0%} of a CPU"
-                + (" (CPU-bound: its latencies include its own queue)"
-                   if share >= SATURATED else "")
-                + f"; all CPUs were {busy:.0%} busy during the storm"
-                + (" (saturated: the latency includes waiting for a CPU)"
-                   if busy >= SATURATED else ""))
-        causes = storm.get("failure_causes") or {}
-        if causes:
-            lines.append("  - failures by cause: " + ", ".join(
-                f"{cause} {n}" for cause, n in sorted(causes.items(), key=lambda kv: -kv[1])))
-        for example in storm["failure_examples"]:
-            lines.append(f"  - failure: `{example}`")
-        tcp = storm.get("responder_tcp")
-        if tcp:
-            lines.append("  - responder namespace TCP counters during the storm (nstat): "
-                         + ", ".join(f"{k.removeprefix('TcpExt')} {v:,}"
-                                     for k, v in tcp.items()))
+    for key, what in (("storm", "Boot storm"), ("storm_raw", "Boot storm, raw-socket path")):
+        if raw.get(key):
+            lines += storm_lines(raw[key], what, mark)
     mem = raw["memory"]
     lines.append(
         f"- Daemon RSS holding {mem['records']:,} instance records: **{mem['rss_mib']:.1f} MiB**"
@@ -224,6 +204,47 @@ def markdown(raw: dict) -> str:
     if raw.get("hostile"):
         lines += ["", hostile.markdown(raw["hostile"])]
     return "\n".join(lines) + "\n"
+
+
+def storm_lines(storm: dict, what: str, mark: Callable[[bool], str]) -> list[str]:
+    """One boot storm's line and its details (`mark` judges a target, or not, in quick
+    mode)."""
+    lines: list[str] = []
+    lines.append(
+        f"- {what}: {storm['guests']} guests starting within "
+        f"{storm['start_window_s']:g} s, {storm['requests']:,} requests "
+        f"({storm['requests_per_guest']:.0f} per guest, a fresh connection each): "
+        f"**{storm['failures']} failures** (target 0 "
+        f"{mark(storm['failures'] <= tg.STORM_MAX_FAILURES)}), p50 "
+        f"{storm['p50_ms']:.1f} ms, **p99 {storm['p99_ms']:.1f} ms** "
+        f"(< {tg.STORM_P99_MS:g} ms {mark(storm['p99_ms'] <= tg.STORM_P99_MS)}), "
+        f"max {storm['max_ms']:.1f} ms, last guest done after "
+        f"{storm['last_guest_done_s']:.2f} s; daemon CPU "
+        f"{storm['server_cpu_us_per_request']} us/request.")
+    busy = storm.get("host_cpu_busy")
+    if busy is not None:
+        share = storm["driver_busiest_cpu_share"]
+        lines.append(
+            f"  - the {storm['drivers']} driver processes playing the guests used "
+            f"{storm['driver_cpu_us_per_request']} us/request, the busiest "
+            f"{share:.0%} of a CPU"
+            + (" (CPU-bound: its latencies include its own queue)"
+               if share >= SATURATED else "")
+            + f"; all CPUs were {busy:.0%} busy during the storm"
+            + (" (saturated: the latency includes waiting for a CPU)"
+               if busy >= SATURATED else ""))
+    causes = storm.get("failure_causes") or {}
+    if causes:
+        lines.append("  - failures by cause: " + ", ".join(
+            f"{cause} {n}" for cause, n in sorted(causes.items(), key=lambda kv: -kv[1])))
+    for example in storm["failure_examples"]:
+        lines.append(f"  - failure: `{example}`")
+    tcp = storm.get("responder_tcp")
+    if tcp:
+        lines.append("  - responder namespace TCP counters during the storm (nstat): "
+                     + ", ".join(f"{k.removeprefix('TcpExt')} {v:,}"
+                                 for k, v in tcp.items()))
+    return lines
 
 
 def syscall_lines(counts: list[dict]) -> list[str]:

@@ -68,6 +68,8 @@ STORM_TIMEOUT_PER_GUEST_S = 0.1
 STORM_LEAD_S = 2.0
 # The daemon's responder namespace: `<--name>-<inode of its netns>-responder`.
 DAEMON_NAME = "tmd"
+# The raw datapath's rows (the tc path's key is "tc").
+RAW_KEY = "raw"
 
 Progress = Callable[[str], None]
 
@@ -95,6 +97,9 @@ class Settings:
     # `bench --quick`: runs too short to hold a figure against a target; none is judged.
     indicative: bool = False
     neighbour_attacks: hostile.HostileSettings | None = hostile.DEFAULT  # None: skip it
+    # Then the same daemon on the raw-socket datapath (`run --datapath raw`): its load
+    # rows and its own boot storm, on the same guests.
+    raw_datapath: bool = True
 
 
 def machine() -> dict:
@@ -130,14 +135,41 @@ class BenchRun:
         self.records = records.write_store(self.store, self.guests + self.storm_guests,
                                            s.records)
         self.say(f"store: {self.records} records; starting the daemon")
-        self.daemon = self.hv.start_daemon(self.bridges, self.store,
-                                           ["--workers", str(s.workers), *LOAD_GENERATOR_FLAGS])
-        if self.storm_guests:
-            topology.pin_metadata_neighbour(self.hv, self.storm_guests,
-                                            daemon_names(self.hv.ns, DAEMON_NAME).host_veth)
+        self.start_daemon("tc")
         self.router_ns = topology.build_router(self.hv)
         self.rt_ns, self.dnat_guests = topology.build_dnat_segment(self.topo, s.guests)
         self.hook = wrk.write_hook(self.workdir)
+
+    def start_daemon(self, datapath: str) -> None:
+        """The daemon under test on `datapath`, and the storm guests' pinned neighbour
+        entry for 169.254.169.254 (its MAC is the new daemon's veth end)."""
+        self.daemon = self.hv.start_daemon(self.bridges, self.store,
+                                           ["--workers", str(self.s.workers),
+                                            *LOAD_GENERATOR_FLAGS], datapath=datapath)
+        pinned = self.storm_guests + (self.guests if datapath == RAW_KEY else [])
+        if pinned:
+            topology.pin_metadata_neighbour(self.hv, pinned,
+                                            daemon_names(self.hv.ns, DAEMON_NAME).host_veth)
+
+    def raw_phase(self, rounds: list[Measurement]) -> dict:
+        """The daemon again, on the raw datapath: its rows join `rounds` (held against
+        the nginx rows of the same round numbers), and its own storm."""
+        self.say("raw-socket datapath: restarting the daemon with --datapath raw")
+        self.daemon.stop()
+        self.daemon = None
+        self.start_daemon(RAW_KEY)
+        target = Target(RAW_KEY, "transparent-md, raw-socket path", self.daemon.proc.pid,
+                        f"http://{METADATA_IP}{records.WRK_PATH}",
+                        tuple(g.ns for g in self.guests), True)
+        self.check_answer(target)
+        for round_ in range(self.s.rounds):
+            for mode in MODES:
+                m = measure(target, mode, self.s.duration_s, self.hook, round_)
+                self.say(f"round {round_ + 1}/{self.s.rounds} {target.label:34} {mode:15} "
+                         f"{m.load.rps:10.0f} req/s {m.cpu_us_per_request:7.1f} us/req "
+                         f" errors {m.load.errors}")
+                rounds.append(m)
+        return {"storm": self.boot_storm() if self.s.storm_guests else None}
 
     def start_servers(self) -> list[Target]:
         """Start every comparison server and check each serves the expected body."""
@@ -303,6 +335,7 @@ class BenchRun:
             traced = self.syscall_counts(targets) if self.s.syscall_requests else []
             storm = self.boot_storm() if self.s.storm_guests else None
             memory = self.memory(next(t.pid for t in targets if t.key == "loopback"))
+            raw_path = self.raw_phase(rounds) if self.s.raw_datapath else None
         finally:
             self.close()
         neighbours = (hostile.run(self.s.neighbour_attacks, self.say, self.s.netns_prefix)
@@ -319,6 +352,7 @@ class BenchRun:
             "rounds": rounds,
             "syscalls": traced,
             "storm": storm,
+            "storm_raw": raw_path["storm"] if raw_path else None,
             "memory": memory,
             "hostile": neighbours,
         }
