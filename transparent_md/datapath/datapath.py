@@ -271,11 +271,23 @@ class Datapath:
     # -- stop -----------------------------------------------------------------------
     def stop(self) -> None:
         """Detach our filters, remove our veth pair and responder namespace, unpin maps."""
+        self._stop_ports()
+        self._remove_responder_side()
+        if self.programs:
+            self.programs.close()
+            self.programs = None
+        bpffs.unpin(self.pin_dir)
+        if self.ipr:
+            self.ipr.close()
+            self.ipr = None
+
+    def _stop_ports(self) -> None:
+        """Stop guarding and following, keep the MAC locks, let every port go."""
         if self.guard:
             self.guard.stop()
             self.guard = None
         if self.keeper:
-            # Before the ports are detached: their locks are kept for the next run.
+            # Before the ports are let go: their locks are kept for the next run.
             self.keeper.close()
             self.keeper = None
         if self.attacher:
@@ -284,18 +296,14 @@ class Datapath:
             self.attacher.detach_all(self.ipr)
             self.attacher = None
             port_state.forget(self.names.ports_file)
+
+    def _remove_responder_side(self) -> None:
+        """Remove our veth pair and responder namespace, close the tables."""
         if self.ipr:
             responder_side.remove(self.ipr, self.names)
-        for pinned in self._maps.values():
-            pinned.close()
+        for table in self._maps.values():
+            table.close()
         self._maps = {}
-        if self.programs:
-            self.programs.close()
-            self.programs = None
-        bpffs.unpin(self.pin_dir)
-        if self.ipr:
-            self.ipr.close()
-            self.ipr = None
 
     # -- observation ----------------------------------------------------------------
     def stats(self) -> dict[str, dict[str, int]]:

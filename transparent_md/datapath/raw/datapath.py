@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute, NetNS
 
-from transparent_md.datapath import locks, ownership, port_state, responder_side, tables
+from transparent_md.datapath import locks, ownership, responder_side, tables
 from transparent_md.datapath.datapath import Datapath, DatapathConfig
 from transparent_md.datapath.ports import PortInfo
 from transparent_md.datapath.raw import packet_socket, socket_filter
@@ -205,30 +205,14 @@ class RawDatapath(Datapath):
                 socket_filter.attach(sock, program)
 
     def stop(self) -> None:
-        if self.guard:
-            self.guard.stop()
-            self.guard = None
-        if self.keeper:
-            # Before the ports are let go: their locks are kept for the next run.
-            self.keeper.close()
-            self.keeper = None
-        if self.attacher:
-            self.attacher.stop_following()
-            self.attacher.on_change = None
-            self.attacher.detach_all(self.ipr)
-            self.attacher = None
-            port_state.forget(self.names.ports_file)
+        self._stop_ports()
         if self.pump:
             self.pump.stop()
             self.pump = None
         if self.nft:
             self.nft.remove()
             self.nft = None
-        if self.ipr:
-            responder_side.remove(self.ipr, self.names)
-        for table in self._maps.values():
-            table.close()
-        self._maps = {}
+        self._remove_responder_side()
         tables.remove_raw_tables(self.table_dir)
         if self.ipr:
             self.ipr.close()
