@@ -49,3 +49,11 @@ def one_guest_hypervisor(topology, tmp_path_factory) -> Hypervisor:
     hv.store = str(tmp_path_factory.mktemp("store") / "instances.db")
     write_records(hv.store, [{"instance_id": "i-0", "mac": guest.mac}])
     return hv
+
+
+def scrape(hv: Hypervisor, address: str, path: str) -> tuple[int, str]:
+    """GET http://ADDRESS/PATH (the daemon's metrics and health) from the hypervisor."""
+    res = hv.topo.sh(hv.ns, ["curl", "-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}",
+                             f"http://{address}{path}"])
+    body, _, code = res.stdout.rpartition("\n")
+    return int(code or 0), body

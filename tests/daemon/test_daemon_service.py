@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import write_records
 from tests.looping_guest import LoopingGuest, one_guest_hypervisor
+from tests.looping_guest import scrape as scrape_from
 from transparent_md.lab.hypervisor import Hypervisor
 
 pytestmark = pytest.mark.netns
@@ -31,10 +32,7 @@ def hv(topology, tmp_path_factory):
 
 
 def scrape(hv: Hypervisor, path: str) -> tuple[int, str]:
-    res = hv.topo.sh(hv.ns, ["curl", "-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}",
-                             f"http://{METRICS}{path}"])
-    body, _, code = res.stdout.rpartition("\n")
-    return int(code or 0), body
+    return scrape_from(hv, METRICS, path)
 
 
 def test_notify_socket_gets_ready_then_watchdog(hv, tmp_path):

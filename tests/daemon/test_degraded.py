@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.looping_guest import one_guest_hypervisor
+from tests.looping_guest import scrape as scrape_from
 from transparent_md.lab.hypervisor import Hypervisor
 
 pytestmark = pytest.mark.netns
@@ -28,10 +29,7 @@ def hv(topology, tmp_path_factory):
 
 
 def scrape(hv: Hypervisor, path: str) -> tuple[int, str]:
-    res = hv.topo.sh(hv.ns, ["curl", "-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}",
-                             f"http://{METRICS}{path}"])
-    body, _, code = res.stdout.rpartition("\n")
-    return int(code or 0), body
+    return scrape_from(hv, METRICS, path)
 
 
 def status(hv: Hypervisor, *extra: str) -> str:
