@@ -21,7 +21,7 @@ QUICK_ROUNDS = 1
 QUICK_SYSCALL_REQUESTS = 200
 # Servers each round loads, in each connection mode: one wrk run and one report row
 # each (lab.bench.runner's targets; the quick bench test checks the report has as many).
-LOADED_SERVERS = 7
+LOADED_SERVERS = 9  # the tc path over IPv4 and IPv6, the raw path, and six others
 CONNECTION_MODES = 2
 LOAD_RUNS_PER_ROUND = LOADED_SERVERS * CONNECTION_MODES
 # Debian package that provides each external program the run needs.
