@@ -27,7 +27,7 @@ from transparent_md.lab.hypervisor import Hypervisor
 
 pytestmark = pytest.mark.netns
 
-DEV_ONLY = ("pytest", "hypothesis", "scapy", "dpkt", "aiohttp", "matplotlib", "botocore",
+DEV_ONLY = ("pytest", "hypothesis", "scapy", "aiohttp", "matplotlib", "botocore",
             "transparent_md.lab")
 
 

@@ -124,7 +124,9 @@ def test_the_hook_wrapper_binds_under_libvirtds_environment(installed_package, s
     conf.write_text(shipped + f"TMD_API={api}\nTMD_BRIDGES=br0\n")
     try:
         for operation in ("prepare", "start", "started"):
-            result = run_as_libvirtd([str(installed_package.install.libvirt_hook), "web-1",
+            # in the hypervisor's namespace, where libvirtd and its taps live
+            result = run_as_libvirtd(["ip", "netns", "exec", hv.ns,
+                                      str(installed_package.install.libvirt_hook), "web-1",
                                       operation, "begin", "-"], DOMAIN_XML)
             assert result.returncode == 0 and result.stdout == b"", result.stderr
     finally:

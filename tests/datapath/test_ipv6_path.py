@@ -100,8 +100,13 @@ def world(topology, tmp_path_factory):
     onlink = hv.guest("onlink", bridge="br0", port="ponlink", addr=None)
     add_ipv6(hv, onlink.ns, "addr add fd00:1::30/64 dev eth0 nodad",
              "route add fd00:ec2::254/128 dev eth0")
+    # v6's link-local is settled before its copy exists (two tentative copies would both
+    # fail duplicate address detection); the forger then takes it without asking.
+    v6_link_local = wait_link_local(hv, v6.ns)
     forger = hv.guest("forger", bridge="br0", port="pforger", addr=None, mac=v6.mac)
-    add_ipv6(hv, forger.ns, "addr add fd00:1::10/64 dev eth0 nodad",
+    add_ipv6(hv, forger.ns, "addr flush dev eth0 scope link",
+             f"addr add {v6_link_local}/64 dev eth0 nodad",
+             "addr add fd00:1::10/64 dev eth0 nodad",
              "route add default via fd00:1::1")
     crowd = hv.guest("crowd", bridge="br0", port="pcrowd", addr=None)
     add_ipv6(hv, crowd.ns, *(f"addr add fd00:1::1:{i:x}/64 dev eth0 nodad"

@@ -32,7 +32,8 @@ class _Version(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         import transparent_md
 
-        parser.exit(message=f"transparent-md {transparent_md.__version__}\n")
+        print(f"transparent-md {transparent_md.__version__}")
+        parser.exit()
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:

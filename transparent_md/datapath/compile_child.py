@@ -3,8 +3,9 @@
 bcc brings LLVM and clang into the process that uses it (about 200 MB of RSS). Doing
 the compile here keeps the long-running daemon small: it only opens the pins.
 Usage: python -m transparent_md.datapath.compile_child PIN_DIR [CFLAG ...]
-Exit 0 when pinned; exit 2 with the user-facing message on stderr otherwise (missing
-headers, no bpf(2), or layout.py disagreeing with the C: see contract.py).
+Exit 0 when pinned; otherwise the user-facing message on stderr and exit 2 (missing
+headers, no bpf(2): no tc program here) or contract.EXIT_CODE (layout.py disagreeing with
+the C, see contract.py: a broken install, which `--datapath auto` must not hide).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def main(argv: list[str]) -> int:
         bpffs.pin_maps(pin_dir, {name: loaded.map_fd(name) for name in layout.ALL_MAPS})
         bpf_syscall.obj_pin(loaded.port_fd, str(pin_dir / programs.PORT_PROGRAM))
         bpf_syscall.obj_pin(loaded.md_fd, str(pin_dir / programs.MD_PROGRAM))
+    except contract.ContractError as exc:
+        print(exc, file=sys.stderr)
+        return contract.EXIT_CODE
     except UserError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -25,6 +25,10 @@ class ContractError(UserError):
     """layout.py and the compiled C disagree; the message names the first difference."""
 
 
+# compile_child's exit code for a ContractError, so the daemon raises it again as one.
+EXIT_CODE = 3
+
+
 def _type_name(ctype: type) -> str:
     return f"struct {ctype.__name__}" if issubclass(ctype, ctypes.Structure) else ctype.__name__
 

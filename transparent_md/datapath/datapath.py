@@ -19,6 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from transparent_md.datapath import (
     bpf_syscall,
     bpffs,
+    contract,
     layout,
     locks,
     ownership,
@@ -149,6 +150,8 @@ class Datapath:
             self.programs = programs.compile_and_pin(
                 self.pin_dir, (f"-DTMD_MAX_SLOTS={layout.MAX_SLOTS}",)
             )
+        except contract.ContractError:
+            raise  # a broken install, not a host without BPF: auto must not hide it
         except UserError as exc:
             raise TcUnavailable(str(exc)) from exc
         self._maps = {m: BpfMap.from_pin(str(self.pin_dir / m)) for m in layout.ALL_MAPS}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transparent_md.datapath import bpf_syscall
+from transparent_md.datapath import bpf_syscall, contract
 from transparent_md.errors import UserError
 
 # In a checkout this is a link to the top-level bpf/; an installed package carries a copy.
@@ -121,8 +121,11 @@ def compile_and_pin(pin_dir: Path, extra_cflags: tuple[str, ...] = ()) -> Pinned
         capture_output=True, text=True,
     )
     if child.returncode != 0:
-        raise UserError(child.stderr.strip().splitlines()[-1] if child.stderr.strip()
-                        else f"BPF compile helper failed with exit code {child.returncode}")
+        message = (child.stderr.strip().splitlines()[-1] if child.stderr.strip()
+                   else f"BPF compile helper failed with exit code {child.returncode}")
+        if child.returncode == contract.EXIT_CODE:
+            raise contract.ContractError(message)
+        raise UserError(message)
     return PinnedPrograms(
         port_fd=bpf_syscall.obj_get(str(pin_dir / PORT_PROGRAM)),
         md_fd=bpf_syscall.obj_get(str(pin_dir / MD_PROGRAM)),
