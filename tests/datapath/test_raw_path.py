@@ -9,13 +9,13 @@ hostile/test_forgery, hostile/test_flood, test_port_selection.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 
 import pytest
 
+from tests.bcc_hidden import env_without_bcc
 from tests.conftest import write_records
 from transparent_md.lab.hypervisor import Hypervisor, raw_table_name
 
@@ -23,8 +23,6 @@ pytestmark = pytest.mark.netns
 
 PATH = "/latest/meta-data/instance-id"
 GUARD_RESTORES_WITHIN_S = 10.0
-# Hides Debian's bcc from the daemon (and its compile helper): first on sys.path.
-NO_BCC = 'raise ImportError("bcc hidden by the test")\n'
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +95,8 @@ def test_a_deleted_table_is_put_back_and_counted(hv):
 
 
 def test_auto_without_bcc_runs_raw_and_says_why(hv, tmp_path):
-    shim = tmp_path / "shim"
-    (shim / "bcc").mkdir(parents=True)
-    (shim / "bcc" / "__init__.py").write_text(NO_BCC)
-    # First on the path, before whatever the test run already put there.
-    path = os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))
-    daemon = hv.start_daemon(["br0"], hv.store, env={"PYTHONPATH": path}, datapath="auto")
+    daemon = hv.start_daemon(["br0"], hv.store, env=env_without_bcc(tmp_path),
+                             datapath="auto")
     try:
         log = daemon.log()
         assert "datapath raw (auto: no tc program here" in log, log

@@ -184,16 +184,18 @@ def _pad(length: int) -> bytes:
     return b"\0" * (-length % CPIO_ALIGN)
 
 
-def build_initramfs(path: Path, kernel: Kernel) -> Path:
-    """Write the guest's initramfs to `path`: busybox, /init, the virtio NIC modules."""
+def build_initramfs(path: Path, kernel: Kernel, init_script: str = INIT_SCRIPT,
+                    modules: Sequence[str] = VIRTIO_NIC_MODULES) -> Path:
+    """Write the guest's initramfs to `path`: busybox, /init, `modules` (and what they
+    need); /init loads them in order from /modules.order."""
     archive = _Cpio()
-    for directory in ("bin", "dev", "proc", "sys", "tmp", "modules"):
+    for directory in ("bin", "dev", "proc", "sys", "tmp", "modules", "root"):
         archive.add(directory, stat.S_IFDIR | 0o755)
     archive.add("dev/console", stat.S_IFCHR | 0o600, rdev=CONSOLE_DEVICE)
     archive.add("bin/busybox", stat.S_IFREG | 0o755, Path(BUSYBOX).read_bytes())
-    archive.add("init", stat.S_IFREG | 0o755, INIT_SCRIPT.encode())
+    archive.add("init", stat.S_IFREG | 0o755, init_script.encode())
     loaded = []  # flat under /modules: insmod takes a file, modprobe's tree is not needed
-    for module in module_load_order(kernel.modules, VIRTIO_NIC_MODULES):
+    for module in module_load_order(kernel.modules, modules):
         name = os.path.basename(module).removesuffix(".xz")
         archive.add(f"modules/{name}", stat.S_IFREG | 0o644,
                     _module_bytes(kernel.modules / module))
