@@ -55,12 +55,13 @@ class Vm:
 
 def start_dnsmasq(hv: Hypervisor, ns: str, workdir: Path, *, leases: Sequence[Vm] = (),
                   dhcp4_range: str = "", ra_prefix: str = "",
-                  dhcp6_range: str = "") -> subprocess.Popen:
+                  dhcp6_range: str = "") -> Path:
     """dnsmasq on the router namespace's eth0: DNS for the metadata name; DHCPv4 in
     `dhcp4_range` (e.g. "10.0.0.100,10.0.0.199") when given; router advertisements of
     `ra_prefix` (e.g. "fd00:1::", SLAAC) when given, with stateful DHCPv6 in
     `dhcp6_range` as well when that is given (EC2's network config asks for DHCPv6 on a
-    NIC with IPv6 addresses). `leases` get their `ip` and `ip6` by MAC."""
+    NIC with IPv6 addresses). `leases` get their `ip` and `ip6` by MAC. Returns its log
+    (queries and leases), for tests that check what a VM asked it."""
     log = workdir / f"dnsmasq-{ns}.log"
     argv = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
             "--no-hosts", "--bind-interfaces", "--interface=eth0", "--user=root",
@@ -84,7 +85,7 @@ def start_dnsmasq(hv: Hypervisor, ns: str, workdir: Path, *, leases: Sequence[Vm
         assert proc.poll() is None, f"dnsmasq exited: {proc.stderr.read()}"
         assert time.monotonic() < deadline, f"dnsmasq not started: {log}"
         time.sleep(POLL_S)
-    return proc
+    return log
 
 
 def hot_plug_tap(hv: Hypervisor, tap: str, bridge: str, datapath: str) -> None:

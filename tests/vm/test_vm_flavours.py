@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.vm.cloud_lab import Vm, slaac_address, start_dnsmasq
+from tests.vm.cloud_lab import METADATA_IP, METADATA_NAME, Vm, slaac_address, start_dnsmasq
 from tests.vm.cloud_vm import Smbios
 from tests.vm.vm_world import MODULE_TIMEOUT_S, add_vm, assert_configured, boot_all, image_or_skip
 from transparent_md.lab.hypervisor import Hypervisor
@@ -65,7 +65,7 @@ def world(topology, tmp_path_factory):
     hv.topo.ip(v6.ns, f"addr add {V6_ONLY_PREFIX}1/64 dev eth0")
     for router in (dual, v6):  # a router advertises itself as the default router
         hv.topo.sh(router.ns, ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
-    start_dnsmasq(hv, dual.ns, tmp, leases=[GCE, NOCLOUD, EC2_DUAL],
+    hv.dns_log = start_dnsmasq(hv, dual.ns, tmp, leases=[GCE, NOCLOUD, EC2_DUAL],
                   dhcp4_range="10.0.0.100,10.0.0.199", ra_prefix=DUAL_PREFIX,
                   dhcp6_range="fd00:1::100,fd00:1::1ff")
     start_dnsmasq(hv, v6.ns, tmp, ra_prefix=V6_ONLY_PREFIX)
@@ -84,8 +84,13 @@ def world(topology, tmp_path_factory):
 
 
 def test_a_debian_vm_booted_as_gce_configures_itself_from_the_gce_flavour(world):
+    """Its pre-network stage cannot resolve metadata.google.internal (no DNS yet); its
+    network stage asks the lab's DNS server, which answers 169.254.169.254."""
     report = assert_configured(world.boots[GCE.name], GCE, "DataSourceGCE")
-    assert any("metadata.google.internal" in line for line in report.log), report.log
+    assert report.datasource == "DataSourceGCE", report.datasource
+    asked = world.dns_log.read_text()
+    assert f"query[A] {METADATA_NAME} from {GCE.ip}" in asked, asked
+    assert f"{METADATA_NAME} is {METADATA_IP}" in asked, asked
 
 
 def test_a_debian_vm_told_nocloud_net_by_smbios_configures_itself_from_nocloud(world):
