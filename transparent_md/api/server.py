@@ -3,8 +3,8 @@
 The guest responder is one uvloop thread in the daemon's process; the admin API never
 runs on it. It gets its own thread, its own asyncio loop and its own store connection,
 and each request is a few milliseconds of parsing and one SQLite transaction, so a
-guest request waits at most for a GIL switch (5 ms by default), never for an admin
-request. A change is committed before the reply is sent; the serving processes' store
+guest request waits at most for a GIL slice (serving.GIL_SLICE_S), never for an
+admin request. A change is committed before the reply is sent; the serving processes' store
 loaders read it within milliseconds and their loops swap it in.
 
 A store that takes writes from several threads at once (`concurrent_writes`: etcd,
