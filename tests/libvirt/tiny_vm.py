@@ -46,15 +46,20 @@ PT_INTERP = 3
 # newc cpio: every header and every file's data start on a 4-byte boundary.
 CPIO_ALIGN = 4
 
-INIT_SCRIPT = f"""#!/bin/busybox sh
-# Arguments come from the kernel command line as environment variables (no dot in
-# their names, so the kernel hands them to init): tmd_addr, tmd_paths.
-export PATH=/bin
+# How every initramfs /init of the tests begins: busybox's applets, /proc and /sys.
+INIT_PREAMBLE = """export PATH=/bin
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
-for m in $(cat /modules.order); do insmod "/modules/$m" || echo "insmod $m failed"; done
-ip link set lo up
+"""
+# The modules the initramfs carries, in modules.dep order.
+LOAD_MODULES = ('for m in $(cat /modules.order); do insmod "/modules/$m" '
+                '|| echo "insmod $m failed"; done\n')
+
+INIT_SCRIPT = f"""#!/bin/busybox sh
+# Arguments come from the kernel command line as environment variables (no dot in
+# their names, so the kernel hands them to init): tmd_addr, tmd_paths.
+{INIT_PREAMBLE}{LOAD_MODULES}ip link set lo up
 ip link set eth0 up
 ip addr add "$tmd_addr" dev eth0
 # On-link route, as DHCP option 121 would give (libvirt guests get it that way).

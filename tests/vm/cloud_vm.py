@@ -32,13 +32,8 @@ POWEROFF_GRACE_S = 30.0
 CONSOLE_POLL_S = 0.5
 
 SWITCH_ROOT_INIT = f"""#!/bin/busybox sh
-export PATH=/bin
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs dev /dev
-for m in $(cat /modules.order); do insmod "/modules/$m" || echo "insmod $m failed"; done
-tries=0
+{tiny_vm.INIT_PREAMBLE}mount -t devtmpfs dev /dev
+{tiny_vm.LOAD_MODULES}tries=0
 while [ ! -b /dev/vda ] && [ $tries -lt {DISK_WAIT_S * 10} ]; do sleep 0.1; tries=$((tries+1)); done
 mount -t ext4 -o rw /dev/vda /root || {{ echo "initramfs: cannot mount /dev/vda"; poweroff -f; }}
 umount /proc /sys
