@@ -78,6 +78,7 @@ examples:
   transparent-md bench --quick
   transparent-md bench --guests 16 --duration 10 --json bench.json --chart bench.png
   transparent-md bench --storm-guests 1000 --storm-window 10
+  transparent-md bench --storm-only raw --storm-guests 1000 --storm-window 10
 """
 
 
@@ -123,6 +124,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hostile", action="store_true",
                    help="only the hostile-neighbour table, longer: 6 s per attack, up to "
                    "20,000 connections per flood (the default run includes a short one)")
+    p.add_argument("--storm-only", choices=("tc", "raw"), metavar="DATAPATH",
+                   help="only the boot storm, against the daemon on this datapath (tc or "
+                   "raw): builds just the storm guests and prints the storm's figures "
+                   "as JSON (failures by cause, p99, CPU per request)")
     p.add_argument("--markdown", metavar="PATH",
                    help="write the report here as a whole document, with a header saying "
                    "what is measured and how to run it again (default: print the report); "
@@ -220,6 +225,10 @@ def bench_command(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     if args.hostile:
         return hostile_only(args, settings, _progress)
+    if args.storm_only:
+        print(json.dumps(BenchRun(settings, _progress).storm_only(args.storm_only),
+                         indent=2), flush=True)
+        return 0
     raw = BenchRun(settings, _progress).execute()
     if args.markdown:
         with open(args.markdown, "w") as f:

@@ -357,6 +357,30 @@ class BenchRun:
             "hostile": neighbours,
         }
 
+    def storm_only(self, datapath: str) -> dict:
+        """`bench --storm-only DATAPATH`: only the storm guests, the daemon on `datapath`
+        and one boot storm; no load rows, servers or hostile table."""
+        s = self.s
+        started = time.monotonic()
+        host = machine()
+        try:
+            self.say(f"building {s.storm_guests} storm guests (namespaces prefixed "
+                     f"{self.topo.prefix})")
+            self.hv = topology.build_hypervisor(self.topo)
+            self.guests = []
+            self.bridges = topology.bridges_for(s.storm_guests)
+            self.storm_guests = topology.add_guests(self.hv, "s", s.storm_guests,
+                                                    self.bridges)
+            self.store = str(self.workdir / "instances.db")
+            self.records = records.write_store(self.store, self.storm_guests, s.records)
+            self.say(f"store: {self.records} records; starting the daemon on {datapath}")
+            self.start_daemon(datapath)
+            result = self.boot_storm()
+        finally:
+            self.close()
+        return {"machine": host, "datapath": datapath, "settings": asdict(self.s),
+                "elapsed_s": round(time.monotonic() - started, 1), "storm": result}
+
     def close(self) -> None:
         hv_ns = self.hv.ns if self.hv else None
         self.responder_ns = responder_ns = daemon_namespace(hv_ns) if hv_ns else None
