@@ -2,11 +2,15 @@
 left by a killed run of the same daemon is taken over: replaced in the same
 transaction), guarded while it runs, removed at stop.
 
-- bridge family, hooks forward and input: what a guest port's packet socket already
-  took (TCP to 169.254.169.254, ARP asking for or claiming our addresses, frames sent
-  to the MAC we answer ARP with, tagged frames aimed at us) is dropped, so the bridge
-  neither forwards it to other guests nor hands it to the host. Only ports in the set
-  `ports` (the selected guest ports) are judged; uplinks are left alone.
+- bridge family, hook prerouting: what a guest port's packet socket already took (TCP
+  to 169.254.169.254, ARP asking for or claiming our addresses, frames sent to the MAC
+  we answer ARP with, tagged frames aimed at us) is dropped, so the bridge neither
+  forwards it to other guests nor hands it to the host. Dropped as it enters the
+  bridge, once per frame: at the forward hook a frame to a MAC the bridge has not
+  learnt (the one we answer ARP with is on no port) was first flooded, cloned and
+  judged once per port, which made a boot storm's cost grow with the bridge's size.
+  Only ports in the set `ports` (the selected guest ports) are judged; uplinks are
+  left alone.
 - netdev family, ingress of the responder veth's host end: everything is dropped after
   the packet socket there saw it, so the host stack never acts on a reply.
 
@@ -118,7 +122,7 @@ class NftTables:
         """Create both tables afresh, replacing any left by an earlier run of ours."""
         t = self.name
         rules = guard_rules(self.answer_metadata_arp, self.gateway_ips, self.arp_mac)
-        self._expected_rules = len(rules) + 2
+        self._expected_rules = len(rules) + 1
         lines = [
             f"add table bridge {t}", f"delete table bridge {t}",
             f"add table netdev {t}", f"delete table netdev {t}",
@@ -127,12 +131,9 @@ class NftTables:
             f"add set bridge {t} gateways {{ type ifname . ipv4_addr; }}",
             f"add chain bridge {t} guard",
             *(f"add rule bridge {t} guard {rule}" for rule in rules),
-            f"add chain bridge {t} forward {{ type filter hook forward priority "
+            f"add chain bridge {t} prerouting {{ type filter hook prerouting priority "
             f"{BRIDGE_PRIORITY}; policy accept; }}",
-            f"add rule bridge {t} forward iifname @ports jump guard",
-            f"add chain bridge {t} input {{ type filter hook input priority "
-            f"{BRIDGE_PRIORITY}; policy accept; }}",
-            f"add rule bridge {t} input iifname @ports jump guard",
+            f"add rule bridge {t} prerouting iifname @ports jump guard",
             f"add table netdev {t}",
             f"add chain netdev {t} responder {{ type filter hook ingress device "
             f'"{self.host_veth}" priority {NETDEV_PRIORITY}; policy drop; }}',
