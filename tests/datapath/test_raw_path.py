@@ -152,3 +152,39 @@ def test_guests_frames_to_the_metadata_address_reach_no_neighbour(hv):
         assert daemon.stop() == 0
     assert any(f"> {watcher.ip}.9999" in line for line in seen), seen
     assert [line for line in seen if "169.254.169.254" in line] == [], seen
+
+
+def _packets(ns_rules: dict, chain: str, match: str) -> int:
+    """Packets counted by the rule of `chain` whose text has `match` (nft -j output)."""
+    for item in ns_rules["nftables"]:
+        rule = item.get("rule")
+        if rule and rule["chain"] == chain and match in json.dumps(rule["expr"]):
+            return next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+    raise AssertionError(f"no rule in chain {chain} matching {match}")
+
+
+def test_each_frame_the_socket_took_is_dropped_once_not_per_port(hv):
+    """The bridge drops a frame to 169.254.169.254 as it enters, once: not after
+    flooding it (the MAC it is sent to is on no port) to every port and judging each
+    copy, a cost that grew with the bridge and swamped a boot storm."""
+    if "g2" not in hv.guests:  # a third port: a flooded frame would be judged twice
+        hv.guest("g2", bridge="br0", port="p2", addr="10.0.0.12/24")
+    daemon = hv.start_daemon(["br0"], hv.store, datapath="raw")
+    asker = hv.guests["g0"]
+    hv.topo.sh(asker.ns, ["nft", "add table inet sent\n"
+                          "add chain inet sent out { type filter hook output priority 0; }\n"
+                          "add rule inet sent out ip daddr 169.254.169.254 tcp dport 80 "
+                          "counter"], check=True)
+    try:
+        for _ in range(3):
+            assert hv.curl(asker.ns, PATH) == (200, "i-0")
+        sent = json.loads(hv.topo.sh(asker.ns, ["nft", "-j", "list", "table", "inet", "sent"],
+                                     check=True).stdout)
+        guard = json.loads(hv.topo.sh(hv.ns, ["nft", "-j", "list", "table", "bridge",
+                                              raw_table_name()], check=True).stdout)
+        frames = _packets(sent, "out", "169.254.169.254")
+        assert frames > 0
+        assert _packets(guard, "guard", "169.254.169.254") == frames
+    finally:
+        hv.topo.sh(asker.ns, ["nft", "delete table inet sent"])
+        assert daemon.stop() == 0
