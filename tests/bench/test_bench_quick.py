@@ -160,3 +160,21 @@ def test_no_namespace_left_behind(quick_run):
     left = [p.name for p in Path("/run/netns").iterdir()
             if p.name.startswith(ns["prefix"]) or p.name == ns["daemon_responder"]]
     assert left == []
+
+
+def test_storm_only_runs_one_datapaths_storm_and_leaves_nothing():
+    """`bench --storm-only raw`: the storm's figures as JSON, its namespaces removed."""
+    res = run_bench(["--storm-only", "raw", "--storm-guests", "10", "--storm-window", "1",
+                     "--records", "100", "--netns-prefix", NETNS_PREFIX], QUICK_TIMEOUT_S)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(res.stdout)
+    assert r["datapath"] == "raw"
+    storm = r["storm"]
+    assert storm["guests"] == 10 and storm["requests"] >= storm["guests"] * 10
+    for key in ("failures", "p99_ms", "server_cpu_us_per_request"):
+        assert _number(storm[key]), key
+    assert isinstance(storm["failure_causes"], dict)
+    ns = r["namespaces"]
+    left = [p.name for p in Path("/run/netns").iterdir()
+            if p.name.startswith(ns["prefix"]) or p.name == ns["daemon_responder"]]
+    assert left == []

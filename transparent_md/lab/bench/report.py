@@ -272,6 +272,7 @@ ways to run it:
 transparent-md bench --quick           # a smoke test: indicative figures, no target judged
 transparent-md bench --hostile         # only the hostile-neighbour table, longer attacks
 transparent-md bench --storm-guests 3000 --storm-window 10   # a large boot storm
+transparent-md bench --storm-only raw --storm-guests 1000 --storm-window 10  # one datapath's storm
 transparent-md bench --json r.json --chart r.png --markdown r.md
 ```
 

@@ -379,6 +379,8 @@ class BenchRun:
         finally:
             self.close()
         return {"machine": host, "datapath": datapath, "settings": asdict(self.s),
+                "namespaces": {"prefix": self.topo.prefix,
+                               "daemon_responder": self.responder_ns},
                 "elapsed_s": round(time.monotonic() - started, 1), "storm": result}
 
     def close(self) -> None:
