@@ -73,7 +73,10 @@ def wait_flood_started(w, flood: Tool) -> float:
         if metric(w, NOT_SYN_DROPS) > before:
             return time.monotonic()
         time.sleep(FLOOD_START_POLL_S)
-    raise AssertionError(f"no flood frame reached the datapath: {w.log_tail()}")
+    exited = flood.proc.poll()
+    said = flood.proc.stderr.read() if exited is not None else "(still running)"
+    raise AssertionError(f"no flood frame reached the datapath (flood exit {exited}: "
+                         f"{said}): {w.log_tail()}")
 
 
 def flood_and_check(w, seconds: float, fresh_run: int) -> None:
