@@ -37,7 +37,7 @@ FRESH_PER_BRIDGE = 4
 FLOOD_HEAD_START_S = 2.0
 # The flood builds its frames first (~3 s, more on a busy machine); its first frames
 # are seen in the datapath's drop counters.
-FLOOD_START_TIMEOUT_S = 30.0
+FLOOD_START_TIMEOUT_S = 90.0
 FLOOD_START_POLL_S = 0.2
 # The flood's stray segments are dropped under this reason (only a SYN takes a slot).
 NOT_SYN_DROPS = 'transparent_md_datapath_drops_total{reason="not_syn"}'
