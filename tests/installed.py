@@ -100,9 +100,9 @@ def _need_root() -> None:
         pytest.skip("installing needs root")
 
 
-def install_prefix(prefix: Path) -> Install:
+def install_prefix(prefix: Path, *extra: str) -> Install:
     res = subprocess.run(["bash", str(CHECKOUT / "scripts" / "install"), "--prefix",
-                          str(prefix)], capture_output=True, text=True,
+                          str(prefix), *extra], capture_output=True, text=True,
                          timeout=BUILD_TIMEOUT_S)
     assert res.returncode == 0, res.stderr[-3000:]
     return prefix_layout(prefix)

@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import write_records
 from tests.daemon.test_service_unit import MAX_EXPOSURE
 from tests.installed import (
+    CHECKOUT,
     INSTALLED_ONLY,
     Install,
     install_prefix,
@@ -77,12 +78,23 @@ def test_the_files_name_the_install_paths(installed_prefix: Install):
 
 @pytest.mark.slow
 def test_a_second_install_keeps_the_operators_configuration(tmp_path):
+    """The second install is the one without BPF (`--datapath raw`, no bcc or headers
+    asked for): it needs only what the raw-socket datapath imports."""
     first = install_prefix(tmp_path)
     edited = first.conf_dir / "run.yaml"
     edited.write_text("bridge: [br-mine]\n")
-    second = install_prefix(tmp_path)
+    second = install_prefix(tmp_path, "--datapath", "raw")
     assert edited.read_text() == "bridge: [br-mine]\n"
     assert second.unit.is_file()
+    res = subprocess.run([str(second.python), "-I", "-c", "import nftables, dpkt, pyroute2"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_install_refuses_an_unknown_datapath_in_one_line():
+    res = subprocess.run(["bash", "scripts/install", "--datapath", "xdp"], cwd=CHECKOUT,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr == "install: --datapath is tc or raw\n"
 
 
 def test_the_installed_daemon_serves_a_guest(installed_prefix: Install, topology, tmp_path):

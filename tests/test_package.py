@@ -111,6 +111,16 @@ def test_the_files_are_where_the_package_says(installed_package):
     assert bench.stderr == f"transparent-md: error: {GET_THE_LAB.format(command='bench')}\n"
 
 
+def test_bpf_is_recommended_not_required(installed_package):
+    """A host without bcc or kernel headers installs the package and runs raw."""
+    fields = {name: subprocess.run(["dpkg-deb", "-f", str(installed_package.deb), name],
+                                   capture_output=True, text=True, check=True).stdout
+              for name in ("Depends", "Recommends")}
+    assert "bpfcc" not in fields["Depends"] and "headers" not in fields["Depends"]
+    assert "python3-nftables" in fields["Depends"]
+    assert "python3-bpfcc" in fields["Recommends"] and "linux-headers" in fields["Recommends"]
+
+
 def test_the_installed_unit_passes_systemd_analyze(installed_package):
     verify, exposure = systemd_analyze(str(installed_package.install.unit), man=True)
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
