@@ -20,14 +20,18 @@ nft's own language, the form nft documents and operators read back with `nft lis
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from contextlib import suppress
+from typing import TypeVar
 
 from transparent_md.errors import UserError
 from transparent_md.names import DaemonNames
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 METADATA_IP = "169.254.169.254"
@@ -51,6 +55,15 @@ def _nft():
     nft = nftables.Nftables()
     nft.set_json_output(True)
     return nft
+
+
+def _one_at_a_time(method: Callable[..., T]) -> Callable[..., T]:
+    """The method runs holding the table's lock (see NftTable.__init__)."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs) -> T:
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
 
 
 def _ip_hex(ip: str) -> str:
@@ -100,13 +113,20 @@ class NftTables:
         self.host_veth = names.host_veth
         self.answer_metadata_arp = answer_metadata_arp
         self._nft = _nft()
+        # The port watcher changes the table while the guard lists it. One libnftables
+        # context is not safe to share between threads (a race garbles the replies it
+        # parses: "nf_tables kernel ABI is broken"), and the guard must compare the kernel's
+        # table with `ports` as of one moment, not halfway through an add: so every method
+        # holds this lock for its whole change or check.
+        self._lock = threading.RLock()
         self.gateway_ips: set[str] = set()
         self.arp_mac = "00:00:00:00:00:00"
         self.ports: dict[str, tuple[str, ...]] = {}
         self._expected_rules = 0
 
     def run(self, commands: str) -> dict:
-        rc, out, err = self._nft.cmd(commands)
+        with self._lock:  # also taken alone, by a caller's single command
+            rc, out, err = self._nft.cmd(commands)
         if rc != 0:
             raise UserError(f"nftables refused the raw datapath's table {self.name}: "
                             f"{err.strip().splitlines()[0] if err.strip() else rc}")
@@ -118,6 +138,7 @@ class NftTables:
         lines += [f'add element bridge {t} gateways {{ "{name}" . {ip} }}' for ip in gateways]
         return lines
 
+    @_one_at_a_time
     def install(self) -> None:
         """Create both tables afresh, replacing any left by an earlier run of ours."""
         t = self.name
@@ -142,6 +163,7 @@ class NftTables:
             lines += self._elements(name, gateways)
         self.run("\n".join(lines))
 
+    @_one_at_a_time
     def add_port(self, name: str, gateways: Iterable[str]) -> None:
         gateways = tuple(gateways)
         previous = self.ports.get(name)
@@ -150,6 +172,7 @@ class NftTables:
         self.ports[name] = gateways
         self.run("\n".join(self._elements(name, gateways)))
 
+    @_one_at_a_time
     def remove_port(self, name: str) -> None:
         gateways = self.ports.pop(name, ())
         t = self.name
@@ -159,6 +182,7 @@ class NftTables:
             with suppress(UserError):  # already gone (the guard rebuilt the table)
                 self.run(line)
 
+    @_one_at_a_time
     def intact(self) -> bool:
         """Both tables there, with every rule and port of ours."""
         try:
@@ -172,6 +196,7 @@ class NftTables:
                        if "set" in item and item["set"].get("name") == "ports"), set())
         return rules == self._expected_rules and listed == set(self.ports)
 
+    @_one_at_a_time
     def remove(self) -> None:
         for family in ("bridge", "netdev"):
             try:
