@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from tests import reaper
+from tests import reaper, scheduling
 from tests.installed import installed_package, installed_prefix  # noqa: F401 - session fixtures
 from transparent_md.lab.netns import Topology
 from transparent_md.store import open_store, parse_record
@@ -49,6 +49,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    scheduling.longest_first(items)
     if os.geteuid() == 0:
         return
     skip = pytest.mark.skip(reason=NEEDS_ROOT)

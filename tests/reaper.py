@@ -133,6 +133,9 @@ class Reaper:
     def pytest_runtest_call(self, item: pytest.Item) -> Iterator[None]:
         yield from self._watch()
 
+    # Last: under pytest-xdist the controller's workers are its descendants too, and
+    # they are shut down by xdist's own session finish, which must come first.
+    @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         reap(descendants(), run_namespaces(self.base))
 
