@@ -1,10 +1,12 @@
 """The order the suite's modules start in, for parallel workers (pytest-xdist).
 
-`scripts/test` runs `--dist loadfile`: a module is one unit of work, so its module-scoped
-world (namespaces, daemons, VMs) is built once, on one worker. Units are handed out in
-collection order, one at a time to whichever worker is free; so the long ones (VM boots,
-then slow soaks) go first, and the run does not end with one worker alone on a long
-module while the other idles. Without xdist only the order changes.
+`scripts/test` runs `--dist loadfile --no-loadscope-reorder`: a module is one unit of
+work, so its module-scoped world (namespaces, daemons, VMs) is built once, on one
+worker. Units are handed out in collection order (xdist's default would reorder them by
+their number of tests, which puts the VM and soak modules, with few tests each, last),
+one at a time to whichever worker is free; so the long ones (VM boots, then slow soaks)
+go first, and the run does not end with one worker alone on a long module while the
+other idles. Without xdist only the order changes.
 """
 
 from __future__ import annotations
