@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_for
 from transparent_md.api.client import ApiClient
 from transparent_md.lab.api_load import measure
 from transparent_md.lab.hypervisor import METADATA_URL, Hypervisor
@@ -26,6 +27,8 @@ PRINTED_SOCKET = "/run/transparent-md/tmd.sock"
 P99_BOUND_MS = 50.0
 PUTS = 1000
 CRAWL_SECONDS = 6.0
+# How long a record PUT through the API may take to reach the guest (a deadline).
+RECORD_SEEN_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +114,10 @@ def test_a_gce_long_poll_returns_on_an_api_change_and_at_its_timeout_unchanged(h
         assert api.request("PUT", "/v1/instances/i-g0",
                            guest_record(hv, hostname="before")).status in (200, 201)
         try:
+            # The serving store loads the PUT a moment after it is committed: a poll sent
+            # before that would be answered at once (404), not held.
+            assert wait_for(lambda: hv.curl(guest, name, extra=google) == (200, "before"),
+                            RECORD_SEEN_S), hv.curl(guest, name, extra=google)
             poll = subprocess.Popen(
                 ["ip", "netns", "exec", guest, "curl", "-sS", "-m", "60", "-D", "-", *google,
                  f"{METADATA_URL}{name}?wait_for_change=true&timeout_sec=50"],

@@ -153,13 +153,17 @@ def test_quick_judges_nothing_and_help_matches_the_report(quick_run):
     assert f"each round makes {len(rows)} runs" in " ".join(helped.split())
 
 
+def namespaces_left(ns: dict) -> list[str]:
+    """The run's namespaces still there, from the report's `namespaces`."""
+    return [p.name for p in Path("/run/netns").iterdir()
+            if p.name.startswith(ns["prefix"]) or p.name == ns["daemon_responder"]]
+
+
 def test_no_namespace_left_behind(quick_run):
     ns = quick_run["report"]["namespaces"]
     assert ns["prefix"].startswith(NETNS_PREFIX) and ns["daemon_responder"]
     assert ns["daemon_responder"].startswith(ns["prefix"])  # --netns-prefix covers it too
-    left = [p.name for p in Path("/run/netns").iterdir()
-            if p.name.startswith(ns["prefix"]) or p.name == ns["daemon_responder"]]
-    assert left == []
+    assert namespaces_left(ns) == []
 
 
 def test_storm_only_runs_one_datapaths_storm_and_leaves_nothing():
@@ -175,6 +179,4 @@ def test_storm_only_runs_one_datapaths_storm_and_leaves_nothing():
         assert _number(storm[key]), key
     assert isinstance(storm["failure_causes"], dict)
     ns = r["namespaces"]
-    left = [p.name for p in Path("/run/netns").iterdir()
-            if p.name.startswith(ns["prefix"]) or p.name == ns["daemon_responder"]]
-    assert left == []
+    assert namespaces_left(ns) == []

@@ -35,8 +35,8 @@ SLOW_FLOOD_S = 60.0
 FRESH_PER_BRIDGE = 4
 # Once the flood's first frames arrive, let it fill whatever it can before guests ask.
 FLOOD_HEAD_START_S = 2.0
-# The flood builds its frames first (~3 s, more on a busy machine); its first frames
-# are seen in the datapath's drop counters.
+# The flood builds its frames first (longer on a busy machine); its first frames are
+# seen in the datapath's drop counters.
 FLOOD_START_TIMEOUT_S = 90.0
 FLOOD_START_POLL_S = 0.2
 # The flood's stray segments are dropped under this reason (only a SYN takes a slot).

@@ -58,7 +58,7 @@ def _nft():
 
 
 def _one_at_a_time(method: Callable[..., T]) -> Callable[..., T]:
-    """The method runs holding the table's lock (see NftTable.__init__)."""
+    """The method runs holding the table's lock (see NftTables.__init__)."""
     @functools.wraps(method)
     def locked(self, *args, **kwargs) -> T:
         with self._lock:
@@ -116,8 +116,9 @@ class NftTables:
         # The port watcher changes the table while the guard lists it. One libnftables
         # context is not safe to share between threads (a race garbles the replies it
         # parses: "nf_tables kernel ABI is broken"), and the guard must compare the kernel's
-        # table with `ports` as of one moment, not halfway through an add: so every method
-        # holds this lock for its whole change or check.
+        # table with `ports` as of one moment, not halfway through an add: so every public
+        # method holds this lock for its whole change or check (reentrant: add_port
+        # calls remove_port).
         self._lock = threading.RLock()
         self.gateway_ips: set[str] = set()
         self.arp_mac = "00:00:00:00:00:00"
@@ -125,8 +126,7 @@ class NftTables:
         self._expected_rules = 0
 
     def run(self, commands: str) -> dict:
-        with self._lock:  # also taken alone, by a caller's single command
-            rc, out, err = self._nft.cmd(commands)
+        rc, out, err = self._nft.cmd(commands)
         if rc != 0:
             raise UserError(f"nftables refused the raw datapath's table {self.name}: "
                             f"{err.strip().splitlines()[0] if err.strip() else rc}")

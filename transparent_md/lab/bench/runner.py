@@ -124,21 +124,26 @@ class BenchRun:
 
     # -- set-up ---------------------------------------------------------------------
     def build(self) -> None:
+        self.build_guests(self.s.guests)
+        self.start_daemon("tc")
+        self.router_ns = topology.build_router(self.hv)
+        self.rt_ns, self.dnat_guests = topology.build_dnat_segment(self.topo, self.s.guests)
+        self.hook = wrk.write_hook(self.workdir)
+
+    def build_guests(self, load_guests: int) -> None:
+        """The hypervisor, `load_guests` load guests, the storm guests and the store
+        holding their records (and `records` in all)."""
         s = self.s
-        self.say(f"building {s.guests} guests + {s.storm_guests} storm guests "
+        self.say(f"building {load_guests} guests + {s.storm_guests} storm guests "
                  f"(namespaces prefixed {self.topo.prefix})")
         self.hv = topology.build_hypervisor(self.topo)
-        self.guests = topology.add_guests(self.hv, "g", s.guests)
-        self.bridges = topology.bridges_for(s.guests + s.storm_guests)
+        self.guests = topology.add_guests(self.hv, "g", load_guests)
+        self.bridges = topology.bridges_for(load_guests + s.storm_guests)
         self.storm_guests = topology.add_guests(self.hv, "s", s.storm_guests, self.bridges)
         self.store = str(self.workdir / "instances.db")
         self.records = records.write_store(self.store, self.guests + self.storm_guests,
                                            s.records)
-        self.say(f"store: {self.records} records; starting the daemon")
-        self.start_daemon("tc")
-        self.router_ns = topology.build_router(self.hv)
-        self.rt_ns, self.dnat_guests = topology.build_dnat_segment(self.topo, s.guests)
-        self.hook = wrk.write_hook(self.workdir)
+        self.say(f"store: {self.records} records")
 
     def start_daemon(self, datapath: str) -> None:
         """The daemon under test on `datapath`, and the storm guests' pinned neighbour
@@ -360,20 +365,10 @@ class BenchRun:
     def storm_only(self, datapath: str) -> dict:
         """`bench --storm-only DATAPATH`: only the storm guests, the daemon on `datapath`
         and one boot storm; no load rows, servers or hostile table."""
-        s = self.s
         started = time.monotonic()
         host = machine()
         try:
-            self.say(f"building {s.storm_guests} storm guests (namespaces prefixed "
-                     f"{self.topo.prefix})")
-            self.hv = topology.build_hypervisor(self.topo)
-            self.guests = []
-            self.bridges = topology.bridges_for(s.storm_guests)
-            self.storm_guests = topology.add_guests(self.hv, "s", s.storm_guests,
-                                                    self.bridges)
-            self.store = str(self.workdir / "instances.db")
-            self.records = records.write_store(self.store, self.storm_guests, s.records)
-            self.say(f"store: {self.records} records; starting the daemon on {datapath}")
+            self.build_guests(0)
             self.start_daemon(datapath)
             result = self.boot_storm()
         finally:
